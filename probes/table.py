@@ -1,0 +1,136 @@
+"""Probe every layer and checkpoint of some run files; one tidy table, written atomically.
+
+One row per (run, layer, step, probe) with ``COLUMNS``: ``run`` is the path
+as given, ``accuracy`` the mean over the outer folds of each fold's test
+accuracy, ``accuracy_std`` their standard deviation over folds with ddof 1,
+``folds`` the number of outer folds. The outer folds come from ``make_folds``
+on the shared probe labels and ``seed``, the same for every run, layer and
+checkpoint. Activations are read from the run files (never by re-running a
+model) and probed in float64. BLAS and OpenMP pools run one thread while
+probing: on matrices this small, threaded BLAS is slower, and far slower on a
+busy machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from repanalysis.errors import UserError
+from repanalysis.progress import Progress
+from repanalysis.runfile import RunFile
+
+from .folds import make_folds
+from .knn import knn_accuracy
+from .linear import linear_accuracy
+
+PROBES = ("linear", "knn")
+CHECKPOINTS = ("all", "last")
+COLUMNS = ["run", "rule", "seed", "layer", "step", "probe", "accuracy", "accuracy_std", "folds"]
+
+
+def _probe_set(path) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(probe index, probe labels, checkpoint count, layer count)`` of one run; refuses runs that cannot be probed."""
+    with RunFile(path) as run:
+        labels = run.probe_labels
+        if labels is None:
+            raise UserError(f"{path}: a {run.task} run has no class labels; probes need a classification task")
+        if not len(run.steps):
+            raise UserError(f"{path}: the run has no checkpoints")
+        return run.probe_index, labels, len(run.steps), len(run.layers)
+
+
+def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The probe labels every run shares, and each run's (checkpoint, layer) counts; refuses runs that differ."""
+    seen: dict[Path, str] = {}
+    first_index = first_labels = None
+    counts = []
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise UserError(f"{path}: given twice (also as {seen[key]})")
+        seen[key] = path
+        index, labels, n_checkpoints, n_layers = _probe_set(path)
+        counts.append((n_checkpoints, n_layers))
+        if first_index is None:
+            first_index, first_labels = index, labels
+        elif not np.array_equal(index, first_index):
+            raise UserError(f"the probe indices of {paths[0]} and {path} differ; probes compare runs on one probe set")
+        elif not np.array_equal(labels, first_labels):
+            raise UserError(f"the probe labels of {paths[0]} and {path} differ (different data sets?)")
+    return first_labels, counts
+
+
+def _activations(paths: list[str], chosen: list[range]):
+    """Yield ``(path, rule, seed, layer, step, activations)`` for the ``chosen`` checkpoints of each run.
+
+    Activations come as float64 ``[N, D]``; non-finite values are refused with where they are.
+    """
+    for path, indices in zip(paths, chosen):
+        with RunFile(path) as run:
+            for layer in run.layers:
+                for i in indices:
+                    step = int(run.steps[i])
+                    x = run.activations(layer, i).astype(np.float64)
+                    if not np.isfinite(x).all():
+                        raise UserError(f"{path}: non-finite activations in layer {layer} at step {step}")
+                    yield path, run.rule, run.seed, layer, step, x
+
+
+def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5,
+               checkpoints: str = "all", quiet: bool = False) -> pd.DataFrame:
+    """The tidy table of ``probes`` on every layer of every run, at every (``"all"``) or the last checkpoint."""
+    paths = [str(p) for p in paths]
+    probes = tuple(probes)
+    if not paths:
+        raise UserError("no run files given")
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes:
+        raise UserError(f"unknown probe(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROBES)}")
+    if checkpoints not in CHECKPOINTS:
+        raise UserError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
+    labels, counts = _shared_probe_set(paths)
+    splits = make_folds(labels, folds, seed)
+    scorers = {"linear": lambda *a: linear_accuracy(*a, seed=seed), "knn": lambda *a: knn_accuracy(*a, k=k)}
+    chosen = [range(n) if checkpoints == "all" else range(n - 1, n) for n, _ in counts]
+    total = sum(len(indices) * n_layers for indices, (_, n_layers) in zip(chosen, counts))
+
+    progress = Progress(total, "probe", quiet=quiet)
+    rows = []
+    try:
+        with threadpool_limits(limits=1):
+            for done, (path, rule, run_seed, layer, step, x) in enumerate(_activations(paths, chosen), 1):
+                for name in probes:
+                    scores = [scorers[name](x[tr], labels[tr], x[te], labels[te]) for tr, te in splits]
+                    rows.append([path, rule, run_seed, layer, step, name,
+                                 float(np.mean(scores)), float(np.std(scores, ddof=1)), len(splits)])
+                progress.update(done, f"{Path(path).name} {layer} step {step}")
+    finally:
+        progress.close()
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.astype({"seed": "int64", "step": "int64", "folds": "int64"})
+
+
+def write_table(table: pd.DataFrame, out_csv) -> Path:
+    """Write ``table`` to ``out_csv`` (no index column) through a temporary file in the same folder."""
+    out = Path(out_csv)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file name for the table")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", newline="") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out

@@ -1,0 +1,114 @@
+"""The ``repanalysis`` command: train, inspect, analyze, probe, figures, reproduce.
+
+A ``UserError`` (a mistake the user can fix) is printed as one line on stderr
+with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import OPTIMIZERS, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
+from .errors import UserError
+from .models import ACTIVATIONS, MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _interfaces(text: str) -> list[int]:
+    try:
+        return [int(part.strip().lstrip("h")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected interface numbers like 2 or 2,4 (or h2,h4), got {text!r}") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model with one rule and record it to a run file")
+    d = TrainConfig()
+    p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
+    p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
+    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
+    p.add_argument("--depth", type=int, default=d.depth, help="hidden blocks (default %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="units per hidden block (default %(default)s)")
+    p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
+    p.add_argument("--batch-norm", action="store_true", help="batch norm before each activation")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)")
+    p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
+    p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
+    p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the artificial data sets")
+    p.add_argument("--data-dir", help="folder with the MNIST files (default $REPANALYSIS_DATA, else a download)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu or cuda")
+    g = p.add_argument_group("synthetic gradients (sg, dni, cdni)")
+    g.add_argument("--sg-at", type=_interfaces, help="interfaces with a module for sg, e.g. 2 or 2,4 (default: the middle)")
+    g.add_argument("--sg-condition", choices=SG_CONDITIONS, help="module input beside h (default: label; none for dni)")
+    g.add_argument("--sg-hidden", type=int, default=d.sg_hidden, help="hidden layers in each module: 0 (linear), 1 or 2")
+    g.add_argument("--sg-width", type=int, default=d.sg_width, help="units per module hidden layer")
+    g.add_argument("--sg-batch-norm", action="store_true", help="batch norm in the modules' hidden layers")
+    g.add_argument("--sg-output", choices=SG_OUTPUTS, default=d.sg_output, help="tanh bounds the prediction (log losses)")
+    g.add_argument("--sg-lambda", type=float, help="target mix: 1 true gradient, 0 bootstrapped (default 1 for sg, 0 for dni/cdni)")
+    g.add_argument("--sg-optimizer", choices=OPTIMIZERS, help="the modules' optimiser (default --optimizer)")
+    g.add_argument("--sg-lr", type=float, help="the modules' learning rate (default --lr)")
+    g.add_argument("--sg-loss-weight", type=float, default=d.sg_loss_weight)
+    g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
+    g = p.add_argument_group("fixed feedback (fa, dfa)")
+    g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
+    p.add_argument("--out", required=True, help="the run file to write (.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _config_from(args) -> TrainConfig:
+    names = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _cmd_train(args) -> None:
+    from .train import train
+
+    result = train(_config_from(args), args.out, data_dir=args.data_dir, device=args.device,
+                   overwrite=args.overwrite, quiet=args.quiet)
+    e = result.last_eval
+    print(f"wrote {args.out}: {result.steps_done} steps, test loss {e['test_loss']:.4f}, test accuracy {e['test_acc']:.4f}")
+
+
+def _cmd_inspect(args) -> None:
+    from .inspect import summary
+
+    for path in args.runs:
+        print(summary(path))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="repanalysis", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    p = sub.add_parser("inspect", help="summarise run files: status, layers, checkpoints, last metrics")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        {"train": _cmd_train, "inspect": _cmd_inspect}[args.command](args)
+    except UserError as err:
+        print(f"repanalysis: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("repanalysis: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

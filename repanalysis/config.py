@@ -1,0 +1,102 @@
+"""``TrainConfig``: every setting of one training run, stored as JSON in the run file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from .errors import UserError
+
+RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback")
+OPTIMIZERS = ("adam", "sgd")
+SG_CONDITIONS = ("none", "label", "error")
+SG_OUTPUTS = ("linear", "tanh")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run. ``None`` means "the rule's or the run's default" (see ``resolved``).
+
+    Interfaces are numbered from 1 (``h1`` is the first block's output), as on the
+    command line.
+    """
+
+    rule: str = "backprop"
+    dataset: str = "digits"
+    data_seed: int = 0
+    model: str = "mlp"
+    depth: int = 4
+    width: int = 64
+    activation: str = "relu"
+    batch_norm: bool = False
+    steps: int = 1000
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    record_every: int | None = None
+    eval_every: int | None = None
+    probe_size: int = 200
+    seed: int = 0
+    # synthetic gradients (sg, dni, cdni)
+    sg_at: list[int] | None = None
+    sg_condition: str | None = None
+    sg_hidden: int = 0
+    sg_width: int = 256
+    sg_batch_norm: bool = False
+    sg_output: str = "linear"
+    sg_lambda: float | None = None
+    sg_optimizer: str | None = None
+    sg_lr: float | None = None
+    sg_loss_weight: float = 1.0
+    update_prob: float = 1.0
+    # fixed feedback (fa, dfa)
+    feedback_scale: float = 1.0
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every default filled in and every setting checked."""
+        c = dataclasses.replace(self)
+        _check_choice("rule", c.rule, RULES)
+        _check_choice("optimizer", c.optimizer, OPTIMIZERS)
+        for name in ("steps", "batch_size", "probe_size"):
+            if getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        if not c.lr > 0:
+            raise UserError(f"--lr must be positive, got {c.lr}")
+        if c.record_every is None:
+            c.record_every = max(1, c.steps // 10)
+        if c.eval_every is None:
+            c.eval_every = max(1, c.steps // 10)
+        if c.record_every < 1 or c.eval_every < 1:
+            raise UserError("--record-every and --eval-every must be at least 1")
+        if c.sg_condition is None:
+            c.sg_condition = "none" if c.rule == "dni" else "label"
+        _check_choice("sg-condition", c.sg_condition, SG_CONDITIONS)
+        _check_choice("sg-output", c.sg_output, SG_OUTPUTS)
+        if c.sg_hidden not in (0, 1, 2):
+            raise UserError(f"--sg-hidden must be 0, 1 or 2, got {c.sg_hidden}")
+        if c.sg_lambda is None:
+            c.sg_lambda = 1.0 if c.rule == "sg" else 0.0
+        if not 0.0 <= c.sg_lambda <= 1.0:
+            raise UserError(f"--sg-lambda must be in [0, 1], got {c.sg_lambda}")
+        c.sg_optimizer = c.sg_optimizer or c.optimizer
+        _check_choice("sg-optimizer", c.sg_optimizer, OPTIMIZERS)
+        if c.sg_lr is None:
+            c.sg_lr = c.lr
+        if not 0.0 < c.update_prob <= 1.0:
+            raise UserError(f"--update-prob must be in (0, 1], got {c.update_prob}")
+        return c
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def _check_choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")

@@ -1,0 +1,47 @@
+"""``repanalysis inspect``: a readable summary of one run file."""
+
+from __future__ import annotations
+
+import math
+
+from .runfile import RunFile
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4g}"
+
+
+def summary(path) -> str:
+    """Status, provenance, layers with widths, checkpoints, last metrics and evaluation."""
+    with RunFile(path) as run:
+        cfg = run.config
+        lines = [
+            f"{path}",
+            f"  status      {run.status}" + (f" ({run.error})" if run.error else ""),
+            f"  rule        {run.rule}    model {run.model} (depth {cfg.get('depth')}, width {cfg.get('width')})"
+            f"    data set {run.dataset}    seed {run.seed}",
+            f"  created     {run.created}    versions "
+            + ", ".join(f"{k} {v}" for k, v in run.versions.items()),
+            f"  probe set   {len(run.probe_index)} test inputs",
+            f"  checkpoints {len(run.steps)}" + (f" at steps {_steps(run.steps)}" if len(run.steps) else ""),
+            "  layers",
+        ]
+        for name in run.layers:
+            info = run.layer_info(name)
+            arrays = [k for k in ("activations", "true_grad", "signal") if run.has(name, k)]
+            lines.append(f"    {name:<6} width {info['width']:<5} {info['kind']:<28} {', '.join(arrays)}")
+        lines.append(f"  parameters  {len(run.param_names)} arrays under /params")
+        metrics = run.metrics
+        if metrics.get("step") is not None and len(metrics["step"]):
+            last = ", ".join(f"{k} {_fmt(v[-1])}" for k, v in metrics.items() if k != "step")
+            lines.append(f"  last metrics (step {int(metrics['step'][-1])}): {last}")
+        evals = run.evals
+        if evals.get("step") is not None and len(evals["step"]):
+            last = ", ".join(f"{k} {_fmt(v[-1])}" for k, v in evals.items() if k != "step")
+            lines.append(f"  last evaluation (step {int(evals['step'][-1])}): {last}")
+    return "\n".join(lines)
+
+
+def _steps(steps) -> str:
+    shown = [str(int(s)) for s in steps]
+    return ", ".join(shown) if len(shown) <= 12 else ", ".join(shown[:5] + ["..."] + shown[-5:])

@@ -1,0 +1,199 @@
+"""The rule interface: one training step, and the shadow pass that records it.
+
+A rule trains a ``Network`` by deciding which error signal each block learns
+from. Every rule here is written in one form: the forward pass is *cut* after
+some blocks (``cuts``), the rule *injects* a signal at each cut, and each
+segment between cuts is trained by backpropagating the loss (top segment) or
+the injected signal (the others) through that segment alone. A rule may also
+replace the transposed weights of the backward pass (``feedback``, for Feedback
+Alignment) and train modules of its own (``learn``, for synthetic gradients).
+
+Signals are in the units of the gradient of the *batch-mean* loss: on a batch
+of B samples, a rule that knew the true gradient would inject ``∂L_n/∂h_n / B``.
+Every block (and the head) has its own optimiser, so no block's update waits
+for another block's gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .. import tasks
+from ..config import TrainConfig
+from ..models import Network, Trace
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """Adam, or SGD with momentum."""
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+@dataclass
+class Pass:
+    """What one forward and backward pass under a rule produced.
+
+    ``arriving[i]``: the gradient that reached the leaf after cut ``i`` from the
+    segment above (the true gradient for the top cut when no feedback is used).
+    ``signals[i]``: what the rule injected at cut ``i``. ``interface_grads[i]``:
+    the error at interface ``i`` under this rule (filled on request).
+    """
+
+    trace: Trace
+    target: torch.Tensor
+    loss: torch.Tensor
+    output_grad: torch.Tensor | None = None
+    arriving: dict[int, torch.Tensor] = field(default_factory=dict)
+    signals: dict[int, torch.Tensor] = field(default_factory=dict)
+    interface_grads: dict[int, torch.Tensor] = field(default_factory=dict)
+    predictions: dict[int, torch.Tensor] = field(default_factory=dict)  # learned modules' outputs, attached
+
+
+class Rule:
+    """Backprop by default; subclasses change ``cuts``, ``feedback``, ``signal`` and ``learn``."""
+
+    name = "backprop"
+
+    def __init__(self, network: Network, task: str, n_outputs: int, config: TrainConfig):
+        self.network = network
+        self.task = task
+        self.n_outputs = n_outputs
+        self.config = config
+        self.cuts: tuple[int, ...] = ()
+        self.modules = nn.ModuleDict()  # the rule's own state, recorded under /params/rule.*
+        parts = list(network.blocks) + [network.head]
+        self.optimizers = [
+            make_optimizer(config.optimizer, part.parameters(), config.lr, config.momentum)
+            for part in parts
+            if any(True for _ in part.parameters())
+        ]
+        self._coin = torch.Generator().manual_seed(config.seed + 7919)
+
+    # -- what subclasses change -------------------------------------------------
+
+    def feedback(self) -> list[torch.Tensor | None] | None:
+        """Matrices that replace each linear map's weight in the backward pass, or None."""
+        return None
+
+    def signal(self, i: int, p: Pass) -> torch.Tensor:
+        """The signal to inject at cut ``i``, given what the segments above produced."""
+        raise NotImplementedError
+
+    def learn(self, p: Pass) -> dict[str, torch.Tensor]:
+        """Train the rule's own modules after the backward pass; return their metrics."""
+        return {}
+
+    def signalled(self) -> list[int]:
+        """Interfaces whose error under this rule is not the true gradient."""
+        if self.feedback() is not None:
+            return list(range(self.network.followed_by_linear))
+        return list(range(max(self.cuts) + 1)) if self.cuts else []
+
+    # -- the shared machinery ---------------------------------------------------
+
+    def parameters(self):
+        """Every trainable tensor the rule owns (its modules'), for optimisers and checks."""
+        return self.modules.parameters()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on a batch; returns detached 0-d metric tensors."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.network.train()
+        self.modules.train()
+        p = self.backward(x, y, into_parameters=True)
+        metrics = {"train_loss": p.loss.detach()}
+        hits = tasks.correct(self.task, p.trace.output.detach(), y)
+        if hits is not None:
+            metrics["train_acc"] = hits / len(y)
+        metrics.update(self.learn(p))
+        self._update()
+        return metrics
+
+    def backward(self, x, y, *, into_parameters: bool, interfaces: bool = False) -> Pass:
+        """Forward with cuts, then backpropagate every segment from the top down.
+
+        With ``into_parameters`` the parameter gradients are accumulated in
+        ``.grad``; with ``interfaces`` the error at every interface is kept.
+        """
+        net = self.network
+        trace = net.trace(x, self.cuts, self.feedback())
+        p = Pass(trace, y, tasks.loss(self.task, trace.output, y))
+        bounds = sorted(self.cuts)
+        tops = [len(net.blocks) - 1] if not bounds else [len(net.blocks) - 1] + bounds[::-1]
+        for k, top in enumerate(tops):
+            below = bounds[len(bounds) - 1 - k] if k < len(bounds) else None
+            first = 0 if below is None else below + 1
+            parts = list(net.blocks[first : top + 1]) + ([net.head] if k == 0 else [])
+            params = [q for part in parts for q in part.parameters()] if into_parameters else []
+            inside = [i for i in range(first, top + 1) if interfaces and (k == 0 or i != top)]
+            wanted = [trace.inputs[below]] if below is not None else []
+            wanted += [trace.output] if k == 0 else []
+            wanted += [trace.hidden[i] for i in inside] + params
+            if k == 0:
+                node, grad = p.loss, None
+            else:
+                node, grad = trace.hidden[top], self.signal(top, p)
+                p.signals[top] = grad
+                if interfaces:
+                    p.interface_grads[top] = grad
+            if not wanted:
+                continue
+            grads = list(torch.autograd.grad(node, wanted, grad, retain_graph=True, allow_unused=True))
+            if below is not None:
+                p.arriving[below] = grads.pop(0)
+            if k == 0:
+                p.output_grad = grads.pop(0)
+            for i in inside:
+                p.interface_grads[i] = grads.pop(0)
+            for q, g in zip(params, grads):
+                if g is not None:
+                    q.grad = g if q.grad is None else q.grad + g
+        return p
+
+    def _update(self) -> None:
+        prob = self.config.update_prob
+        for opt in self.optimizers:
+            if prob >= 1.0 or torch.rand((), generator=self._coin).item() < prob:
+                opt.step()
+
+    def probe(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """The shadow pass on the probe set: changes no parameter, buffer or optimiser state.
+
+        Returns, per interface name: ``activations``, ``true_grad`` (the gradient
+        of the probe-mean loss) and, where the rule's error differs from it,
+        ``signal`` (the error the rule delivers there, in the same units).
+        Networks and modules run in eval mode (batch norm uses running statistics).
+        """
+        with evaluating(self.network, self.modules):
+            trace = self.network.trace(x)
+            true = torch.autograd.grad(tasks.loss(self.task, trace.output, y), trace.hidden)
+            signalled = self.signalled()
+            rule_grads = self.backward(x, y, into_parameters=False, interfaces=True).interface_grads if signalled else {}
+        out = {}
+        for i, name in enumerate(self.network.interfaces):
+            record = {"activations": trace.hidden[i].detach(), "true_grad": true[i].detach()}
+            if i in signalled:
+                record["signal"] = rule_grads[i].detach()
+            out[name] = record
+        return out
+
+
+@contextlib.contextmanager
+def evaluating(*modules: nn.Module):
+    """Run ``modules`` in eval mode, then restore each one's own mode."""
+    modes = [[(m, m.training) for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for group in modes:
+            for m, mode in group:
+                m.train(mode)

@@ -1,0 +1,147 @@
+"""Synthetic gradients: the ``sg``, ``dni`` and ``cdni`` rules and their modules.
+
+A module ``Mi`` at interface ``hi`` predicts the *per-sample* error
+``∂L_n/∂h_n`` from ``hi`` (and, conditioned, from the one-hot label or the
+per-sample output error ``∂L_n/∂p_n``). The blocks below ``hi`` learn from the
+prediction (divided by the batch size, to match the batch-mean loss), at once,
+without waiting for the layers above. The module regresses a target with
+``L_SG = w · mean_n ‖Mi(h_n, c_n) - t_n‖²``, its input and target detached:
+
+- the top module's target is the true gradient at its interface;
+- a lower module's target is ``λ·δi + (1-λ)·b_i``, where ``b_i`` is the next
+  module's prediction pushed back through the blocks between the two
+  (Jaderberg et al. 2016; ``λ = 1`` for ``sg``, 0 for ``dni`` and ``cdni`` by default).
+
+Every target is computed from the same forward pass, before any block updates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .base import Pass, Rule, make_optimizer
+
+
+class SyntheticGradientModule(nn.Module):
+    """``M(h, c)``: ``hidden`` layers of ``linear -> (batch norm) -> ReLU``, then a linear output.
+
+    With no hidden layer this is the linear module ``M(h, c) = hA + cB + b``. The
+    output layer starts at zero weights and zero bias, so the first prediction
+    is exactly zero; with ``output="tanh"`` the prediction is ``tanh`` of it
+    (bounded in (-1, 1), the range of a log loss's gradient; zero at zero).
+    """
+
+    def __init__(self, width: int, condition_dim: int, hidden: int, hidden_width: int, batch_norm: bool, output: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = width + condition_dim
+        for _ in range(hidden):
+            layers += [nn.Linear(d, hidden_width)] + ([nn.BatchNorm1d(hidden_width)] if batch_norm else []) + [nn.ReLU()]
+            d = hidden_width
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Linear(d, width)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.output = output
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        z = h if condition is None else torch.cat([h, condition], 1)
+        z = self.out(self.hidden(z))
+        return torch.tanh(z) if self.output == "tanh" else z
+
+
+class SyntheticGradients(Rule):
+    """Modules at chosen interfaces (``cuts``); blocks above the top module learn by backprop."""
+
+    name = "sg"
+
+    def __init__(self, network, task, n_outputs, config, at: list[int]):
+        super().__init__(network, task, n_outputs, config)
+        n = len(network.blocks)
+        bad = [i + 1 for i in at if not 0 <= i < n]
+        if bad:
+            raise UserError(f"--sg-at names interfaces {bad}; this network has h1..h{n}")
+        self.cuts = tuple(sorted(set(at)))
+        self.condition = config.sg_condition
+        cond_dim = 0 if self.condition == "none" else n_outputs
+        widths = network.widths
+        for i in self.cuts:
+            self.modules[network.interfaces[i]] = SyntheticGradientModule(
+                widths[i], cond_dim, config.sg_hidden, config.sg_width, config.sg_batch_norm, config.sg_output
+            )
+        self.module_optimizers = [
+            make_optimizer(config.sg_optimizer, m.parameters(), config.sg_lr, config.momentum)
+            for m in self.modules.values()
+        ]
+
+    def predict(self, i: int, h: torch.Tensor, target: torch.Tensor, output_error: torch.Tensor) -> torch.Tensor:
+        """Module ``i``'s per-sample prediction at ``h``; ``output_error`` is per-sample ``∂L_n/∂p_n``.
+
+        The condition is the one-hot label (the target itself for regression and
+        binary tasks), the output error, or nothing, by ``--sg-condition``.
+        """
+        if self.condition == "none":
+            condition = None
+        elif self.condition == "error":
+            condition = output_error.detach()
+        elif self.task == "classification":
+            condition = F.one_hot(target, self.n_outputs).to(h.dtype)
+        else:
+            condition = target
+        return self.modules[self.network.interfaces[i]](h.detach(), condition)
+
+    def signal(self, i: int, p: Pass) -> torch.Tensor:
+        batch = len(p.target)
+        prediction = self.predict(i, p.trace.hidden[i], p.target, p.output_grad * batch)
+        p.predictions[i] = prediction
+        return prediction.detach() / batch
+
+    def targets(self, p: Pass) -> dict[int, torch.Tensor]:
+        """Per-sample regression targets at each cut (see the module docstring)."""
+        lam = self.config.sg_lambda
+        batch = len(p.target)
+        cuts = sorted(self.cuts)
+        out = {cuts[-1]: p.arriving[cuts[-1]] * batch}
+        true = p.arriving[cuts[-1]]
+        for below, above in zip(cuts[-2::-1], cuts[:0:-1]):
+            target = (1 - lam) * p.arriving[below]
+            if lam > 0:
+                (true,) = torch.autograd.grad(p.trace.hidden[above], p.trace.inputs[below], true, retain_graph=True)
+                target = target + lam * true
+            out[below] = target * batch
+        return out
+
+    def learn(self, p: Pass) -> dict[str, torch.Tensor]:
+        metrics = {}
+        targets = self.targets(p)
+        for opt in self.module_optimizers:
+            opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, target in targets.items():
+            loss = (p.predictions[i] - target.detach()).pow(2).sum(1).mean()
+            metrics[f"sg_loss/{self.network.interfaces[i]}"] = loss.detach()
+            total = total + self.config.sg_loss_weight * loss
+        total.backward()
+        for opt in self.module_optimizers:
+            opt.step()
+        return metrics
+
+
+def default_sg_at(n_interfaces: int) -> list[int]:
+    """One module in the middle of the hidden stack (0-based), as in the 2017 paper's MNIST runs."""
+    return [(n_interfaces - 1) // 2]
+
+
+def make_synthetic(rule: str, network, task, n_outputs, config) -> SyntheticGradients:
+    """``sg`` at ``--sg-at`` (or the middle); ``dni``/``cdni`` after every block."""
+    n = len(network.blocks)
+    if rule == "sg":
+        at = [k - 1 for k in config.sg_at] if config.sg_at else default_sg_at(n)
+    else:
+        at = list(range(n))
+    made = SyntheticGradients(network, task, n_outputs, config, at)
+    made.name = rule
+    return made

@@ -1,0 +1,302 @@
+"""The run file: one HDF5 file per run, the contract between training and analysis.
+
+Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
+
+    /                      attrs: format, format_version, status, rule, model, dataset,
+                           seed, created, versions (JSON), config (JSON),
+                           task, n_features, n_outputs
+    /probe/index           int64 [N]      probe inputs' indices in the test split
+    /probe/labels          int64 [N]      (classification and binary tasks)
+    /probe/targets         float32 [N, k] (regression tasks)
+    /checkpoints/step      int64 [T]
+    /layers/<name>/        attrs: position, width, kind
+        activations        float32 [T, N, D]
+        true_grad          float32 [T, N, D]
+        signal             float32 [T, N, D]  (only where the rule's error is not the true gradient)
+    /params/<qualified>    [T, ...]       every parameter and buffer, per checkpoint
+    /metrics/<name>        float64 [S]    per logged step (``step`` among them)
+    /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
+
+Arrays grow along their first axis; each is chunked one checkpoint (one row
+block) at a time and LZF-compressed (bundled with h5py). The writer flushes
+after every checkpoint and evaluation and touches the file between them only
+then, so a run killed at any moment leaves every earlier checkpoint readable
+with ``status`` still "running".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import UserError
+
+FORMAT = "repanalysis-run"
+FORMAT_VERSION = 1
+ARRAY_KINDS = ("activations", "true_grad", "signal")
+
+
+def _versions() -> str:
+    import torch
+
+    return json.dumps(
+        {"repanalysis": __version__, "torch": torch.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
+    )
+
+
+def _append(group: h5py.Group, name: str, value: np.ndarray) -> None:
+    """Append ``value`` as one new row of the growing dataset ``name`` (created on first use)."""
+    value = np.asarray(value)
+    if name not in group:
+        compress = {"compression": "lzf"} if value.size > 1 else {}
+        group.create_dataset(
+            name, shape=(0,) + value.shape, maxshape=(None,) + value.shape, dtype=value.dtype,
+            chunks=(1,) + value.shape if value.shape else (1024,), **compress,
+        )
+    ds = group[name]
+    ds.resize(ds.shape[0] + 1, axis=0)
+    ds[-1] = value
+
+
+def _extend(group: h5py.Group, name: str, values: np.ndarray) -> None:
+    """Append a 1-D block of scalars to the growing float64 dataset ``name``."""
+    if name not in group:
+        group.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(1024,))
+    ds = group[name]
+    ds.resize(ds.shape[0] + len(values), axis=0)
+    ds[-len(values):] = values
+
+
+class RunWriter:
+    """Writes one run file: provenance, probe set, checkpoints, metrics, evaluations."""
+
+    def __init__(self, path, *, rule: str, model: str, dataset: str, seed: int, config_json: str,
+                 task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False):
+        """``layers``: ``(name, width, kind)`` per interface, bottom to top."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it")
+        if path.parent and not path.parent.exists():
+            raise UserError(f"the folder {path.parent} does not exist")
+        self.path = path
+        self.file = h5py.File(path, "w")
+        f = self.file
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
+            "model": model, "dataset": dataset, "seed": seed, "config": config_json, "versions": _versions(),
+            "task": task, "n_features": n_features, "n_outputs": n_outputs,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+        f.create_dataset("probe/index", data=np.asarray(probe_index, dtype=np.int64))
+        if probe_labels is not None:
+            f.create_dataset("probe/labels", data=np.asarray(probe_labels, dtype=np.int64))
+        if probe_targets is not None:
+            f.create_dataset("probe/targets", data=np.asarray(probe_targets, dtype=np.float32))
+        f.create_group("checkpoints")
+        for position, (name, width, kind) in enumerate(layers):
+            g = f.create_group(f"layers/{name}")
+            g.attrs.update({"position": position, "width": width, "kind": kind})
+        for group in ("params", "metrics", "eval"):
+            f.create_group(group)
+        self._metrics: dict[str, list[float]] = {}
+        f.flush()
+
+    def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray]) -> None:
+        """Append one checkpoint: per layer its arrays (``ARRAY_KINDS``), every parameter; then flush."""
+        f = self.file
+        for name, arrays in layers.items():
+            for kind, value in arrays.items():
+                _append(f[f"layers/{name}"], kind, value.astype(np.float32, copy=False))
+        for name, value in params.items():
+            _append(f["params"], name, value)
+        _append(f["checkpoints"], "step", np.int64(step))
+        self._flush_metrics()
+
+    def log(self, row: dict[str, float]) -> None:
+        """Record one logged step's metrics (kept in memory until the next flush)."""
+        for name, value in row.items():
+            self._metrics.setdefault(name, []).append(value)
+
+    def evaluation(self, row: dict[str, float]) -> None:
+        """Append one evaluation (``step``, ``test_loss``, ``test_acc``); then flush."""
+        for name, value in row.items():
+            _extend(self.file["eval"], name, np.array([value], dtype=np.float64))
+        self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        for name, values in self._metrics.items():
+            if values:
+                _extend(self.file["metrics"], name, np.asarray(values, dtype=np.float64))
+        self._metrics = {name: [] for name in self._metrics}
+        self.file.flush()
+
+    def close(self, status: str = "complete", **attrs) -> None:
+        """Write what is buffered, set ``status`` (and e.g. ``error``), and close."""
+        self.file.attrs["status"] = status
+        self.file.attrs.update(attrs)
+        self._flush_metrics()
+        self.file.close()
+
+
+def _walk(group: h5py.Group, prefix: str = "") -> dict[str, h5py.Dataset]:
+    out = {}
+    for key, item in group.items():
+        if isinstance(item, h5py.Dataset):
+            out[prefix + key] = item
+        else:
+            out.update(_walk(item, f"{prefix}{key}/"))
+    return out
+
+
+class RunFile:
+    """Read-only view of a run file. Arrays are read lazily, one checkpoint at a time.
+
+    Use as a context manager, or call ``close()``. Checkpoints are addressed by
+    their index into ``steps`` (negative indices count from the end).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise UserError(f"{self.path}: no such file")
+        try:
+            self.file = h5py.File(self.path, "r", locking=False)
+        except OSError as err:
+            raise UserError(f"{self.path}: not a readable HDF5 file ({str(err).splitlines()[0]})") from None
+        attrs = self.file.attrs
+        if attrs.get("format") != FORMAT:
+            self.file.close()
+            raise UserError(f"{self.path}: not a repanalysis run file (no format={FORMAT!r} attribute)")
+        version = int(attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            self.file.close()
+            raise UserError(
+                f"{self.path}: run-file format version {version}; this repanalysis reads version {FORMAT_VERSION}"
+            )
+        try:
+            self._layers = sorted(self.file["layers"], key=lambda n: int(self.file["layers"][n].attrs["position"]))
+            self.steps = self.file["checkpoints/step"][:] if "step" in self.file["checkpoints"] else np.zeros(0, np.int64)
+        except (KeyError, OSError) as err:
+            self.file.close()
+            raise UserError(f"{self.path}: damaged or truncated run file ({err})") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    # provenance
+    @property
+    def attrs(self) -> dict:
+        return dict(self.file.attrs)
+
+    def __getattr__(self, name):
+        if name in ("status", "rule", "model", "dataset", "created", "error", "task"):
+            value = self.file.attrs.get(name)
+            return value.decode() if isinstance(value, bytes) else value
+        raise AttributeError(name)
+
+    @property
+    def seed(self) -> int:
+        return int(self.file.attrs["seed"])
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.file.attrs["config"])
+
+    @property
+    def versions(self) -> dict:
+        return json.loads(self.file.attrs["versions"])
+
+    # probe set
+    @property
+    def probe_index(self) -> np.ndarray:
+        return self.file["probe/index"][:]
+
+    @property
+    def probe_labels(self) -> np.ndarray | None:
+        return self.file["probe/labels"][:] if "labels" in self.file["probe"] else None
+
+    @property
+    def probe_targets(self) -> np.ndarray | None:
+        return self.file["probe/targets"][:] if "targets" in self.file["probe"] else None
+
+    # layers
+    @property
+    def layers(self) -> list[str]:
+        """Interface names, bottom to top."""
+        return list(self._layers)
+
+    def layer_info(self, name: str) -> dict:
+        g = self._layer(name)
+        return {"name": name, "position": int(g.attrs["position"]), "width": int(g.attrs["width"]),
+                "kind": str(g.attrs["kind"])}
+
+    def _layer(self, name: str) -> h5py.Group:
+        if name not in self._layers:
+            raise UserError(f"{self.path}: no layer {name!r}; it has {', '.join(self._layers)}")
+        return self.file["layers"][name]
+
+    def has(self, layer: str, kind: str) -> bool:
+        return kind in self._layer(layer)
+
+    def array(self, layer: str, kind: str) -> h5py.Dataset:
+        """The whole ``[T, N, D]`` dataset of one layer (sliced lazily by h5py)."""
+        g = self._layer(layer)
+        if kind not in g:
+            raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
+        return g[kind]
+
+    def _at(self, layer: str, kind: str, checkpoint: int) -> np.ndarray:
+        ds = self.array(layer, kind)
+        n = min(ds.shape[0], len(self.steps))
+        if not -n <= checkpoint < n:
+            raise UserError(f"{self.path}: checkpoint {checkpoint} out of range; the run has {n}")
+        return ds[checkpoint % n]
+
+    def activations(self, layer: str, checkpoint: int = -1) -> np.ndarray:
+        return self._at(layer, "activations", checkpoint)
+
+    def true_grad(self, layer: str, checkpoint: int = -1) -> np.ndarray:
+        return self._at(layer, "true_grad", checkpoint)
+
+    def signal(self, layer: str, checkpoint: int = -1) -> np.ndarray | None:
+        """The rule's error signal, or None where the rule used the true gradient."""
+        return self._at(layer, "signal", checkpoint) if self.has(layer, "signal") else None
+
+    def checkpoint_index(self, step: int) -> int:
+        hits = np.flatnonzero(self.steps == step)
+        if not len(hits):
+            raise UserError(f"{self.path}: no checkpoint at step {step}; steps are {self.steps.tolist()}")
+        return int(hits[0])
+
+    # parameters, metrics, evaluations
+    @property
+    def param_names(self) -> list[str]:
+        return sorted(self.file["params"])
+
+    def param(self, name: str, checkpoint: int = -1) -> np.ndarray:
+        if name not in self.file["params"]:
+            raise UserError(f"{self.path}: no parameter {name!r}")
+        return self.file["params"][name][checkpoint]
+
+    def params(self, checkpoint: int = -1) -> dict[str, np.ndarray]:
+        return {name: self.param(name, checkpoint) for name in self.param_names}
+
+    @property
+    def metrics(self) -> dict[str, np.ndarray]:
+        return {name: ds[:] for name, ds in _walk(self.file["metrics"]).items()}
+
+    @property
+    def evals(self) -> dict[str, np.ndarray]:
+        return {name: ds[:] for name, ds in _walk(self.file["eval"]).items()}

@@ -1,0 +1,35 @@
+"""Small builders shared by the training tests."""
+
+from __future__ import annotations
+
+import torch
+
+from repanalysis.config import TrainConfig
+from repanalysis.datasets import load
+from repanalysis.train import build
+
+
+def small_config(**overrides) -> TrainConfig:
+    """A tiny digits run: depth 3, width 16, 20 steps, checkpoints every 10 steps."""
+    base = dict(rule="backprop", dataset="digits", depth=3, width=16, steps=20, batch_size=32,
+                record_every=10, eval_every=10, probe_size=50, seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def built(config: TrainConfig, data=None):
+    """The seeded rule for ``config`` on ``data`` (digits by default), and the data."""
+    data = data or load(config.dataset)
+    config = config.resolved()
+    return build(config, data.task, data.n_features, data.n_outputs), data
+
+
+def batch(data, n: int = 32, offset: int = 0):
+    return data.x_train[offset : offset + n], data.y_train[offset : offset + n]
+
+
+def parameters_equal(a: torch.nn.Module, b: torch.nn.Module, exact: bool = True, **tol) -> bool:
+    pa, pb = a.state_dict(), b.state_dict()
+    if exact:
+        return all(torch.equal(pa[k], pb[k]) for k in pa)
+    return all(torch.allclose(pa[k].double(), pb[k].double(), **tol) for k in pa)

@@ -1,0 +1,242 @@
+"""Backprop training and the run file: the foundation's promises."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import small_config
+
+from repanalysis import tasks
+from repanalysis.cli import main
+from repanalysis.datasets import load
+from repanalysis.errors import UserError
+from repanalysis.models import build_network
+from repanalysis.runfile import FORMAT_VERSION, RunFile
+from repanalysis.train import rebuild, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+@pytest.fixture(scope="module")
+def bn_run(tmp_path_factory, digits):
+    path = tmp_path_factory.mktemp("runs") / "bn.h5"
+    train(small_config(batch_norm=True, steps=30), path, quiet=True, data=digits)
+    return path
+
+
+def test_run_file_follows_the_schema(bn_run):
+    with h5py.File(bn_run, "r") as f:
+        a = f.attrs
+        assert a["format"] == "repanalysis-run" and a["format_version"] == FORMAT_VERSION
+        assert a["status"] == "complete" and a["rule"] == "backprop" and a["dataset"] == "digits"
+        for key in ("model", "seed", "created", "versions", "config"):
+            assert key in a
+        assert list(f["checkpoints/step"][:]) == [0, 10, 20, 30]
+        assert f["probe/index"].dtype == np.int64 and f["probe/index"].shape == (50,)
+        assert f["probe/labels"].dtype == np.int64
+        assert sorted(f["layers"]) == ["h1", "h2", "h3"]
+        for name in ("h1", "h2", "h3"):
+            g = f["layers"][name]
+            assert g.attrs["width"] == 16 and g.attrs["kind"] == "linear+batchnorm+relu"
+            for kind in ("activations", "true_grad"):
+                assert g[kind].shape == (4, 50, 16) and g[kind].dtype == np.float32
+                assert g[kind].chunks == (1, 50, 16) and g[kind].compression is not None
+            assert "signal" not in g  # backprop's signal is the true gradient
+        assert "model.blocks.0.norm.running_mean" in f["params"]
+        assert f["params/model.blocks.0.linear.weight"].shape == (4, 16, 64)
+        assert len(f["metrics/step"]) == 30 and f["metrics/train_loss"].dtype == np.float64
+        assert list(f["eval/step"][:]) == [0, 10, 20, 30]
+
+
+def test_recorded_true_gradient_is_the_gradient_of_the_probe_mean_loss(bn_run, digits):
+    with RunFile(bn_run) as run:
+        index, checkpoint = run.probe_index, 2
+        rule = rebuild(run, checkpoint)
+        recorded = [run.true_grad(name, checkpoint) for name in run.layers]
+        activations = [run.activations(name, checkpoint) for name in run.layers]
+    net = rule.network.eval()
+    x, y = digits.x_test[index], digits.y_test[index]
+    hidden, h = [], x
+    for block in net.blocks:
+        h = block(h)
+        hidden.append(h)
+    loss = tasks.loss("classification", net.head(h), y)
+    grads = torch.autograd.grad(loss, hidden)
+    for g, r, h, a in zip(grads, recorded, hidden, activations):
+        np.testing.assert_allclose(r, g.numpy(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(a, h.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _final_state(result):
+    rule = result.rule
+    return rule.network.state_dict(), [opt.state_dict() for opt in rule.optimizers]
+
+
+@pytest.mark.parametrize("rule", ["backprop", "cdni"])
+def test_recording_changes_nothing(tmp_path, digits, rule):
+    config = small_config(rule=rule, batch_norm=True, record_every=3)
+    with_record = _final_state(train(config, tmp_path / "a.h5", quiet=True, data=digits))
+    without = _final_state(train(config, None, quiet=True, data=digits))
+    for k, v in with_record[0].items():
+        assert torch.equal(v, without[0][k]), k
+    for a, b in zip(with_record[1], without[1]):
+        for pid, state in a["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, b["state"][pid][key]), (pid, key)
+
+
+def test_same_command_twice_writes_identical_arrays(tmp_path, digits):
+    paths = [tmp_path / "one.h5", tmp_path / "two.h5"]
+    for p in paths:
+        train(small_config(rule="sg", batch_norm=True), p, quiet=True, data=digits)
+
+    def arrays(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+            out["config"] = f.attrs["config"]
+        return out
+
+    one, two = arrays(paths[0]), arrays(paths[1])
+    assert one.keys() == two.keys()
+    for key in one:
+        assert np.array_equal(one[key], two[key]), key
+
+
+def test_different_seeds_differ(tmp_path, digits):
+    a = train(small_config(seed=1), None, quiet=True, data=digits).rule.network.state_dict()
+    b = train(small_config(seed=2), None, quiet=True, data=digits).rule.network.state_dict()
+    assert not torch.equal(a["blocks.0.linear.weight"], b["blocks.0.linear.weight"])
+
+
+def test_backprop_learns_digits(digits):
+    result = train(small_config(steps=300, width=64, depth=2), None, quiet=True, data=digits)
+    assert result.last_eval["test_acc"] > 0.85
+
+
+def test_models_depths_and_interfaces():
+    net = build_network("mlp", 10, 3, depth=50, width=8, activation="tanh", batch_norm=True)
+    assert net.interfaces == [f"h{i}" for i in range(1, 51)]
+    x = torch.randn(4, 10)
+    trace = net.trace(x, cuts={3, 20})
+    assert torch.equal(trace.output, net(x))
+    assert trace.inputs[3] is not trace.hidden[3] and trace.inputs[3].grad_fn is None
+    lin = build_network("linear", 10, 1)
+    assert lin.interfaces == ["h1"] and torch.equal(lin(x), lin.trace(x).hidden[0])
+    deep = build_network("deeplinear", 10, 2, depth=10, width=5, activation="relu", batch_norm=True)
+    assert all(b.kind == "linear+identity" for b in deep.blocks)
+    with pytest.raises(UserError, match="depth"):
+        build_network("mlp", 10, 3, depth=0)
+
+
+def _cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_cli_train_and_inspect(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    assert _cli("train", "--rule", "backprop", "--dataset", "digits", "--model", "mlp", "--depth", 2, "--width", 8,
+                "--steps", 20, "--record-every", 10, "--out", out, "--quiet") == 0
+    assert _cli("inspect", out) == 0
+    text = capsys.readouterr().out
+    assert "status      complete" in text and "h2     width 8" in text and "0, 10, 20" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rule", "nope"], "unknown rule"),
+    (["--model", "cnn"], "unknown model"),
+    (["--dataset", "cifar"], "unknown data set"),
+    (["--depth", "0"], "depth"),
+    (["--probe-size", "100000"], "test split"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--rule", "kickback"], "one scalar output"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, message):
+    assert _cli("train", *args, "--steps", 2, "--out", tmp_path / "x.h5", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    out.write_text("keep me")
+    assert _cli("train", "--steps", 2, "--out", out, "--quiet") == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert _cli("train", "--steps", 2, "--out", out, "--quiet", "--overwrite") == 0
+
+
+def test_non_finite_loss_fails_cleanly(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    code = _cli("train", "--dataset", "linear-regression-2d", "--optimizer", "sgd", "--lr", "1e4", "--steps", 200,
+                "--record-every", 1, "--out", out, "--quiet")
+    assert code == 2 and "non-finite at step" in capsys.readouterr().err
+    with RunFile(out) as run:
+        assert run.status == "failed" and "step" in run.error
+        assert len(run.steps) >= 1 and np.isfinite(run.activations("h1", 0)).all()
+
+
+def test_inspect_refuses_missing_foreign_and_truncated(tmp_path, capsys, bn_run):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    truncated = tmp_path / "trunc.h5"
+    truncated.write_bytes(bn_run.read_bytes()[:5000])
+    text = tmp_path / "text.h5"
+    text.write_text("hello")
+    for path, message in [(tmp_path / "none.h5", "no such file"), (foreign, "not a repanalysis run file"),
+                          (truncated, "not a readable HDF5"), (text, "not a readable HDF5")]:
+        assert _cli("inspect", path) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_unknown_format_version_is_refused(tmp_path, bn_run):
+    copy = tmp_path / "future.h5"
+    copy.write_bytes(bn_run.read_bytes())
+    with h5py.File(copy, "a") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(UserError, match="format version"):
+        RunFile(copy)
+
+
+def test_sigkill_leaves_a_readable_running_file(tmp_path):
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repanalysis.cli", "train", "--steps", "100000", "--record-every", "20",
+         "--eval-every", "100000", "--width", "16", "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                with RunFile(out) as run:
+                    if len(run.steps) >= 3:
+                        break
+            except (UserError, OSError, KeyError):
+                pass
+        else:
+            pytest.fail("the run wrote no checkpoints in 60 s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with RunFile(out) as run:
+        assert run.status == "running"
+        n = len(run.steps)
+        assert n >= 3 and list(run.steps[:3]) == [0, 20, 40]
+        for name in run.layers:
+            assert run.array(name, "activations").shape[0] >= n
+            assert np.isfinite(run.activations(name, n - 1)).all()
+    assert main(["inspect", str(out)]) == 0
