@@ -88,19 +88,82 @@ def _cmd_inspect(args) -> None:
         print(summary(path))
 
 
+def _cmd_analyze(args) -> None:
+    from .analysis.runs import MEASURES, analyze, write_table
+
+    unknown = sorted(set(args.measures or ()) - set(MEASURES))
+    if unknown:
+        raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    table = analyze(args.runs, reference=args.reference, measures=args.measures, quiet=args.quiet)
+    write_table(table, args.out)
+    print(f"wrote {args.out}: {len(table)} rows")
+
+
+def _cmd_probe(args) -> None:
+    from .probes import probe_runs, write_table
+
+    table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
+                       quiet=args.quiet)
+    write_table(table, args.out)
+    print(f"wrote {args.out}: {len(table)} rows")
+
+
+def _cmd_figures(args) -> None:
+    from .figures import draw_figures
+
+    made = draw_figures(args.inputs, args.out, quiet=args.quiet)
+    print(f"wrote {len(made)} files to {args.out}")
+
+
+def _cmd_reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    report = reproduce(args.out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
+                       data_dir=args.data_dir, quiet=args.quiet)
+    print(f"wrote {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="repanalysis", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="repanalysis", description="Train networks with backprop, synthetic gradients and "
+                     "related rules; record their insides to HDF5; analyse, probe and draw the differences.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     p = sub.add_parser("inspect", help="summarise run files: status, layers, checkpoints, last metrics")
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p = sub.add_parser("analyze", help="similarity, spectra and gradient error of run files, as a tidy table")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("--out", required=True, help="the table to write (.csv)")
+    p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
+    p.add_argument("--measures", nargs="+", metavar="NAME", help="only these measures (default: all that apply)")
+    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("--out", required=True, help="the table to write (.csv)")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
+    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default %(default)s)")
+    p.add_argument("--checkpoints", choices=("all", "last"), default="all")
+    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")
+    p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
+    p.add_argument("--out", required=True, help="the folder for the figures")
+    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("reproduce", help="train every rule, analyse, probe, draw, and write report.md")
+    p.add_argument("--dataset", default="digits", help="classification data set (default digits)")
+    p.add_argument("--quick", action="store_true", help="a much smaller version (for CI)")
+    p.add_argument("--seeds", type=int, help="seeds per rule")
+    p.add_argument("--data-dir", help="folder with the MNIST files")
+    p.add_argument("--out", required=True, help="the output folder")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        {"train": _cmd_train, "inspect": _cmd_inspect}[args.command](args)
+        commands = {"train": _cmd_train, "inspect": _cmd_inspect, "analyze": _cmd_analyze, "probe": _cmd_probe,
+                    "figures": _cmd_figures, "reproduce": _cmd_reproduce}
+        commands[args.command](args)
     except UserError as err:
         print(f"repanalysis: error: {err}", file=sys.stderr)
         return 2

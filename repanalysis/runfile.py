@@ -18,7 +18,9 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
     /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
 
 Arrays grow along their first axis; each is chunked one checkpoint (one row
-block) at a time and LZF-compressed (bundled with h5py). The writer flushes
+block) at a time. Layer arrays are LZF-compressed (bundled with h5py; sparse
+ReLU activations shrink); parameters are stored plain, since random-looking
+weights gain little from compression and would cost write time. The writer flushes
 after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
 with ``status`` still "running".
@@ -50,14 +52,14 @@ def _versions() -> str:
     )
 
 
-def _append(group: h5py.Group, name: str, value: np.ndarray) -> None:
+def _append(group: h5py.Group, name: str, value: np.ndarray, compress: bool = False) -> None:
     """Append ``value`` as one new row of the growing dataset ``name`` (created on first use)."""
     value = np.asarray(value)
     if name not in group:
-        compress = {"compression": "lzf"} if value.size > 1 else {}
+        options = {"compression": "lzf"} if compress and value.size > 1 else {}
         group.create_dataset(
             name, shape=(0,) + value.shape, maxshape=(None,) + value.shape, dtype=value.dtype,
-            chunks=(1,) + value.shape if value.shape else (1024,), **compress,
+            chunks=(1,) + value.shape if value.shape else (1024,), **options,
         )
     ds = group[name]
     ds.resize(ds.shape[0] + 1, axis=0)
@@ -112,7 +114,7 @@ class RunWriter:
         f = self.file
         for name, arrays in layers.items():
             for kind, value in arrays.items():
-                _append(f[f"layers/{name}"], kind, value.astype(np.float32, copy=False))
+                _append(f[f"layers/{name}"], kind, value.astype(np.float32, copy=False), compress=True)
         for name, value in params.items():
             _append(f["params"], name, value)
         _append(f["checkpoints"], "step", np.int64(step))

@@ -1,0 +1,84 @@
+"""``draw_figures``: every figure the given tables and run files allow, as PNG and SVG.
+
+Figures (file stems) and what they need:
+
+- ``learning_curves``, ``rdms``, ``spectra``: run files of one data set and model;
+- ``similarity_to_backprop``, ``layer_cka``, ``effective_rank``, ``weight_norm``,
+  ``gradient_alignment``, ``synthetic_loss``: an analysis table;
+- ``probe_accuracy``: a probe table;
+- ``linear_problems``: the reproduction's linear-problem table.
+
+Several tables of one kind are concatenated. With ``tag`` every stem gets
+``_<tag>`` and every title `` — <tag>``, so figures of several experiments
+can share a folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+
+from repanalysis.errors import UserError
+from repanalysis.progress import Progress
+from repanalysis.runfile import RunFile
+
+from . import curves, heatmaps, layers, linear, rdms, spectra, training
+from .inputs import split_inputs
+from .style import save
+
+FROM_TABLES = {
+    "analysis": {
+        "similarity_to_backprop": layers.similarity_to_backprop,
+        "layer_cka": heatmaps.layer_cka,
+        "effective_rank": layers.effective_rank,
+        "weight_norm": layers.weight_norm,
+        "gradient_alignment": training.gradient_alignment,
+        "synthetic_loss": training.synthetic_loss,
+    },
+    "probes": {"probe_accuracy": layers.probe_accuracy},
+    "linear": {"linear_problems": linear.linear_problems},
+}
+FROM_RUNS = {"learning_curves": curves.learning_curves, "rdms": rdms.rdm_grid, "spectra": spectra.spectra}
+
+
+def _check_runs(runs: list[Path]) -> None:
+    """Refuse run files from more than one data set and model (their figures would mix them)."""
+    kinds = {}
+    for path in runs:
+        with RunFile(path) as run:
+            kinds.setdefault((run.dataset, run.model), path)
+    if len(kinds) > 1:
+        listed = "; ".join(f"{d}/{m} ({p})" for (d, m), p in kinds.items())
+        raise UserError(f"the run files come from several data sets or models: {listed}; draw each group separately")
+
+
+def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None) -> list[Path]:
+    """Draw what ``inputs`` (tables ``.csv``, run files ``.h5``) allow into ``out_dir``; return the files."""
+    tables, runs = split_inputs(inputs)
+    if runs:
+        _check_runs(runs)
+    jobs = [(stem, draw, pd.concat(tables[kind], ignore_index=True))
+            for kind, figures in FROM_TABLES.items() if kind in tables for stem, draw in figures.items()]
+    jobs += [(stem, draw, runs) for stem, draw in FROM_RUNS.items() if runs]
+    if not jobs:
+        raise UserError("nothing to draw: give an analysis, probe or linear-problem table, or run files")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    progress = Progress(len(jobs), "figures", quiet=quiet)
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        for done, (stem, draw, data) in enumerate(jobs, 1):
+            fig = draw(data)
+            if fig is not None:
+                if tag:
+                    fig.suptitle(f"{fig.get_suptitle()} — {tag}")
+                written += save(fig, out, f"{stem}_{tag}" if tag else stem)
+            progress.update(done, stem)
+    progress.close()
+    if not written:
+        raise UserError("nothing to draw: the inputs hold none of the measures the figures show")
+    return written

@@ -1,0 +1,89 @@
+"""What figures read: tidy tables, told apart by their columns, and run files; and how they summarise them.
+
+Table kinds (``KINDS``), each recognised by the columns it must have:
+
+- ``analysis``: ``repanalysis analyze`` (``measure, rule_a, seed_a, layer_a, step_a, ..., value``);
+- ``probes``: ``repanalysis probe`` (``rule, seed, layer, step, probe, accuracy``);
+- ``linear``: the reproduction's linear-problem table (``dataset, model, rule, seed,
+  train_loss, map_cosine, map_distance``).
+
+Summaries are over seeds: ``mean``, ``std`` (ddof 1; 0 with one seed) and ``n``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from repanalysis.errors import UserError
+
+KINDS = {
+    "analysis": {"measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
+                 "run_b", "rule_b", "seed_b", "layer_b", "step_b", "value"},
+    "probes": {"run", "rule", "seed", "layer", "step", "probe", "accuracy"},
+    "linear": {"dataset", "model", "rule", "seed", "train_loss", "map_cosine", "map_distance"},
+}
+
+
+def table_kind(table: pd.DataFrame, name: str = "table") -> str:
+    """The kind of ``table`` (a key of ``KINDS``); UserError if it is none of them or has no rows."""
+    for kind, columns in KINDS.items():
+        if columns <= set(table.columns):
+            if table.empty:
+                raise UserError(f"{name}: the {kind} table has no rows")
+            return kind
+    raise UserError(f"{name}: not an analysis, probe or linear-problem table "
+                    f"(columns {', '.join(map(str, table.columns)) or 'none'})")
+
+
+def read_table(path) -> tuple[str, pd.DataFrame]:
+    """``(kind, table)`` read from a CSV file."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise UserError(f"{path}: cannot read a table ({str(err).splitlines()[0]})") from None
+    return table_kind(table, str(path)), table
+
+
+def split_inputs(inputs) -> tuple[dict[str, list[pd.DataFrame]], list[Path]]:
+    """Tables by kind (``.csv``) and run files (``.h5``/``.hdf5``); UserError on anything else."""
+    tables: dict[str, list[pd.DataFrame]] = {}
+    runs = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        if path.suffix.lower() == ".csv":
+            kind, table = read_table(path)
+            tables.setdefault(kind, []).append(table)
+        elif path.suffix.lower() in (".h5", ".hdf5"):
+            runs.append(path)
+        else:
+            raise UserError(f"{path}: give tables (.csv) or run files (.h5)")
+    return tables, runs
+
+
+def summarise(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
+    """``by`` columns with the ``mean``, ``std`` (ddof 1, 0 for one row) and ``n`` of ``value``."""
+    grouped = table.groupby(by, sort=False)[value]
+    out = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def at_last_step(table: pd.DataFrame, run: str = "run_a", step: str = "step_a") -> pd.DataFrame:
+    """The rows at each run's last step present in ``table``."""
+    last = table.groupby(run)[step].transform("max")
+    return table[table[step] == last]
+
+
+def measure(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The analysis rows of one measure whose value is finite."""
+    rows = table[table["measure"] == name]
+    return rows[pd.to_numeric(rows["value"], errors="coerce").notna()]
+
+
+def single_run(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a single-run measure: those with no second run."""
+    return rows[rows["run_b"].isna() | (rows["run_b"].astype(str) == "")]

@@ -1,0 +1,108 @@
+"""Per-layer profiles at the last checkpoint, one line per rule (mean ± std over seeds as error bars).
+
+Each function takes a tidy table and returns a matplotlib Figure, or None when
+the table holds nothing it can draw. Layers run bottom (left) to top (right).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .inputs import at_last_step, measure, single_run, summarise
+from .style import line_kwargs, legend, ordered_layers, ordered_rules, subplots
+
+SIMILARITIES = {"linear_cka": "linear CKA", "svcca": "SVCCA"}
+
+
+def draw_profile(ax, summary: pd.DataFrame, layers: list[str], *, label_suffix: dict | None = None) -> None:
+    """One line per rule of ``summary`` (``rule, layer, mean, std``) over ``layers``."""
+    position = {name: i for i, name in enumerate(layers)}
+    for rule in ordered_rules(summary["rule"]):
+        rows = summary[summary["rule"] == rule].copy()
+        rows["x"] = rows["layer"].map(position)
+        rows = rows.sort_values("x")
+        style = line_kwargs(rule)
+        style["label"] = rule + (label_suffix or {}).get(rule, "")
+        ax.errorbar(rows["x"], rows["mean"], yerr=rows["std"], capsize=3, **style)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlabel("layer (bottom → top)")
+    ax.grid(alpha=0.3)
+
+
+def _seeds_note(summary: pd.DataFrame) -> str:
+    n = sorted(set(summary["n"]))
+    return f"mean ± std over {n[0]} seed{'s' if n[0] > 1 else ''}" if len(n) == 1 else "mean ± std over seeds"
+
+
+def _single_run_profile(analysis: pd.DataFrame, name: str, ylabel: str, title: str):
+    rows = at_last_step(single_run(measure(analysis, name)))
+    if rows.empty:
+        return None
+    summary = summarise(rows.rename(columns={"rule_a": "rule", "layer_a": "layer"}), ["rule", "layer"])
+    fig, (ax,) = subplots(1, size=(5.5, 3.6))
+    draw_profile(ax, summary, ordered_layers(summary["layer"]))
+    ax.set_ylabel(ylabel)
+    fig.suptitle(f"{title}\n(last checkpoint, {_seeds_note(summary)})")
+    legend(fig, [ax])
+    return fig
+
+
+def effective_rank(analysis: pd.DataFrame):
+    """Effective rank of each layer's centred activations on the probe set."""
+    return _single_run_profile(analysis, "effective_rank", "effective rank", "Effective rank per layer")
+
+
+def weight_norm(analysis: pd.DataFrame):
+    """Frobenius norm of each layer's weight matrix."""
+    return _single_run_profile(analysis, "weight_frobenius", r"$\|W\|_F$", "Weight norm per layer")
+
+
+def similarity_to_backprop(analysis: pd.DataFrame):
+    """Each layer against the same layer of the backprop run with the same seed (CKA, SVCCA panels).
+
+    The backprop line is backprop against backprop with another seed: the ceiling
+    that seed-to-seed variation allows. (Runs of one seed share their initial
+    weights, which the other rules' lines benefit from and the ceiling does not.)
+    """
+    panels = []
+    for name, label in SIMILARITIES.items():
+        rows = measure(analysis, name)
+        rows = rows[(rows["rule_b"] == "backprop") & (rows["layer_a"] == rows["layer_b"])
+                    & (rows["run_a"] != rows["run_b"]) & (rows["step_a"] == rows["step_b"])]
+        rows = at_last_step(rows)
+        if not rows.empty:
+            panels.append((label, summarise(rows.rename(columns={"rule_a": "rule", "layer_a": "layer"}),
+                                            ["rule", "layer"])))
+    if not panels:
+        return None
+    fig, axes = subplots(len(panels), size=(4.6, 3.6))
+    for ax, (label, summary) in zip(axes, panels):
+        draw_profile(ax, summary, ordered_layers(summary["layer"]),
+                     label_suffix={"backprop": " (other seed: ceiling)"})
+        ax.set_ylabel(f"{label} to backprop")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(label)
+    fig.suptitle("Similarity of each layer to the same layer of the backprop run with the same seed\n"
+                 f"(same initial weights; backprop line: other seeds) at the last checkpoint, "
+                 f"{_seeds_note(panels[0][1])}")
+    legend(fig, axes)
+    return fig
+
+
+def probe_accuracy(probes: pd.DataFrame):
+    """Probe test accuracy per layer at the last checkpoint, one panel per probe kind."""
+    rows = at_last_step(probes, run="run", step="step")
+    rows = rows[np.isfinite(rows["accuracy"])]
+    if rows.empty:
+        return None
+    kinds = sorted(set(rows["probe"]))
+    fig, axes = subplots(len(kinds), size=(4.6, 3.6))
+    for ax, kind in zip(axes, kinds):
+        summary = summarise(rows[rows["probe"] == kind], ["rule", "layer"], "accuracy")
+        draw_profile(ax, summary, ordered_layers(summary["layer"]))
+        ax.set_ylabel("probe test accuracy")
+        ax.set_title(f"{kind} probe")
+    fig.suptitle(f"Linear separability per layer at the last checkpoint ({_seeds_note(summary)})")
+    legend(fig, axes)
+    return fig

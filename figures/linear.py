@@ -1,0 +1,69 @@
+"""The linear-problem table (claims 1 and 2) as bars: final training loss and agreement of the learned maps.
+
+Top row: final training loss per problem (x) and rule (bars, mean over seeds
+with ±std error bars), log scale, one panel per model; where the table gives
+the least-squares optimum (``optimum_loss``), it is marked by a grey bar-wide
+line. Bottom row: cosine between each other rule's learned linear map and the
+backprop map of the same seed. Bars keep their rule's colour and differ in
+hatching too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .inputs import summarise
+from .style import legend, ordered_rules, rule_style, subplots
+
+ROWS = {"train_loss": "final training loss", "map_cosine": "cosine of map to backprop's"}
+
+
+SHORT = {"linear": "lin.", "nonlinear": "nonlin.", "classification": "class.", "regression": "regr."}
+
+
+def short_name(problem: str) -> str:
+    """``linear-classification-100d`` -> ``lin.``, ``class.``, ``100d`` on three lines (tick labels that fit)."""
+    *words, dims = problem.split("-")
+    return "\n".join([SHORT.get(w, w) for w in words] + [dims])
+
+
+def _bars(ax, summary: pd.DataFrame, problems: list[str]) -> None:
+    rules = ordered_rules(summary["rule"])
+    width = 0.8 / len(rules)
+    for k, rule in enumerate(rules):
+        rows = summary[summary["rule"] == rule].set_index("dataset").reindex(problems)
+        style = rule_style(rule)
+        x = np.arange(len(problems)) - 0.4 + width * (k + 0.5)
+        ax.bar(x, rows["mean"], width, yerr=rows["std"], color=style.color, edgecolor="black",
+               hatch=style.hatch, label=rule, capsize=2)
+    ax.set_xticks(range(len(problems)), [short_name(p) for p in problems], fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def linear_problems(table: pd.DataFrame):
+    """The figure, or None when the table is empty."""
+    if table.empty:
+        return None
+    models = sorted(set(table["model"]))
+    problems = sorted(set(table["dataset"]))
+    fig, axes = subplots(len(ROWS) * len(models), ncols=len(models), size=(6.5, 3.0))
+    for r, (column, label) in enumerate(ROWS.items()):
+        for c, model in enumerate(models):
+            ax = axes[r * len(models) + c]
+            picked = table[(table["model"] == model) & np.isfinite(table[column])]
+            if column == "map_cosine":  # backprop against itself is 1 by definition
+                picked = picked[picked["rule"] != "backprop"]
+            _bars(ax, summarise(picked, ["rule", "dataset"], column), problems)
+            if column == "train_loss":
+                ax.set_yscale("log")
+                if "optimum_loss" in table:
+                    optimum = picked.groupby("dataset")["optimum_loss"].mean().reindex(problems)
+                    ax.hlines(optimum, np.arange(len(problems)) - 0.45, np.arange(len(problems)) + 0.45,
+                              color="0.5", linewidth=2, label="least-squares optimum")
+            ax.set_ylabel(label)
+            ax.set_title(f"{model} model")
+    fig.suptitle("Linear and deep linear models on the artificial problems: backprop against a linear SG\n"
+                 "(mean ± std over seeds)")
+    legend(fig, axes)
+    return fig

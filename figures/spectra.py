@@ -1,0 +1,52 @@
+"""Singular-value spectra of each layer's activations: one panel per layer, one line per rule.
+
+Each run's spectrum is ``repanalysis.analysis.singular_values`` of the layer's
+probe activations at the last checkpoint, normalised by its largest value;
+lines are the mean over seeds, on a log scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from repanalysis.analysis import singular_values
+from repanalysis.runfile import RunFile
+
+from .style import legend, line_kwargs, ordered_layers, ordered_rules, subplots
+
+
+def normalised_spectra(paths) -> dict[tuple[str, str], list[np.ndarray]]:
+    """``{(rule, layer): [σ / σ_max per run]}`` at each run's last checkpoint (all-zero spectra left out)."""
+    out: dict[tuple[str, str], list[np.ndarray]] = {}
+    for path in paths:
+        with RunFile(path) as run:
+            for layer in run.layers:
+                s = np.asarray(singular_values(run.activations(layer, -1)), dtype=np.float64)
+                if len(s) and s[0] > 0:
+                    out.setdefault((run.rule, layer), []).append(s / s[0])
+    return out
+
+
+def spectra(paths):
+    """The figure, or None when no layer has a non-zero spectrum."""
+    found = normalised_spectra(paths)
+    if not found:
+        return None
+    layers = ordered_layers(layer for _, layer in found)
+    fig, axes = subplots(len(layers), size=(3.2, 2.8), sharey=True)
+    for ax, layer in zip(axes, layers):
+        for rule in ordered_rules(rule for rule, name in found if name == layer):
+            runs = found[(rule, layer)]
+            n = min(len(s) for s in runs)
+            mean = np.mean([s[:n] for s in runs], axis=0)
+            style = line_kwargs(rule)
+            style["markevery"] = max(1, n // 8)
+            ax.plot(np.arange(1, n + 1), np.maximum(mean, 1e-6), **style)
+        ax.set_yscale("log")
+        ax.set_xlabel(r"index $i$")
+        ax.set_ylabel(r"$\sigma_i / \sigma_1$")
+        ax.set_title(layer)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Singular-value spectra of the activations (last checkpoint, mean over seeds)")
+    legend(fig, axes)
+    return fig

@@ -1,0 +1,129 @@
+"""One look for every figure: a fixed colour, marker and line style per rule, and saving.
+
+Colours are the Okabe–Ito palette (Okabe & Ito 2008, "Color Universal
+Design"), chosen to stay distinguishable under the common colour-vision
+deficiencies; yellow is left out (too faint on white). Every rule also has
+its own marker, line style and bar hatching, so no figure relies on colour alone. A rule
+keeps its colour in every figure; unknown rules are grey.
+
+Figures are bare ``matplotlib.figure.Figure`` objects, not pyplot ones: they
+render with the Agg canvas whatever backend the caller has chosen, change no
+global state, and are freed with their last reference. Each is saved as PNG
+(``DPI`` dots per inch, a 256-colour palette) and SVG (no timestamp) under the
+same stem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from PIL import Image  # Pillow: a dependency of matplotlib
+
+DPI = 100
+FORMATS = ("png", "svg")
+RULE_ORDER = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback")
+
+
+@dataclass(frozen=True)
+class RuleStyle:
+    color: str
+    marker: str
+    linestyle: str | tuple
+    hatch: str  # for bars
+
+
+RULE_STYLES = {
+    "backprop": RuleStyle("#000000", "o", "-", ""),
+    "sg": RuleStyle("#D55E00", "s", "--", "//"),
+    "dni": RuleStyle("#E69F00", "^", "-.", ".."),
+    "cdni": RuleStyle("#CC79A7", "v", ":", "xx"),
+    "fa": RuleStyle("#0072B2", "D", (0, (5, 1)), "\\\\"),
+    "dfa": RuleStyle("#56B4E9", "P", (0, (3, 1, 1, 1, 1, 1)), "++"),
+    "kickback": RuleStyle("#009E73", "X", (0, (1, 1)), "oo"),
+}
+UNKNOWN = RuleStyle("#999999", "*", "-", "**")
+LAYER_CMAP = "viridis"  # sequential, perceptually uniform, CVD-safe (heatmaps, RDMs)
+
+
+def rule_style(rule: str) -> RuleStyle:
+    """The fixed style of ``rule`` (grey with a star for a rule not in ``RULE_ORDER``)."""
+    return RULE_STYLES.get(rule, UNKNOWN)
+
+
+def line_kwargs(rule: str) -> dict:
+    """Matplotlib keyword arguments that draw one rule's line."""
+    s = rule_style(rule)
+    return {"color": s.color, "marker": s.marker, "linestyle": s.linestyle, "label": rule, "markersize": 5}
+
+
+def ordered_rules(rules) -> list[str]:
+    """Rules in ``RULE_ORDER``, unknown ones after them in name order."""
+    rules = set(rules)
+    return [r for r in RULE_ORDER if r in rules] + sorted(rules - set(RULE_ORDER))
+
+
+def layer_key(name: str) -> tuple:
+    """Natural sort key: ``h2`` before ``h10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(name)))
+
+
+def ordered_layers(layers) -> list[str]:
+    return sorted(set(layers), key=layer_key)
+
+
+def subplots(n: int, *, ncols: int | None = None, size=(3.2, 2.6), **kwargs):
+    """A figure with ``n`` panels in a grid (``ncols`` wide; default one row up to 5, else 4); unused panels hidden."""
+    ncols = ncols or (n if n <= 5 else 4)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    flat = fig.subplots(nrows, ncols, squeeze=False, **kwargs).ravel()
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def legend(fig, axes) -> None:
+    """One legend below the panels with every labelled artist of any panel (first of each label)."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if not entries:
+        fig.tight_layout()
+        return
+    rows = -(-len(entries) // 7)
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=min(len(entries), 7),
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, min(0.3, 0.35 * rows / fig.get_figheight()), 1, 1))
+
+
+def _write(fig, path: Path, fmt: str) -> None:
+    """One format of ``fig`` to ``path``; PNGs are reduced to a 256-colour palette (a third of the size)."""
+    if fmt != "png":
+        fig.savefig(path, dpi=DPI, format=fmt, metadata={"Date": None})
+        return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    image = Image.open(buffer).convert("RGB")
+    image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    image.save(path, format="png", optimize=True)
+
+
+def save(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each through a temporary file."""
+    paths = []
+    for fmt in FORMATS:
+        path = Path(out_dir) / f"{stem}.{fmt}"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            _write(fig, tmp, fmt)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(path)
+    return paths

@@ -1,0 +1,401 @@
+"""Comparisons over run files, as one tidy table: ``analyze`` and ``write_table``.
+
+One row per value, columns ``COLUMNS``: the measure, then each side's run (the
+path as given), rule, seed, layer and step, then the value. Single-run
+measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
+
+- per run, layer and checkpoint: ``effective_rank``, ``stable_rank``,
+  ``participation_ratio``, ``numerical_rank`` (one spectrum of the centred
+  activations, ``spectrum.spectrum``); ``weight_frobenius``, ``weight_spectral``
+  (the linear weight *feeding* the layer, ``model.blocks.<k>.linear.weight``);
+  where the layer has a ``signal``: ``grad_cosine`` (mean per-sample cosine),
+  ``grad_rel_error``, ``grad_sign_agreement``, ``grad_regression_loss``, from
+  ``gradients.gradient_error`` on ``N·signal`` and ``N·true_grad`` (per-sample
+  units, ``N`` the probe size: the regression loss is then the SG module's
+  ``mean_n ‖M(h_n) - δ_n‖²``; the other three do not depend on the scale);
+- per SG run (sg, dni, cdni), layer with a module and checkpoint:
+  ``synthetic_loss_corr``, ``synthetic_loss_gap`` (``synthetic_loss.synthetic_losses``
+  with its defaults);
+- across runs, same layer, checkpoints of equal step: ``linear_cka``,
+  ``linear_cka_debiased``, ``svcca``, ``pwcca``, ``cca``, ``procrustes``, ``rsa``
+  (``rdm`` with the correlation metric, Spearman comparison: ``rsa``'s
+  defaults; each RDM is ranked once, and Spearman's correlation taken as
+  Pearson's of the ranks). Side ``a`` is each run, side ``b`` its reference:
+  ``reference`` when given (a run that is the reference file is compared
+  with itself); else the first ``backprop`` run with the same seed among the inputs (a
+  reference that is not among ``runs`` gets no rows of its own). Every
+  pair of ``backprop`` runs with different seeds (the ceiling) is also
+  compared, the earlier input on side ``a``. Compared runs must share the data
+  set, data seed and probe indices, or ``analyze`` refuses;
+- within a run at its last checkpoint: ``linear_cka`` between each pair of
+  layers (``layer_a`` below ``layer_b``; equal layers, trivially 1, left out);
+- within a run, every checkpoint against the first and the last:
+  ``linear_cka_to_first``, ``linear_cka_to_last`` (1 at the first, or last,
+  checkpoint itself).
+
+Undefined values get no row. A measure that refuses degenerate data (CCA
+with ``rank X + rank Y >= N``, zero variance, a constant sample in a
+correlation RDM) and the measures' warnings are gathered and reported as one
+warning per kind at the end, with a count and the first place it happened.
+NaN or Inf in activations, true gradients or signals are a ``UserError``
+naming the run, layer and step. Runs whose status is "running" or "failed"
+are analysed as far as they go, with one warning per file.
+
+Memory: each ``[N, D]`` checkpoint array is read once per layer pass (the
+first and last checkpoints of every run are kept for the whole pass), in
+float64. Arrays with ``N·D > STREAM_ABOVE`` are never loaded: the
+moment-based measures (spectra, linear CKA, CCA, SVCCA, PWCCA, Procrustes)
+stream them in row chunks from the file (``streaming.Moments``), RSA is
+skipped (its ``[N, N]`` RDMs), and the gradient measures still load the two
+arrays of one checkpoint.
+
+Speed: the analysis runs its linear algebra single-threaded
+(``threadpoolctl.threadpool_limits(1)``, for BLAS and OpenMP, torch's
+included). Its many small products gain nothing from threads, and torch's
+OpenMP pool beside OpenBLAS's made them 25 to 100 times slower on a busy
+two-core machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from threadpoolctl import threadpool_limits
+
+from ..errors import UserError
+from ..progress import Progress
+from ..runfile import RunFile
+from . import similarity
+from ._arrays import RepanalysisWarning, as_float64, at, warn
+from .gradients import gradient_error
+from .rdm import compare_rdms, rdm
+from .spectrum import effective_rank, numerical_rank, participation_ratio, spectrum, stable_rank, weight_norms
+from .streaming import Moments, RowView
+from .synthetic_loss import synthetic_losses
+
+SPECTRUM = ("effective_rank", "stable_rank", "participation_ratio", "numerical_rank")
+WEIGHTS = {"weight_frobenius": "frobenius", "weight_spectral": "spectral"}
+GRADIENT = {"grad_cosine": "mean_cosine", "grad_rel_error": "relative_error",
+            "grad_sign_agreement": "sign_agreement", "grad_regression_loss": "regression_loss"}
+SYNTHETIC = {"synthetic_loss_corr": "corr", "synthetic_loss_gap": "gap"}
+#: Cross-run measures computed from second moments: (function of ``similarity`` and method of ``Moments``, options).
+MOMENT_BASED = {"linear_cka": ("linear_cka", {}), "linear_cka_debiased": ("linear_cka", {"debiased": True}),
+                "svcca": ("svcca", {}), "pwcca": ("pwcca", {}), "cca": ("cca", {}), "procrustes": ("procrustes", {})}
+ACROSS = ("linear_cka", "linear_cka_debiased", "svcca", "pwcca", "cca", "procrustes", "rsa")
+OVER_TIME = ("linear_cka_to_first", "linear_cka_to_last")
+MEASURES = SPECTRUM + tuple(WEIGHTS) + tuple(GRADIENT) + tuple(SYNTHETIC) + ACROSS + OVER_TIME
+COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
+           "run_b", "rule_b", "seed_b", "layer_b", "step_b", "value")
+SG_RULES = ("sg", "dni", "cdni")
+RSA_METRIC = "correlation"
+
+#: Checkpoint arrays with more values than this (128 MiB in float64) are streamed, not loaded.
+STREAM_ABOVE = 2**24
+
+_NO_SIDE = (None, None, None, None, None)
+
+
+class _Run:
+    """One opened run file, under the name it was given."""
+
+    def __init__(self, name, file: RunFile):
+        self.name, self.file = str(name), file
+        self.key = str(Path(name).resolve())
+        self.rule, self.seed = file.rule, file.seed
+        self.steps = [int(s) for s in file.steps]
+        self.index = {s: c for c, s in reversed(list(enumerate(self.steps)))}
+        self.n = len(file.probe_index)
+
+    def side(self, layer: str, c: int) -> tuple:
+        return (self.name, self.rule, self.seed, layer, self.steps[c])
+
+    def where(self, layer: str, c: int) -> str:
+        return f"{self.name}, layer {layer}, step {self.steps[c]}"
+
+    def load(self, layer: str, c: int, kind: str = "activations", *, stream: bool | None = None):
+        """Checkpoint ``c`` as finite float64 ``[N, D]``, or a ``RowView`` of the file when streamed."""
+        ds = self.file.array(layer, kind)
+        if stream or (stream is None and ds.shape[1] * ds.shape[2] > STREAM_ABOVE):
+            return RowView(ds, c)
+        return as_float64(ds[c], kind, self.where(layer, c))
+
+
+class _Notes:
+    """Refusals and warnings of the measures, gathered and reported once per kind."""
+
+    def __init__(self):
+        self.kinds: dict[tuple[str, str], list] = {}
+
+    def call(self, measure: str, place: str, fn, /, *args, **kwargs):
+        """``fn(*args, **kwargs)``, or None where it refuses the data (a ``UserError``); ``place``: its ``where``."""
+        value = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RepanalysisWarning)
+            try:
+                value = fn(*args, **kwargs)
+            except UserError as err:
+                self._add(measure, str(err), place, "skipped")
+        for w in caught:
+            if issubclass(w.category, RepanalysisWarning):
+                self._add(measure, str(w.message), place, "warned")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return value
+
+    def _add(self, measure: str, message: str, place: str, what: str) -> None:
+        kind = re.sub(r"\d+(\.\d+)?", "#", message.removesuffix(at(place)))
+        entry = self.kinds.setdefault((measure, kind), [message, 0, what])
+        entry[1] += 1
+
+    def report(self) -> None:
+        for (measure, _), (message, count, what) in self.kinds.items():
+            detail = "value skipped" if what == "skipped" else "warning"
+            warn(f"{measure}: {message} [{count} {detail}{'s' if count > 1 else ''} of this kind]")
+
+
+def _streamed(*arrays) -> bool:
+    return any(isinstance(a, RowView) for a in arrays)
+
+
+def _similarities(x, y, where: str, kinds) -> dict:
+    """Zero-argument calls computing each of ``kinds`` (keys of ``MOMENT_BASED``) for one pair.
+
+    In memory for loaded arrays; else from ``Moments`` streamed here, at once,
+    so that NaN or Inf in a streamed array raises rather than being skipped.
+    """
+    if _streamed(x, y):
+        m = Moments.from_source(x, y, debiased="linear_cka_debiased" in kinds, where=where)
+        return {k: partial(getattr(m, MOMENT_BASED[k][0]), **MOMENT_BASED[k][1]) for k in kinds}
+    return {k: partial(getattr(similarity, MOMENT_BASED[k][0]), x, y, where=where, **MOMENT_BASED[k][1])
+            for k in kinds}
+
+
+def _cka(notes: _Notes, measure: str, x, y, where: str):
+    return notes.call(measure, where, _similarities(x, y, where, ["linear_cka"])["linear_cka"])
+
+
+def _ranked_rdm(x: np.ndarray, where: str) -> np.ndarray:
+    """The ``RSA_METRIC`` RDM of ``x`` with its upper triangle replaced by its ranks (ties averaged)."""
+    d = rdm(x, RSA_METRIC, where=where)
+    upper = np.triu_indices(len(d), 1)
+    d[upper] = scipy.stats.rankdata(d[upper])
+    return d
+
+
+def _pair_values(notes: _Notes, wanted: set, x, y, where: str, rdms: tuple) -> dict[str, float]:
+    """The cross-run measures of one pair of ``[N, D]`` arrays; ``rdms``: their ranked RDMs (or Nones)."""
+    calls = _similarities(x, y, where, [k for k in MOMENT_BASED if k in wanted])
+    out = {name: notes.call(name, where, fn) for name, fn in calls.items()}
+    if "rsa" in wanted and all(r is not None for r in rdms):
+        out["rsa"] = notes.call("rsa", where, compare_rdms, *rdms, compare="pearson", where=where)
+    return out
+
+
+def _spectrum_values(notes: _Notes, wanted: set, x, where: str) -> dict[str, float]:
+    if _streamed(x):
+        moments = Moments.from_source(x, debiased=False, where=where)
+        sp = notes.call("spectrum", where, moments.spectrum)
+    else:
+        sp = notes.call("spectrum", where, spectrum, x, where=where)
+    if sp is None:
+        return {}
+    fns = dict(zip(SPECTRUM, (effective_rank, stable_rank, participation_ratio, numerical_rank)))
+    return {name: notes.call(name, where, fns[name], sp, where=where) for name in SPECTRUM if name in wanted}
+
+
+def _check_comparable(a: _Run, b: _Run) -> None:
+    """Refuse a pair of runs that do not share the probe set."""
+    fa, fb = a.file, b.file
+    if fa.dataset != fb.dataset:
+        why = f"data sets {fa.dataset} and {fb.dataset}"
+    elif fa.config.get("data_seed") != fb.config.get("data_seed"):
+        why = f"data seeds {fa.config.get('data_seed')} and {fb.config.get('data_seed')}"
+    elif not np.array_equal(fa.probe_index, fb.probe_index):
+        why = f"probe indices differ ({a.n} and {b.n} probe inputs)"
+    else:
+        return
+    raise UserError(f"{a.name} and {b.name} cannot be compared: {why}; runs compared must share "
+                    f"the data set and the probe indices (train them with the same --probe-size)")
+
+
+def _pairs(runs: list[_Run], reference: _Run | None) -> list[tuple[_Run, _Run]]:
+    """(run, reference) pairs; see the module docstring."""
+    if reference is not None:
+        return [(run, reference) for run in runs]
+    backprop = [run for run in runs if run.rule == "backprop"]
+    pairs = []
+    for run in runs:
+        if run.rule == "backprop":
+            continue
+        same = [b for b in backprop if b.seed == run.seed]
+        if not same:
+            warn(f"{run.name}: no backprop run with seed {run.seed} among the inputs, so no cross-run "
+                 f"comparison for it (pass a reference run)")
+            continue
+        if len(same) > 1:
+            warn(f"{run.name}: several backprop runs have seed {run.seed}; it is compared with {same[0].name}")
+        pairs.append((run, same[0]))
+    pairs += [(a, b) for i, a in enumerate(backprop) for b in backprop[i + 1:] if a.seed != b.seed]
+    return pairs
+
+
+def _check_measures(measures) -> set[str]:
+    wanted = set(MEASURES if measures is None else measures)
+    unknown = sorted(wanted - set(MEASURES))
+    if unknown:
+        raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    return wanted
+
+
+def _open(stack: contextlib.ExitStack, path) -> _Run:
+    run = _Run(path, stack.enter_context(RunFile(path)))
+    if run.file.status != "complete":
+        warn(f"{run.name}: status {run.file.status!r}; analysing the {len(run.steps)} checkpoint(s) it has")
+    return run
+
+
+def analyze(runs, *, reference=None, measures=None, quiet: bool = False) -> pd.DataFrame:
+    """The tidy table of ``measures`` (default: all of ``MEASURES`` that apply) over run files.
+
+    ``runs``: run-file paths; ``reference``: the run every run is compared with
+    (default: the backprop run with the same seed). See the module docstring.
+    """
+    wanted = _check_measures(measures)
+    if not runs:
+        raise UserError("analyze needs at least one run file")
+    rows: list[tuple] = []
+    notes = _Notes()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(threadpool_limits(1))
+        opened = [_open(stack, path) for path in runs]
+        ref = _open(stack, reference) if reference is not None else None
+        pairs = _pairs(opened, ref) if wanted & set(ACROSS) else []
+        for a, b in pairs:
+            _check_comparable(a, b)
+        layers = list(dict.fromkeys(layer for run in opened for layer in run.file.layers))
+        sg_runs = [run for run in opened if run.rule in SG_RULES] if wanted & set(SYNTHETIC) else []
+        slots = {layer: sorted({s for run in opened + [b for _, b in pairs] if layer in run.file.layers
+                                for s in run.steps}) for layer in layers}
+        progress = Progress(sum(map(len, slots.values())) + len(opened) + sum(len(r.steps) for r in sg_runs),
+                            "analyze", quiet=quiet)
+        done = 0
+        for layer in layers:
+            for step, layer_rows in _layer_pass(layer, slots[layer], opened, pairs, wanted, notes):
+                rows += layer_rows
+                done += 1
+                progress.update(done, f"{layer} step {step}")
+        for run in opened:
+            if "linear_cka" in wanted:
+                rows += _across_layers(run, notes)
+            done += 1
+            progress.update(done, run.name)
+        for run in sg_runs:
+            for c in range(len(run.steps)):
+                rows += [(m, *run.side(layer, c), *_NO_SIDE, result[k])
+                         for layer, result in synthetic_losses(run.file, c).items()
+                         for m, k in SYNTHETIC.items() if m in wanted]
+                done += 1
+                progress.update(done, f"{run.name} synthetic loss")
+        progress.close()
+    notes.report()
+    table = pd.DataFrame([r for r in rows if r[-1] is not None and np.isfinite(r[-1])], columns=list(COLUMNS))
+    ints = {c: "Int64" for c in ("seed_a", "step_a", "seed_b", "step_b")}
+    return table.astype({**ints, "value": "float64"})
+
+
+def _layer_pass(layer: str, steps: list[int], runs: list[_Run], pairs, wanted: set, notes: _Notes):
+    """Yield ``(step, rows)`` for one layer: the single-run, over-time and cross-run measures."""
+    runs = [run for run in runs if layer in run.file.layers]
+    pairs = [(a, b) for a, b in pairs if layer in a.file.layers and layer in b.file.layers]
+    by_key = {run.key: run for run in runs + [b for _, b in pairs]}
+    keep_ends = bool(wanted & set(OVER_TIME))
+    held: dict[tuple[str, int], object] = {}
+
+    def get(run: _Run, c: int):
+        if (run.key, c) not in held:
+            held[(run.key, c)] = run.load(layer, c)
+        return held[(run.key, c)]
+
+    for step in steps:
+        rows = []
+        for run in runs:
+            if step in run.index:
+                rows += _single(run, layer, run.index[step], wanted, notes, get)
+        rdms: dict[str, object] = {}
+        for a, b in pairs:
+            if step not in a.index or step not in b.index:
+                continue
+            ca, cb = a.index[step], b.index[step]
+            x, y = get(a, ca), get(b, cb)
+            for run, c, arr in ((a, ca, x), (b, cb, y)):
+                if "rsa" in wanted and run.key not in rdms:
+                    rdms[run.key] = None if _streamed(arr) else notes.call(
+                        "rsa", run.where(layer, c), _ranked_rdm, arr, run.where(layer, c))
+            where = f"{a.name} vs {b.name}, layer {layer}, step {step}"
+            values = _pair_values(notes, wanted, x, y, where, (rdms.get(a.key), rdms.get(b.key)))
+            rows += [(m, *a.side(layer, ca), *b.side(layer, cb), v) for m, v in values.items()]
+        held = {k: v for k, v in held.items() if keep_ends and k[1] in (0, len(by_key[k[0]].steps) - 1)}
+        yield step, rows
+
+
+def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> list[tuple]:
+    """Rows of the single-run measures of one layer at checkpoint ``c`` (and its over-time CKA)."""
+    where, side = run.where(layer, c), run.side(layer, c)
+    values: dict[str, float] = {}
+    if wanted & set(SPECTRUM):
+        values.update(_spectrum_values(notes, wanted, get(run, c), where))
+    if wanted & set(WEIGHTS):
+        position = run.file.layer_info(layer)["position"]
+        norms = notes.call("weight norms", where, weight_norms,
+                           run.file.param(f"model.blocks.{position}.linear.weight", c), where=where) or {}
+        values.update({m: norms.get(k) for m, k in WEIGHTS.items() if m in wanted})
+    if wanted & set(GRADIENT) and run.file.has(layer, "signal"):
+        signal = run.load(layer, c, "signal", stream=False) * run.n
+        true = run.load(layer, c, "true_grad", stream=False) * run.n
+        errors = notes.call("gradient error", where, gradient_error, signal, true, where=where) or {}
+        values.update({m: errors.get(k) for m, k in GRADIENT.items() if m in wanted})
+    rows = [(m, *side, *_NO_SIDE, v) for m, v in values.items()]
+    for measure, end in zip(OVER_TIME, (0, len(run.steps) - 1)):
+        if measure in wanted:
+            value = _cka(notes, measure, get(run, c), get(run, end), where)
+            rows.append((measure, *side, *run.side(layer, end), value))
+    return rows
+
+
+def _across_layers(run: _Run, notes: _Notes) -> list[tuple]:
+    """Linear CKA between every pair of layers of ``run`` at its last checkpoint."""
+    if not run.steps:
+        return []
+    last, layers = len(run.steps) - 1, run.file.layers
+    total = sum(np.prod(run.file.array(layer, "activations").shape[1:]) for layer in layers)
+    arrays = [run.load(layer, last, stream=total > STREAM_ABOVE) for layer in layers]
+    rows = []
+    for i, (la, x) in enumerate(zip(layers, arrays)):
+        for lb, y in zip(layers[i + 1:], arrays[i + 1:]):
+            value = _cka(notes, "linear_cka", x, y, f"{run.name}, layers {la} and {lb}, step {run.steps[last]}")
+            rows.append(("linear_cka", *run.side(la, last), *run.side(lb, last), value))
+    return rows
+
+
+def write_table(table: pd.DataFrame, out_csv) -> None:
+    """Write ``table`` as CSV to ``out_csv`` atomically (a temporary file beside it, then ``os.replace``)."""
+    out = Path(out_csv)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
