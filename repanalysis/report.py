@@ -219,41 +219,24 @@ def claim_convergence(linear: pd.DataFrame) -> Claim:
         "there 'same solution' is the same direction of the map at a similar loss.")
 
 
-def increment_corr(path, checkpoint: int) -> dict[str, float]:
-    """Per SG layer: Pearson correlation of the steps of the synthetic and of the true loss along the paths.
-
-    ``analysis.synthetic_losses`` anchors both curves at the true loss of each
-    probe input, so their plain correlation is dominated by how the loss varies
-    between inputs. The increments ``S(t_k) - S(t_{k-1})`` and ``L(t_k) - L(t_{k-1})``
-    cancel that anchor and compare only the shapes of the two losses.
-    """
-    from .analysis.synthetic_loss import pearson, synthetic_losses
-
-    with RunFile(path) as run:
-        found = synthetic_losses(run, checkpoint)
-    return {layer: pearson(np.diff(d["true"], axis=1).ravel(), np.diff(d["synthetic"], axis=1).ravel())
-            for layer, d in found.items()}
-
-
 def claim_synthetic_loss(main: pd.DataFrame, runs: dict[tuple[str, int], Path]) -> Claim:
     """Claim 3: how well each module's synthetic loss follows the true loss, per layer, early and late."""
-    anchored = main[main["measure"] == "synthetic_loss_corr"].copy()
-    anchored["value"] = pd.to_numeric(anchored["value"], errors="coerce")
+    corr = main[main["measure"] == "synthetic_loss_corr"].copy()
+    corr["value"] = pd.to_numeric(corr["value"], errors="coerce")
     table, verdicts = [], {}
     for rule in ("cdni", "dni"):
         paths = [path for (r, _), path in sorted(runs.items()) if r == rule]
-        if not paths:
+        rows = corr[corr["rule_a"] == rule]
+        if not paths or rows.empty:
             continue
         with RunFile(paths[0]) as run:
             early, late = int(run.steps[1]), int(run.steps[-1])
-        increments = [{"early": increment_corr(p, 1), "late": increment_corr(p, -1)} for p in paths]
-        layers = ordered_layers(increments[0]["late"])
-        means = {when: [_finite_mean([i[when][layer] for i in increments]) for layer in layers]
-                 for when in ("early", "late")}
+        layers = ordered_layers(rows["layer_a"].unique())
+        at = {when: {layer: rows[(rows["layer_a"] == layer) & (rows["step_a"] == step)]["value"]
+                     for layer in layers} for when, step in (("early", early), ("late", late))}
+        means = {when: [_finite_mean(list(at[when][layer])) for layer in layers] for when in at}
         for layer in layers:
-            plain = anchored[(anchored["rule_a"] == rule) & (anchored["layer_a"] == layer)]
-            table.append([rule, layer] + [mean_std([i[when][layer] for i in increments]) for when in ("early", "late")]
-                         + [mean_std(plain[plain["step_a"] == step]["value"]) for step in (early, late)])
+            table.append([rule, layer] + [mean_std(at[when][layer]) for when in ("early", "late")])
         verdicts[rule] = (layers, means, early, late)
     if "cdni" not in verdicts:
         return Claim(3, "SG approximates the loss.", "synthetic loss of a cdni run", "no cdni run", "did not hold")
@@ -261,27 +244,24 @@ def claim_synthetic_loss(main: pd.DataFrame, runs: dict[tuple[str, int], Path]) 
     slope = float(np.polyfit(range(len(layers)), means["late"], 1)[0]) if len(layers) > 1 else math.nan
     closer_better = slope > 0
     start_better = _finite_mean(means["early"]) > _finite_mean(means["late"])
-    details = _md_table(["rule", "layer", f"increment corr, step {early}", f"increment corr, step {late}",
-                         f"synthetic_loss_corr (table), step {early}", f"synthetic_loss_corr (table), step {late}"],
+    details = _md_table(["rule", "layer", f"synthetic_loss_corr, step {early}", f"synthetic_loss_corr, step {late}"],
                         table)
     return Claim(
         3, "SG approximates the loss: better for layers closer to the output, and at the start of training, "
            "degrading slowly.",
         "cdni runs, ReLU net with 5 hidden layers (batch norm), one module per layer: along a straight path from "
-        "each probe input's activation to its class mean, the Pearson correlation of the increments of the "
-        "synthetic loss the module implies with those of the true loss (`increment_corr`, from "
-        f"`analysis.synthetic_losses`), at the first checkpoint after step 0 (step {early}) and the last (step "
-        f"{late}). Two parts: the least-squares slope of the late correlation over layer position is positive "
-        "(closer to the output is better); its mean over layers is higher early than late.",
+        "each probe input's activation to its class mean, the Pearson correlation of the change of the "
+        "synthetic loss the module implies with the change of the true loss (`synthetic_loss_corr` of the "
+        f"analysis table), at the first checkpoint after step 0 (step {early}) and the last (step {late}). Two "
+        "parts: the least-squares slope of the late correlation over layer position is positive (closer to the "
+        "output is better); its mean over layers is higher early than late.",
         f"cdni at step {late}: {', '.join(f'{l} {v:.3f}' for l, v in zip(layers, means['late']))} (slope "
         f"{slope:+.3f}: {'better towards the output' if closer_better else 'not better towards the output'}); "
         f"mean over layers step {early} {_finite_mean(means['early']):.3f} vs step {late} "
         f"{_finite_mean(means['late']):.3f} ({'better at the start' if start_better else 'not better at the start'})",
         _verdict(int(closer_better) + int(start_better), 2), details,
-        "Step 0 is left out (every module starts at zero output, so its synthetic loss is flat); the checkpoint "
-        "spacing decides what 'early' means. The table's `synthetic_loss_corr` is shown beside: it correlates "
-        "the losses themselves, both anchored at each input's true loss, so it is high whenever losses differ "
-        "between inputs, whatever the module predicts.")
+        "Step 0 is left out (every module starts at zero output, so its synthetic loss is flat and the "
+        "correlation undefined); the checkpoint spacing decides what 'early' means.")
 
 
 def _rsa_to_last(path) -> list[float]:
@@ -503,13 +483,14 @@ def _figure_lines(figures: list[Path]) -> list[str]:
 
 
 def write_report(out: Path, *, runs, experiments: dict[str, str], failed, paths, figures, tables,
-                 command: str) -> Path:
+                 command: str, quick: bool) -> Path:
     """Compute the claims and write ``out/report.md`` atomically; return its path.
 
     ``runs``: the planned runs; ``experiments``: name -> description; ``failed``:
     file name -> error; ``paths``: experiment -> the complete run files; ``figures``:
     the files drawn; ``tables``: ``main``, ``regression``, ``linear`` -> CSV paths;
-    ``command``: the command line that reproduces this report.
+    ``command``: the command line that reproduces this report; ``quick``: whether
+    it is the quick version (whose runs are too short for its verdicts to mean much).
     """
     from . import __version__
 
@@ -534,6 +515,8 @@ def write_report(out: Path, *, runs, experiments: dict[str, str], failed, paths,
         f"(seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__}). Spread: "
         "mean ± std over seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in "
         "`tables/`.", "",
+        *(["**Quick version**: the runs are far too short for these verdicts to mean much; it checks that the "
+           "whole chain works. Run without `--quick` for the reproduction.", ""] if quick else []),
         "## Claims", "",
         *_md_table(["#", "claim", "measurement", "result", "verdict"],
                    [[c.number, c.claim, c.measurement, c.result, f"**{c.verdict}**"] for c in claims]),

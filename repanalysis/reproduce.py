@@ -319,7 +319,7 @@ def _reproduce(out: Path, runs: list[PlannedRun], command: str, *, quick: bool, 
                    lambda: draw_figures([regression] + paths["regression"], figures, quiet, tag="regression"))
     return write_report(out, runs=runs, experiments=EXPERIMENTS, failed=failed, paths=paths, figures=drawn,
                         tables={"main": main_analysis, "regression": regression, "linear": linear},
-                        command=command)
+                        command=command, quick=quick)
 
 
 # -- command line (the gallery) -----------------------------------------------------

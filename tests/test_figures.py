@@ -184,3 +184,8 @@ def test_bad_inputs_are_user_errors(tables, runs, tmp_path):
         draw_figures([note], tmp_path / "f")
     with pytest.raises(UserError, match="not a folder"):
         draw_figures([tables["probes"]], note)
+    other = tmp_path / "regression.h5"
+    train(TrainConfig(dataset="linear-regression-2d", depth=1, width=4, steps=2, batch_size=16, probe_size=10),
+          other, device="cpu", quiet=True)
+    with pytest.raises(UserError, match="several data sets"):
+        draw_figures([*runs, other], tmp_path / "g")

@@ -159,7 +159,7 @@ class Prepared:
 
 
 def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 2,
-            drop_constant: bool = False) -> Prepared:
+            drop_constant: bool = False, find_constant: bool = True) -> Prepared:
     """Validate ``x`` (``[n, d]``, finite, ``n >= min_samples``) and centre it in float64.
 
     One pass computes the float64 column means (a non-finite mean reveals NaN or
@@ -167,7 +167,8 @@ def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 
     float64 array (the input is never modified). Constant columns are found
     exactly (every value equal to the first) among the columns whose centred
     sum of squares is at rounding level, and their centred values are set to
-    exactly 0 (or removed, with ``drop_constant``).
+    exactly 0 (or removed, with ``drop_constant``); measures that do not care
+    skip this pass with ``find_constant=False``.
     """
     arr = as_array(x, name, where)
     if arr.ndim != 2:
@@ -184,7 +185,8 @@ def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 
         _report_nonfinite(arr, name, where)
     xc = np.empty((n, d), dtype=np.float64)
     np.subtract(arr, mean, out=xc, casting="unsafe")
-    constant = _constant_columns(arr, xc, mean)
+    constant = _constant_columns(arr, xc, mean) if find_constant or drop_constant \
+        else np.zeros(d, dtype=bool)
     if constant.any():
         if drop_constant:
             xc = np.ascontiguousarray(xc[:, ~constant])

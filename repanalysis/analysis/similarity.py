@@ -66,9 +66,12 @@ def _check_method(method: str, allowed=_METHODS) -> None:
         raise UserError(f"method must be one of {', '.join(allowed)}; got {method!r}")
 
 
-def _prepare_pair(X, Y, where, *, min_samples=2, drop_constant=False) -> tuple[Prepared, Prepared]:
-    px = prepare(X, "X", where, min_samples=min_samples, drop_constant=drop_constant)
-    py = prepare(Y, "Y", where, min_samples=min_samples, drop_constant=drop_constant)
+def _prepare_pair(X, Y, where, *, min_samples=2, drop_constant=False,
+                  find_constant=True) -> tuple[Prepared, Prepared]:
+    px = prepare(X, "X", where, min_samples=min_samples, drop_constant=drop_constant,
+                 find_constant=find_constant)
+    py = prepare(Y, "Y", where, min_samples=min_samples, drop_constant=drop_constant,
+                 find_constant=find_constant)
     check_same_samples(px.xc, py.xc, where)
     return px, py
 
@@ -366,7 +369,7 @@ def linear_cka(X, Y, *, debiased: bool = False, method: str = "auto",
     when that chance level exceeds 0.1 (for isotropic data: ``n < 9d``).
     """
     _check_method(method, ("auto", "feature", "gram"))
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, find_constant=False)
     xc, yc = px.xc, py.xc
     n, dx, dy = px.n, xc.shape[1], yc.shape[1]
     if method == "auto":
@@ -447,7 +450,7 @@ def rbf_cka(X, Y, *, sigma: float = 0.8, debiased: bool = False,
         bx, by = (bandwidth, bandwidth) if np.isscalar(bandwidth) else tuple(bandwidth)
         if not (bx > 0 and by > 0):
             raise UserError(f"bandwidth must be > 0; got {bandwidth}")
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, find_constant=False)
     k = rbf_gram(px.xc, sigma, where, "X", bx)
     l = rbf_gram(py.xc, sigma, where, "Y", by)
     return _cka_from_kernels(k, l, debiased, where, "rbf")
@@ -485,7 +488,7 @@ class MinibatchCKA:
     def update(self, X, Y) -> "MinibatchCKA":
         """Add one batch (``[m, dx]`` and ``[m, dy]``, ``m >= 4``)."""
         where = f"batch {self.n_batches}" + (f", {self.where}" if self.where else "")
-        px, py = _prepare_pair(X, Y, where, min_samples=4)
+        px, py = _prepare_pair(X, Y, where, min_samples=4, find_constant=False)
         xc, yc = px.xc, py.xc
         n = px.n
         if xc.shape[1] + yc.shape[1] < n:
@@ -541,7 +544,7 @@ def procrustes(X, Y, *, where: str | None = None) -> float:
     (``n >= min(dx, dy)``) or, for fewer samples, from the triangular factors
     of ``Xcᵀ`` and ``Ycᵀ`` (``||XcᵀYc||_* = ||Rx Ryᵀ||_*``).
     """
-    px, py = _prepare_pair(X, Y, where)
+    px, py = _prepare_pair(X, Y, where, find_constant=False)
     return _procrustes(px.xc, py.xc, where)
 
 
@@ -557,7 +560,8 @@ def _procrustes(xc: np.ndarray, yc: np.ndarray, where: str | None) -> float:
         rx = sla.qr(xc.T, mode="r", check_finite=False)[0][:n]
         ry = sla.qr(yc.T, mode="r", check_finite=False)[0][:n]
         m = rx @ ry.T
-    nuc = float(sla.svd(m, compute_uv=False, check_finite=False, overwrite_a=True).sum())
+    with la.small_lapack(max(m.shape)):
+        nuc = float(sla.svd(m, compute_uv=False, check_finite=False, overwrite_a=True).sum())
     return float(min(max(nuc / math.sqrt(nx * ny), 0.0), 1.0))
 
 

@@ -40,6 +40,7 @@ import scipy.linalg as sla
 from repanalysis.errors import UserError
 
 from ._arrays import as_array, at, input_eps, prepare, warn
+from ._linalg import small_lapack
 
 __all__ = [
     "Spectrum",
@@ -99,7 +100,9 @@ def spectrum(X, *, method: str = "auto", where: str | None = None) -> Spectrum:
     if xc.shape[1] == 0:
         vals = np.zeros(0)
     elif method != "svd" and n > xc.shape[1]:
-        lam = sla.eigh(xc.T @ xc, eigvals_only=True, check_finite=False, driver="evr")[::-1]
+        g = xc.T @ xc
+        with small_lapack(g.shape[0]):
+            lam = sla.eigh(g, eigvals_only=True, check_finite=False, driver="evr")[::-1]
         if method == "gram" or (lam[0] > 0 and lam[-1] >= GRAM_MIN_RATIO * lam[0]):
             vals = np.sqrt(np.clip(lam, 0.0, None))
     if vals is None:

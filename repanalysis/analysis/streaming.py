@@ -446,7 +446,9 @@ class Moments:
         if not (tx > 0 and ty > 0):
             raise UserError(f"Procrustes: {'X' if not tx > 0 else 'Y'} has zero variance"
                             f"{at(self.where)}")
-        nuc = float(sla.svd(self.sxy(), compute_uv=False, check_finite=False).sum())
+        m = self.sxy()
+        with la.small_lapack(max(m.shape)):
+            nuc = float(sla.svd(m, compute_uv=False, check_finite=False).sum())
         return float(min(max(nuc / math.sqrt(tx * ty), 0.0), 1.0))
 
     def spectrum(self, which: str = "x") -> Spectrum:
@@ -457,8 +459,12 @@ class Moments:
         side = self._x if which == "x" else self._y
         s = self._centred_gram(side)
         keep = ~side.const
-        lam = sla.eigh(s[np.ix_(keep, keep)], eigvals_only=True, check_finite=False)[::-1] \
-            if keep.any() else np.zeros(0)
+        if keep.any():
+            with la.small_lapack(int(keep.sum())):
+                lam = sla.eigh(s[np.ix_(keep, keep)], eigvals_only=True, check_finite=False,
+                               driver="evr")[::-1]
+        else:
+            lam = np.zeros(0)
         m = min(self.n, side.d)
         out = np.zeros(m)
         k = min(m, lam.shape[0])
