@@ -478,3 +478,22 @@ def test_against_cca_zoo():
     z1, z2 = CCA(n_components=4).fit_transform([x, y])
     ref = np.array([abs(np.corrcoef(z1[:, i], z2[:, i])[0, 1]) for i in range(4)])
     assert np.allclose(np.sort(ref)[::-1], canonical_correlations(x, y), atol=1e-8)
+
+
+def test_chunked_centring_gives_the_same_values(monkeypatch):
+    # in-memory measures centre the data in float64 blocks of rows; force many small blocks
+    from repanalysis.analysis import _arrays, singular_values
+
+    x, y = related(n=300, dx=7, dy=5, seed=33)
+    xk = np.hstack([x, np.full((300, 1), 2.0)])
+    funcs = [lambda: linear_cka(x, y), lambda: linear_cka(x, y, debiased=True),
+             lambda: canonical_correlations(xk, y), lambda: svcca(x, y), lambda: pwcca(x, y),
+             lambda: procrustes(x, y), lambda: singular_values(xk)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepanalysisWarning)
+        whole = [f() for f in funcs]
+        monkeypatch.setattr(_arrays, "CHUNK_BYTES", 8 * 13 * 16)
+        assert _arrays.prepare(x).chunk_rows(13) == 16
+        chunked = [f() for f in funcs]
+    for a, b in zip(whole, chunked):
+        assert np.allclose(a, b, rtol=1e-12, atol=0)

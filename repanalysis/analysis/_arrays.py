@@ -14,11 +14,9 @@ is appended to its errors and warnings.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -138,37 +136,118 @@ def as_float64(x, name: str = "X", where: str | None = None, *, ndim: int | None
     return out
 
 
-@dataclass
-class Prepared:
-    """Centred float64 activations and what was learnt while preparing them.
+#: Rows per chunk when centring into float64: about 64 MiB of float64 per chunk.
+CHUNK_BYTES = 64 * 2 ** 20
 
-    ``xc`` has the constant columns *removed* when ``drop_constant`` was asked,
-    else zeroed exactly (centred constant columns are exact zeros either way).
+
+class Prepared:
+    """Validated activations: the input (not copied), its float64 column means, and
+    the columns in use.
+
+    Nothing of size ``n×d`` is allocated here: measures that need only products
+    of the centred data stream it in float64 chunks (:meth:`chunks`, a reused
+    buffer of about 64 MiB); :attr:`xc` materialises the whole centred float64
+    matrix for the routes that need it (QR, ``n×n`` Gram matrices), once.
+    Constant (zero-variance) columns can be found exactly (:meth:`find_constant`)
+    and left out (:meth:`drop`).
     """
 
-    xc: np.ndarray            # centred float64 [n, d_kept], C-contiguous
-    mean: np.ndarray          # column means of the input, float64 [d]
-    n: int
-    d: int                    # number of input features
-    constant: np.ndarray      # bool [d]: zero-variance input columns
-    eps: float                # machine epsilon of the input dtype
+    def __init__(self, raw: np.ndarray, mean: np.ndarray, eps: float, name: str,
+                 where: str | None):
+        self.raw = raw
+        self.mean = mean
+        self.n, self.d = raw.shape
+        self.eps = eps
+        self.name = name
+        self.where = where
+        self.constant = np.zeros(self.d, dtype=bool)
+        self._keep: np.ndarray | None = None
+        self._xc: np.ndarray | None = None
 
     @property
     def n_constant(self) -> int:
         return int(self.constant.sum())
 
+    @property
+    def d_kept(self) -> int:
+        return self.d - self.n_constant if self._keep is not None else self.d
 
-def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 2,
-            drop_constant: bool = False, find_constant: bool = True) -> Prepared:
-    """Validate ``x`` (``[n, d]``, finite, ``n >= min_samples``) and centre it in float64.
+    @property
+    def keep(self) -> np.ndarray | None:
+        """Boolean mask of the columns in use, or None for all."""
+        return self._keep
 
-    One pass computes the float64 column means (a non-finite mean reveals NaN or
-    Inf, reported with ``where``); a second writes ``x - mean`` into a new
-    float64 array (the input is never modified). Constant columns are found
-    exactly (every value equal to the first) among the columns whose centred
-    sum of squares is at rounding level, and their centred values are set to
-    exactly 0 (or removed, with ``drop_constant``); measures that do not care
-    skip this pass with ``find_constant=False``.
+    def drop(self, mask: np.ndarray) -> None:
+        """Leave out the columns where ``mask`` is True (usually :attr:`constant`)."""
+        if mask.any():
+            self._keep = ~mask
+            self._xc = None
+
+    def _centre_into(self, out: np.ndarray, a: int, b: int) -> np.ndarray:
+        rows = self.raw[a:b]
+        if self._keep is None:
+            np.subtract(rows, self.mean, out=out, casting="unsafe")
+        else:
+            np.subtract(rows[:, self._keep], self.mean[self._keep], out=out, casting="unsafe")
+        return out
+
+    @property
+    def xc(self) -> np.ndarray:
+        """The centred float64 data of the columns in use, ``[n, d_kept]`` (computed once)."""
+        if self._xc is None:
+            self._xc = self._centre_into(np.empty((self.n, self.d_kept)), 0, self.n)
+        return self._xc
+
+    def chunk_rows(self, width: int | None = None) -> int:
+        width = self.d_kept if width is None else width
+        return int(max(16, CHUNK_BYTES // (8 * max(width, 1))))
+
+    def chunks(self, rows: int):
+        """Yield ``(start, centred float64 chunk)``; the chunk buffer is reused."""
+        if self._xc is not None or rows >= self.n:
+            xc = self.xc
+            for a in range(0, self.n, rows):
+                yield a, xc[a:a + rows]
+            return
+        buf = np.empty((min(rows, self.n), self.d_kept))
+        for a in range(0, self.n, rows):
+            m = min(rows, self.n - a)
+            yield a, self._centre_into(buf[:m], a, a + m)
+
+    def find_constant(self, col_sumsq: np.ndarray | None = None) -> np.ndarray:
+        """Exactly constant input columns (sets and returns :attr:`constant`).
+
+        Candidates are the columns whose centred sum of squares (``col_sumsq``,
+        computed here if not given) is at rounding level for their mean: a
+        constant column ``c`` centres to ``n`` copies of ``c - mean``, a few
+        ulps of ``|c|``. Each candidate is then checked exactly (every value
+        equal to the first).
+        """
+        if col_sumsq is None:
+            col_sumsq = np.zeros(self.d)
+            rows = self.chunk_rows(self.d)
+            buf = np.empty((min(rows, self.n), self.d))
+            for a in range(0, self.n, rows):
+                c = buf[:min(rows, self.n - a)]
+                np.subtract(self.raw[a:a + rows], self.mean, out=c, casting="unsafe")
+                col_sumsq += np.einsum("ij,ij->j", c, c)
+        n = self.n
+        scale = np.maximum(np.abs(self.mean), np.finfo(np.float64).tiny)
+        cand = col_sumsq <= n * (64.0 * n * np.finfo(np.float64).eps * scale) ** 2
+        constant = np.zeros(self.d, dtype=bool)
+        for j in np.flatnonzero(cand):
+            col = self.raw[:, j]
+            constant[j] = bool(np.all(col == col[0]))
+        self.constant = constant
+        return constant
+
+
+def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 2) -> Prepared:
+    """Validate ``x`` (``[n, d]``, real, finite, ``n >= min_samples``) for a measure.
+
+    One pass computes the float64 column means; a non-finite mean reveals NaN
+    or Inf, which are then located and reported (with ``where``) as a
+    :class:`UserError`. The input is neither copied nor modified.
     """
     arr = as_array(x, name, where)
     if arr.ndim != 2:
@@ -183,30 +262,7 @@ def prepare(x, name: str = "X", where: str | None = None, *, min_samples: int = 
     mean = arr.mean(axis=0, dtype=np.float64)
     if not np.all(np.isfinite(mean)):
         _report_nonfinite(arr, name, where)
-    xc = np.empty((n, d), dtype=np.float64)
-    np.subtract(arr, mean, out=xc, casting="unsafe")
-    constant = _constant_columns(arr, xc, mean) if find_constant or drop_constant \
-        else np.zeros(d, dtype=bool)
-    if constant.any():
-        if drop_constant:
-            xc = np.ascontiguousarray(xc[:, ~constant])
-        else:
-            xc[:, constant] = 0.0
-    return Prepared(xc=xc, mean=mean, n=n, d=d, constant=constant, eps=input_eps(arr))
-
-
-def _constant_columns(arr: np.ndarray, xc: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Exactly constant columns of ``arr``; ``xc`` is its centred float64 copy."""
-    n = xc.shape[0]
-    ss = np.einsum("ij,ij->j", xc, xc)
-    # A constant column c centres to n copies of (c - mean_computed), a few ulps of |c|.
-    scale = np.maximum(np.abs(mean), np.finfo(np.float64).tiny)
-    cand = ss <= n * (64.0 * n * np.finfo(np.float64).eps * scale) ** 2
-    constant = np.zeros(xc.shape[1], dtype=bool)
-    for j in np.flatnonzero(cand):
-        col = arr[:, j]
-        constant[j] = bool(np.all(col == col[0]))
-    return constant
+    return Prepared(arr, mean, input_eps(arr), name, where)
 
 
 def check_same_samples(x: np.ndarray, y: np.ndarray, where: str | None = None,
@@ -218,7 +274,3 @@ def check_same_samples(x: np.ndarray, y: np.ndarray, where: str | None = None,
             f"got {x.shape[0]} and {y.shape[0]}{at(where)}"
         )
 
-
-def require_positive(value: float, what: str, where: str | None) -> None:
-    if not (value > 0.0) or not math.isfinite(value):
-        raise UserError(f"{what}{at(where)}")

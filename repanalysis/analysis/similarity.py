@@ -66,13 +66,10 @@ def _check_method(method: str, allowed=_METHODS) -> None:
         raise UserError(f"method must be one of {', '.join(allowed)}; got {method!r}")
 
 
-def _prepare_pair(X, Y, where, *, min_samples=2, drop_constant=False,
-                  find_constant=True) -> tuple[Prepared, Prepared]:
-    px = prepare(X, "X", where, min_samples=min_samples, drop_constant=drop_constant,
-                 find_constant=find_constant)
-    py = prepare(Y, "Y", where, min_samples=min_samples, drop_constant=drop_constant,
-                 find_constant=find_constant)
-    check_same_samples(px.xc, py.xc, where)
+def _prepare_pair(X, Y, where, *, min_samples=2) -> tuple[Prepared, Prepared]:
+    px = prepare(X, "X", where, min_samples=min_samples)
+    py = prepare(Y, "Y", where, min_samples=min_samples)
+    check_same_samples(px.raw, py.raw, where)
     return px, py
 
 
@@ -91,14 +88,38 @@ def _degenerate_guard(rx: int, ry: int, n: int, what: str, where: str | None) ->
         )
 
 
-def _drop_warning(px: Prepared, py: Prepared, what: str, where: str | None) -> None:
+def _drop_constant(px: Prepared, py: Prepared, what: str, where: str | None, *,
+                   sxx: np.ndarray | None = None, syy: np.ndarray | None = None,
+                   warn_drop: bool = True) -> None:
+    """Find constant features (from Gram diagonals when given), drop them, warn."""
+    px.find_constant(None if sxx is None else np.diag(sxx).copy())
+    py.find_constant(None if syy is None else np.diag(syy).copy())
     parts = [f"{p.n_constant} of {p.d} features of {name}"
              for p, name in ((px, "X"), (py, "Y")) if p.n_constant]
-    if parts:
-        warn(f"{what}: dropped constant (zero-variance) features: {' and '.join(parts)}", where)
     for p, name in ((px, "X"), (py, "Y")):
-        if p.xc.shape[1] == 0:
+        if p.n_constant == p.d:
             raise UserError(f"{what}: every feature of {name} is constant{at(where)}")
+    if parts and warn_drop:
+        warn(f"{what}: dropped constant (zero-variance) features: {' and '.join(parts)}", where)
+    px.drop(px.constant)
+    py.drop(py.constant)
+
+
+def _kept(s: np.ndarray, kx: np.ndarray | None, ky: np.ndarray | None) -> np.ndarray:
+    if kx is None and ky is None:
+        return s
+    rows = kx if kx is not None else slice(None)
+    cols = ky if ky is not None else slice(None)
+    return s[rows][:, cols]
+
+
+def _moments_dropped(px: Prepared, py: Prepared, what: str, where: str | None,
+                     warn_drop: bool = True):
+    """Centred products of the non-constant features (constant ones dropped, with a warning)."""
+    p = la.centred_products(px, py, xx=True, yy=True, xy=True)
+    _drop_constant(px, py, what, where, sxx=p.xx, syy=p.yy, warn_drop=warn_drop)
+    kx, ky = px.keep, py.keep
+    return _kept(p.xx, kx, kx), _kept(p.yy, ky, ky), _kept(p.xy, kx, ky)
 
 
 def _cca_result(X, Y, *, ridge: float, allow_degenerate: bool, method: str, rtol: float | None,
@@ -106,24 +127,26 @@ def _cca_result(X, Y, *, ridge: float, allow_degenerate: bool, method: str, rtol
     _check_method(method)
     if ridge < 0 or not math.isfinite(ridge):
         raise UserError(f"ridge must be a finite number >= 0; got {ridge}")
-    px, py = _prepare_pair(X, Y, where, drop_constant=True)
-    _drop_warning(px, py, what, where)
-    xc, yc = px.xc, py.xc
-    n, dx, dy = px.n, xc.shape[1], yc.shape[1]
-    if vectors == "smaller":
-        vectors = "x" if dx <= dy else "y"
+    px, py = _prepare_pair(X, Y, where)
+    n = px.n
     res = None
-    if method != "qr" and n > dx and n > dy:
-        sxx, syy, sxy = la.gram(xc), la.gram(yc), la.cross(xc, yc)
+    if method != "qr" and n > px.d and n > py.d:
+        sxx, syy, sxy = _moments_dropped(px, py, what, where)
+        if vectors == "smaller":
+            vectors = "x" if px.d_kept <= py.d_kept else "y"
         res = la.cca_gram_cholesky(sxx, syy, sxy, ridge=ridge, vectors=vectors)
         if res is None and method == "gram":
             res = la.cca_gram_eigh(sxx, syy, sxy, ridge=ridge, rtol=rtol, vectors=vectors)
+    else:
+        _drop_constant(px, py, what, where)
+        if vectors == "smaller":
+            vectors = "x" if px.d_kept <= py.d_kept else "y"
     if res is None:
-        bx = la.svd_basis(xc, rtol=rtol)
-        by = la.svd_basis(yc, rtol=rtol)
+        bx = la.svd_basis(px.xc, rtol=rtol)
+        by = la.svd_basis(py.xc, rtol=rtol)
         if bx.rank == 0 or by.rank == 0:
             raise UserError(f"{what}: {'X' if bx.rank == 0 else 'Y'} has zero variance{at(where)}")
-        res = la.cca_svd(bx, by, ridge=ridge, dx=dx, dy=dy, vectors=vectors)
+        res = la.cca_svd(bx, by, ridge=ridge, dx=px.d_kept, dy=py.d_kept, vectors=vectors)
     if ridge == 0 and not allow_degenerate:
         _degenerate_guard(res.rank_x, res.rank_y, n, what, where)
     return res
@@ -216,25 +239,23 @@ def svcca(X, Y, *, variance: float = 0.99, dims: int | tuple[int, int] | None = 
         if min(dx_keep, dy_keep) < 1:
             raise UserError(f"dims must be >= 1; got {dims}")
         variance = None
-    px, py = _prepare_pair(X, Y, where, drop_constant=True)
-    for p, name in ((px, "X"), (py, "Y")):
-        if p.xc.shape[1] == 0:
-            raise UserError(f"SVCCA: every feature of {name} is constant{at(where)}")
-    xc, yc = px.xc, py.xc
-    n, dx, dy = px.n, xc.shape[1], yc.shape[1]
+    px, py = _prepare_pair(X, Y, where)
+    n = px.n
     res = None
-    if method != "qr" and n > dx and n > dy:
-        sxx, syy, sxy = la.gram(xc), la.gram(yc), la.cross(xc, yc)
+    if method != "qr" and n > px.d and n > py.d:
+        sxx, syy, sxy = _moments_dropped(px, py, "SVCCA", where, warn_drop=False)
         res = la.cca_gram_eigh(sxx, syy, sxy, variance=variance, dims=(dx_keep, dy_keep))
         if method == "auto" and res.rank_x and res.rank_y:
             kx = res.lam_x[0] / res.lam_x[-1]
             ky = res.lam_y[0] / res.lam_y[-1]
             if math.sqrt(kx * ky) > la.FAST_COND_PRODUCT or res.cut:
                 res = None
+    else:
+        _drop_constant(px, py, "SVCCA", where, warn_drop=False)
     if res is None:
-        bx = la.truncate_basis(la.svd_basis(xc), variance=variance, dims=dx_keep)
-        by = la.truncate_basis(la.svd_basis(yc), variance=variance, dims=dy_keep)
-        res = la.cca_svd(bx, by, dx=dx, dy=dy)
+        bx = la.truncate_basis(la.svd_basis(px.xc), variance=variance, dims=dx_keep)
+        by = la.truncate_basis(la.svd_basis(py.xc), variance=variance, dims=dy_keep)
+        res = la.cca_svd(bx, by, dx=px.d_kept, dy=py.d_kept)
     for k, want, name in ((res.rank_x, dx_keep, "X"), (res.rank_y, dy_keep, "Y")):
         if k == 0:
             raise UserError(f"SVCCA: {name} has zero variance{at(where)}")
@@ -369,14 +390,13 @@ def linear_cka(X, Y, *, debiased: bool = False, method: str = "auto",
     when that chance level exceeds 0.1 (for isotropic data: ``n < 9d``).
     """
     _check_method(method, ("auto", "feature", "gram"))
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, find_constant=False)
-    xc, yc = px.xc, py.xc
-    n, dx, dy = px.n, xc.shape[1], yc.shape[1]
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
     if method == "auto":
-        method = "feature" if dx + dy < n else "gram"
+        method = "feature" if px.d + py.d < px.n else "gram"
     if method == "feature":
-        st = la.stats_from_features(xc, yc, debiased=debiased)
-        return _cka_finish(st, debiased, where, "linear")
+        p = la.centred_products(px, py, xx=True, yy=True, xy=True, row_norms=debiased)
+        return _cka_finish(la.stats_from_products(p, debiased=debiased), debiased, where, "linear")
+    xc, yc = px.xc, py.xc
     return _cka_from_kernels(xc @ xc.T, yc @ yc.T, debiased, where, "linear")
 
 
@@ -450,7 +470,7 @@ def rbf_cka(X, Y, *, sigma: float = 0.8, debiased: bool = False,
         bx, by = (bandwidth, bandwidth) if np.isscalar(bandwidth) else tuple(bandwidth)
         if not (bx > 0 and by > 0):
             raise UserError(f"bandwidth must be > 0; got {bandwidth}")
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, find_constant=False)
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
     k = rbf_gram(px.xc, sigma, where, "X", bx)
     l = rbf_gram(py.xc, sigma, where, "Y", by)
     return _cka_from_kernels(k, l, debiased, where, "rbf")
@@ -488,7 +508,7 @@ class MinibatchCKA:
     def update(self, X, Y) -> "MinibatchCKA":
         """Add one batch (``[m, dx]`` and ``[m, dy]``, ``m >= 4``)."""
         where = f"batch {self.n_batches}" + (f", {self.where}" if self.where else "")
-        px, py = _prepare_pair(X, Y, where, min_samples=4, find_constant=False)
+        px, py = _prepare_pair(X, Y, where, min_samples=4)
         xc, yc = px.xc, py.xc
         n = px.n
         if xc.shape[1] + yc.shape[1] < n:
@@ -544,19 +564,19 @@ def procrustes(X, Y, *, where: str | None = None) -> float:
     (``n >= min(dx, dy)``) or, for fewer samples, from the triangular factors
     of ``Xcᵀ`` and ``Ycᵀ`` (``||XcᵀYc||_* = ||Rx Ryᵀ||_*``).
     """
-    px, py = _prepare_pair(X, Y, where, find_constant=False)
-    return _procrustes(px.xc, py.xc, where)
-
-
-def _procrustes(xc: np.ndarray, yc: np.ndarray, where: str | None) -> float:
-    nx = float(np.einsum("ij,ij->", xc, xc))
-    ny = float(np.einsum("ij,ij->", yc, yc))
+    px, py = _prepare_pair(X, Y, where)
+    n = px.n
+    if n >= min(px.d, py.d):
+        p = la.centred_products(px, py, xy=True, sumsq=True)
+        m, nx, ny = p.xy, p.ssx, p.ssy
+    else:
+        xc, yc = px.xc, py.xc
+        nx = float(np.einsum("ij,ij->", xc, xc))
+        ny = float(np.einsum("ij,ij->", yc, yc))
+        m = None
     if not (nx > 0 and ny > 0):
         raise UserError(f"Procrustes: {'X' if not nx > 0 else 'Y'} has zero variance{at(where)}")
-    n = xc.shape[0]
-    if n >= min(xc.shape[1], yc.shape[1]):
-        m = la.cross(xc, yc)
-    else:
+    if m is None:
         rx = sla.qr(xc.T, mode="r", check_finite=False)[0][:n]
         ry = sla.qr(yc.T, mode="r", check_finite=False)[0][:n]
         m = rx @ ry.T

@@ -40,7 +40,7 @@ import scipy.linalg as sla
 from repanalysis.errors import UserError
 
 from ._arrays import as_array, at, input_eps, prepare, warn
-from ._linalg import small_lapack
+from ._linalg import centred_products, small_lapack
 
 __all__ = [
     "Spectrum",
@@ -92,22 +92,30 @@ def spectrum(X, *, method: str = "auto", where: str | None = None) -> Spectrum:
     """
     if method not in ("auto", "svd", "gram"):
         raise UserError(f"method must be 'auto', 'svd' or 'gram'; got {method!r}")
-    p = prepare(X, "X", where, min_samples=1, drop_constant=True)
-    xc = p.xc
+    p = prepare(X, "X", where, min_samples=1)
     n, d = p.n, p.d
     m = min(n, d)
     vals = None
-    if xc.shape[1] == 0:
-        vals = np.zeros(0)
-    elif method != "svd" and n > xc.shape[1]:
-        g = xc.T @ xc
-        with small_lapack(g.shape[0]):
-            lam = sla.eigh(g, eigvals_only=True, check_finite=False, driver="evr")[::-1]
-        if method == "gram" or (lam[0] > 0 and lam[-1] >= GRAM_MIN_RATIO * lam[0]):
-            vals = np.sqrt(np.clip(lam, 0.0, None))
+    if method != "svd" and n > d:
+        prod = centred_products(p, xx=True)
+        p.drop(p.find_constant(np.diag(prod.xx).copy()))
+        keep = p.keep
+        g = prod.xx if keep is None else prod.xx[np.ix_(keep, keep)]
+        if g.shape[0] == 0:
+            vals = np.zeros(0)
+        else:
+            with small_lapack(g.shape[0]):
+                lam = sla.eigh(g, eigvals_only=True, check_finite=False, driver="evr")[::-1]
+            if method == "gram" or (lam[0] > 0 and lam[-1] >= GRAM_MIN_RATIO * lam[0]):
+                vals = np.sqrt(np.clip(lam, 0.0, None))
+    else:
+        p.drop(p.find_constant())
     if vals is None:
-        vals = sla.svd(xc, compute_uv=False, check_finite=False, overwrite_a=True,
-                       lapack_driver="gesdd")
+        if p.d_kept == 0:
+            vals = np.zeros(0)
+        else:
+            vals = sla.svd(p.xc, compute_uv=False, check_finite=False, overwrite_a=True,
+                           lapack_driver="gesdd")
     out = np.zeros(m)
     k = min(m, vals.shape[0])
     out[:k] = vals[:k]

@@ -36,7 +36,7 @@ about 1e-5 (tests/test_streaming.py). Spectra are the square roots of the eigenv
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
