@@ -245,6 +245,21 @@ def loadavg() -> str:
         return "?"
 
 
+def wait_quiet(max_load: float | None, timeout: float = 1800.0) -> None:
+    """Block until the 1-minute load average is below `max_load` (shared machines)."""
+    if max_load is None:
+        return
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            with open("/proc/loadavg") as fh:
+                if float(fh.read().split()[0]) < max_load:
+                    return
+        except OSError:
+            return
+        time.sleep(10)
+
+
 def timed(f, *args):
     t0 = time.perf_counter()
     v = f(*args)
@@ -714,6 +729,9 @@ def main(argv=None):
                     help="size of each streamed HDF5 dataset (0 skips the memory test)")
     ap.add_argument("--tmpdir", default=None)
     ap.add_argument("--measures", nargs="*", default=None)
+    ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
+                    help="before each measure, wait until the 1-minute load average is below "
+                    "LOAD (for machines shared with other jobs)")
     args = ap.parse_args(argv)
 
     n = args.n or (2000 if args.quick else 10000)
@@ -733,6 +751,7 @@ def main(argv=None):
     del x64, y64
     rows = []
     for name in names:
+        wait_quiet(args.wait_quiet)
         ref = pick_reference(name, xs, ys)
         size = None
         if ref is not None:
@@ -745,6 +764,7 @@ def main(argv=None):
               f"ref {row['ref'] or '-'} {fmt_s(row['ref_s'])}  (load {row['load']})", flush=True)
     ill = None
     if "CCA" in names:
+        wait_quiet(args.wait_quiet)
         ill = bench_ill_conditioned(x, y, xc, yc, max(2, reps - 2))
         print(f"CCA ill-cond.   ours {fmt_s(ill['ours_s']):>8s}  bound {fmt_s(ill['lb_s']):>8s}  "
               f"route {ill['route']}  (load {loadavg()})", flush=True)
@@ -758,11 +778,13 @@ def main(argv=None):
     print(value_table(rows))
 
     sn, sd = (n, d) if args.quick else (65536, d)
+    wait_quiet(args.wait_quiet)
     stream_rows = bench_streaming_speed(sn, sd, max(2, reps - 2))
     print()
     print(streaming_table(stream_rows, sn, sd))
     mem = None
     if mem_gib > 0:
+        wait_quiet(args.wait_quiet)
         mem = bench_streaming_memory(mem_gib, d, args.tmpdir)
         print()
         print(memory_text(mem, stream_rows, sn))

@@ -18,7 +18,9 @@ Conventions shared by every function here:
 
 Routes. Measures that are functions of the second moments are computed from
 ``XcᵀXc``, ``YcᵀYc``, ``XcᵀYc`` when ``n`` exceeds the widths (``d×d``
-products, the cheapest exact form), else from ``n×n`` Gram matrices. CCA and
+products, the cheapest exact form; the float64 centred data are formed one
+block of ~64 MiB of rows at a time, never as a whole copy), else from ``n×n``
+Gram matrices. CCA and
 its variants additionally need *accuracy*: the moment (Gram) route has
 rounding errors of order ``eps·κx·κy`` (κ the condition number of the centred
 data), so it is taken only when the LAPACK condition estimates keep that
