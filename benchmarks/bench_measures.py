@@ -688,7 +688,7 @@ def write_markdown(path, machine, n, d, rows, stream_rows, stream_nd, mem, ill=N
         "",
         f"Measured by `python benchmarks/bench_measures.py` on {machine} "
         f"({time.strftime('%Y-%m-%d')}). Ours and the lower bound alternate run by run in one "
-        "process; 1-minute load averages after each measure: "
+        "process; 1-minute load averages after each measure (the benchmark's own two threads count for about 2 of it; other jobs shared the machine at times): "
         + ", ".join(r.get("load", "?").split()[0] for r in rows) + ".",
         "",
         table(rows, n, d),
