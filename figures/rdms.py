@@ -50,13 +50,15 @@ def sorted_rdms(path) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
         return matrices, None if labels is None else labels[order], run.seed
 
 
-def rdm_grid(paths):
-    """The grid figure, or None without run files."""
+def rdm_grid(paths, max_layers: int | None = None):
+    """The grid figure, or None without run files; at most ``max_layers`` rows, evenly spaced, the last included."""
     runs = lowest_seed_runs(paths)
     if not runs:
         return None
     data = {rule: sorted_rdms(path) for rule, path in runs.items()}
     layers = ordered_layers({layer for matrices, _, _ in data.values() for layer in matrices})
+    if max_layers and len(layers) > max_layers:
+        layers = [layers[i] for i in sorted(set(np.linspace(0, len(layers) - 1, max_layers).round().astype(int)))]
     fig, axes = subplots(len(layers) * len(runs), ncols=len(runs), size=(1.9, 1.9))
     for r, layer in enumerate(layers):
         for c, (rule, (matrices, labels, seed)) in enumerate(data.items()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import OPTIMIZERS, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
+from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, MODELS
 
@@ -24,6 +24,26 @@ def _interfaces(text: str) -> list[int]:
         return [int(part.strip().lstrip("h")) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected interface numbers like 2 or 2,4 (or h2,h4), got {text!r}") from None
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 5,50, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 5,50, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    from .models import ACTIVATIONS
+
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in ACTIVATIONS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"expected activations among {', '.join(ACTIVATIONS)}, got {text!r}")
+    return values
 
 
 def _add_train(sub) -> None:
@@ -41,6 +61,13 @@ def _add_train(sub) -> None:
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="the blocks' learning rate over the run: constant, or cosine decay to 0 at the last step")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear learning-rate warm-up over the first N steps (default %(default)s)")
+    p.add_argument("--record-bn", choices=RECORD_BN, default=d.record_bn,
+                   help="batch norm in the recording's shadow pass: batch (the probe set's own statistics, as in "
+                   "training; default) or eval (running statistics)")
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
     p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
@@ -59,6 +86,8 @@ def _add_train(sub) -> None:
     g.add_argument("--sg-optimizer", choices=OPTIMIZERS, help="the modules' optimiser (default --optimizer)")
     g.add_argument("--sg-lr", type=float, help="the modules' learning rate (default --lr)")
     g.add_argument("--sg-loss-weight", type=float, default=d.sg_loss_weight)
+    g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
+                   help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
@@ -116,10 +145,16 @@ def _cmd_figures(args) -> None:
 
 
 def _cmd_reproduce(args) -> None:
+    from .experiments.spec import Overrides, load_spec, preset
     from .reproduce import reproduce
 
-    report = reproduce(args.out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
-                       data_dir=args.data_dir, quiet=args.quiet)
+    if args.spec and args.preset:
+        raise UserError("give --preset or --spec, not both")
+    spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
+    overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
+                          steps=args.steps, dataset=args.dataset)
+    report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
+                       quiet=args.quiet)
     print(f"wrote {report}")
 
 
@@ -148,10 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
     p.add_argument("--out", required=True, help="the folder for the figures")
     p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("reproduce", help="train every rule, analyse, probe, draw, and write report.md")
-    p.add_argument("--dataset", default="digits", help="classification data set (default digits)")
-    p.add_argument("--quick", action="store_true", help="a much smaller version (for CI)")
-    p.add_argument("--seeds", type=int, help="seeds per rule")
+    p = sub.add_parser("reproduce", help="run an experiment spec: train, analyse, probe, draw, write report.md")
+    p.add_argument("--preset", help="a shipped spec: digits (default; minutes on 2 cores) or paper (MNIST, depth "
+                   "up to 50, two activations; hours)")
+    p.add_argument("--spec", metavar="FILE", help="your own spec file (TOML; copy a preset from "
+                   "repanalysis/experiments/presets/ to start)")
+    p.add_argument("--quick", action="store_true", help="the spec's much smaller version (for CI)")
+    p.add_argument("--depths", type=_numbers, help="override the depths of the spec's grids, e.g. 5,50")
+    p.add_argument("--activations", type=_names, help="override the activations of the spec's grids, e.g. relu,tanh")
+    p.add_argument("--widths", type=_numbers, help="override the widths of the spec's grids, e.g. 128,256")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every run (default: the spec's)")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
+    p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
     p.add_argument("--data-dir", help="folder with the MNIST files")
     p.add_argument("--out", required=True, help="the output folder")
     p.add_argument("--quiet", action="store_true")

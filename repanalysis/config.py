@@ -10,6 +10,8 @@ from .errors import UserError
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+RECORD_BN = ("batch", "eval")
 SG_CONDITIONS = ("none", "label", "error")
 SG_OUTPUTS = ("linear", "tanh")
 
@@ -35,9 +37,12 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     record_every: int | None = None
     eval_every: int | None = None
     probe_size: int = 200
+    record_bn: str = "batch"
     seed: int = 0
     # synthetic gradients (sg, dni, cdni)
     sg_at: list[int] | None = None
@@ -50,6 +55,7 @@ class TrainConfig:
     sg_optimizer: str | None = None
     sg_lr: float | None = None
     sg_loss_weight: float = 1.0
+    sg_warmup: int = 0
     update_prob: float = 1.0
     # fixed feedback (fa, dfa)
     feedback_scale: float = 1.0
@@ -62,6 +68,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "probe_size"):
             if getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        _check_choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
+        _check_choice("record-bn", c.record_bn, RECORD_BN)
+        for name in ("warmup_steps", "sg_warmup"):
+            if getattr(c, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(c, name)}")
         if not c.lr > 0:
             raise UserError(f"--lr must be positive, got {c.lr}")
         if c.record_every is None:

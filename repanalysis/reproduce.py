@@ -1,19 +1,26 @@
-"""``reproduce``: train every rule, record, analyse, probe, draw, and write ``DIR/report.md``.
+"""``reproduce``: run a spec's experiments (train, record, analyse, probe, draw) and write ``DIR/report.md``.
 
-Three experiments share one output folder (``plan`` lists their runs):
+A spec (``experiments.spec``; the presets ``digits`` and ``paper``, or a
+user's TOML file) lists experiments; each is a grid of runs with the tables,
+figures and claims it asks for. Per experiment ``E``:
 
-- ``main``: backprop, sg (one linear, label-conditioned module in the middle),
-  dni, cdni, fa and dfa on the classification data set: a ReLU net with batch
-  norm and 5 hidden layers (claims 3, 4 and 5);
-- ``regression``: backprop, fa, dfa and kickback (which needs one output) on
-  ``nonlinear-regression-2d`` (claim 5);
-- ``linear``: the linear and the 10-hidden-layer deep linear model with backprop
-  and with a linear SG (for the linear model it sits on the output) on the
-  artificial problems (claims 1 and 2; ``--quick`` keeps the 2-d ones).
-
-Layout of ``DIR``: ``runs/*.h5``, ``tables/{analysis,probes,regression_analysis,
-linear}.csv``, ``figures/*.png|svg``, ``report.md``, and ``.reproduce.json``
-(what each table and figure set was made from).
+- ``runs/*.h5``: one run file per planned run (``PlannedRun.name``);
+- ``tables/E_analysis.csv``: ``analysis.runs.analyze`` of each cell of the
+  grid (runs that differ only in rule and seed are compared with each other),
+  concatenated; ``tables/E_probes.csv``: probes at the last checkpoint;
+  ``tables/E_linear.csv``: the linear-problem table (``report.linear_table``);
+  ``tables/E_quantities.csv``: the per-run values the claims use
+  (``claims.quantities``);
+- figures (PNG and SVG) in ``figures/``, by the experiment's figure sets:
+  ``standard``, every figure of its tables and run files per cell (tagged with
+  the experiment's name, and the cell where the grid has several, except for
+  the spec's first experiment with one cell); ``tables``, the figures of its
+  tables alone, once (tagged only where another experiment makes tables of
+  the same kind); ``depth``, the across-depth set (``figures.depth``) with
+  RDM grids at the chosen depths (``rdm_depths`` that the grid has; else its
+  smallest and largest depth), tagged except for the spec's first experiment;
+- the claims it names, judged in ``report.md``, with ``.reproduce.json``
+  (what each table and figure set was made from).
 
 Reuse, make-style: a run file is kept when its status is "complete" and its
 config equals the planned one (anything else under that name is retrained);
@@ -39,80 +46,14 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-from .datasets import DATASETS, load
-from .datasets.toy import NAMES as ARTIFICIAL
+from .datasets import load
 from .errors import UserError
+from .experiments.spec import Overrides, PlannedRun, Spec, preset
 from .progress import Progress
 from .runfile import RunFile
-
-MAIN_RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa")
-REGRESSION_RULES = ("backprop", "fa", "dfa", "kickback")
-REGRESSION_DATASET = "nonlinear-regression-2d"
-LINEAR_RULES = ("backprop", "sg")
-LINEAR_MODELS = ("linear", "deeplinear")
-DEFAULT_SEEDS = {False: 3, True: 2}
-
-# Settings shared by each experiment's runs; the second entry is what --quick changes.
-SETTINGS = {
-    "main": ({"model": "mlp", "depth": 5, "width": 64, "activation": "relu", "batch_norm": True, "steps": 1000,
-              "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "record_every": 100, "eval_every": 50,
-              "probe_size": 200},
-             {"width": 32, "steps": 120, "record_every": 30, "eval_every": 10, "probe_size": 100}),
-    "regression": ({"dataset": REGRESSION_DATASET, "model": "mlp", "depth": 3, "width": 32, "activation": "relu",
-                    "steps": 1000, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "record_every": 100,
-                    "eval_every": 50, "probe_size": 200},
-                   {"steps": 120, "record_every": 30, "eval_every": 10, "probe_size": 100}),
-    "linear": ({"depth": 10, "width": 16, "steps": 1000, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
-                "record_every": 1000, "eval_every": 100, "probe_size": 100, "sg_hidden": 0},
-               {"steps": 150, "lr": 1e-2, "record_every": 150, "eval_every": 15}),
-}
-PROBE_OPTIONS = {False: {"folds": 5}, True: {"folds": 3}}
-EXPERIMENTS = {
-    "main": "every rule but kickback on the classification data set; a ReLU net with batch norm and 5 hidden "
-            "layers; sg has one linear, label-conditioned module in the middle (h3), dni/cdni one per layer "
-            "(claims 3, 4, 5).",
-    "regression": "backprop, fa, dfa and kickback (which needs one output) on nonlinear-regression-2d (claim 5).",
-    "linear": "the linear model (its module sits on the output) and the deep linear model (10 hidden layers, "
-              "module in the middle; activation and batch norm do not apply) with backprop and a linear, "
-              "label-conditioned SG on the artificial problems (claims 1, 2).",
-}
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of the reproduction: its experiment, file name and resolved config."""
-
-    experiment: str
-    config: TrainConfig
-
-    @property
-    def name(self) -> str:
-        c = self.config
-        return f"{self.experiment}_{c.dataset}_{c.model}_{c.rule}_s{c.seed}.h5"
-
-
-def _config(experiment: str, quick: bool, **fields) -> TrainConfig:
-    base, smaller = SETTINGS[experiment]
-    return TrainConfig(**{**base, **(smaller if quick else {}), **fields}).resolved()
-
-
-def plan(dataset: str = "digits", quick: bool = False, seeds: int | None = None) -> list[PlannedRun]:
-    """Every run of the reproduction, in training order."""
-    seeds = DEFAULT_SEEDS[quick] if seeds is None else seeds
-    runs = []
-    for seed in range(seeds):
-        runs += [PlannedRun("main", _config("main", quick, dataset=dataset, rule=rule, seed=seed))
-                 for rule in MAIN_RULES]
-        runs += [PlannedRun("regression", _config("regression", quick, rule=rule, seed=seed))
-                 for rule in REGRESSION_RULES]
-        problems = [name for name in ARTIFICIAL if not quick or name.endswith("-2d")]
-        runs += [PlannedRun("linear", _config("linear", quick, dataset=problem, model=model, rule=rule, seed=seed))
-                 for problem in problems for model in LINEAR_MODELS for rule in LINEAR_RULES]
-    return runs
 
 
 # -- runs ---------------------------------------------------------------------------
@@ -267,33 +208,58 @@ def _output_dir(out_dir) -> Path:
     return out
 
 
-def reproduce(out_dir, *, dataset: str = "digits", quick: bool = False, seeds: int | None = None,
+def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Path) -> str:
+    """The command line that reproduces this run of ``reproduce``."""
+    o = overrides
+    parts = ["repanalysis reproduce", spec_arg] + (["--quick"] if quick else [])
+    parts += [f"--{flag} {','.join(map(str, v))}" for flag, v in
+              (("depths", o.depths), ("activations", o.activations), ("widths", o.widths)) if v is not None]
+    parts += [f"--{flag} {v}" for flag, v in (("seeds", o.seeds), ("steps", o.steps), ("dataset", o.dataset))
+              if v is not None]
+    return " ".join(parts + ([f"--data-dir {data_dir}"] if data_dir else []) + [f"--out {out}"])
+
+
+def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
               data_dir=None, quiet: bool = False) -> Path:
-    """Run (or reuse) the whole reproduction into ``out_dir``; return the path of ``report.md``."""
-    if dataset not in DATASETS or dataset in ARTIFICIAL:
-        raise UserError(f"--dataset must be a classification data set (digits or mnist), not {dataset!r}")
-    if seeds is not None and seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``."""
+    spec_arg = "--preset digits" if spec is None else (f"--spec {spec.source}" if spec.source else "")
+    spec = spec or preset("digits")
+    overrides = overrides or Overrides()
+    if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
+        raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
+    applied = spec.applied(overrides, quick)
+    runs = applied.runs()
     out = _output_dir(out_dir)
-    runs = plan(dataset, quick, seeds)
-    command = (f"repanalysis reproduce --dataset {dataset}{' --quick' if quick else ''} "
-               f"--seeds {len({r.config.seed for r in runs})}"
-               + (f" --data-dir {data_dir}" if data_dir else "") + f" --out {out}")
+    command = _command(spec_arg, quick, overrides, data_dir, out)
     with one_thread():
-        return _reproduce(out, runs, command, quick=quick, data_dir=data_dir, quiet=quiet)
+        return _reproduce(out, applied, runs, command, quick=quick, data_dir=data_dir, quiet=quiet)
 
 
-def _reproduce(out: Path, runs: list[PlannedRun], command: str, *, quick: bool, data_dir, quiet: bool) -> Path:
-    """The stages of ``reproduce``: train, tables, figures, report."""
+def _cells(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
+    cells: dict[tuple, list[PlannedRun]] = {}
+    for r in runs:
+        cells.setdefault(r.cell, []).append(r)
+    return cells
+
+
+def _slug(cell) -> str:
+    return "_".join(str(v) if k == "activation" else f"{k[0]}{v}" for k, v in cell)
+
+
+def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
+               quiet: bool) -> Path:
+    """The stages of ``reproduce``: train, tables, claims, figures, report."""
+    import pandas as pd
+
+    from . import claims as claims_module
     from .analysis.runs import analyze, write_table
     from .figures import draw_figures
+    from .figures.depth import draw_depth_figures
     from .probes import probe_runs
     from .report import linear_table, write_report
 
     failed = train_missing(runs, out / "runs", data_dir, quiet)
     manifest = Manifest(out)
-    paths = {e: [out / "runs" / r.name for r in runs if r.experiment == e and r.name not in failed]
-             for e in SETTINGS}
 
     def table(product: str, inputs: list[Path], compute, settings=None) -> Path:
         """``tables/<product>``: the table ``compute()`` returns, written atomically, unless it is fresh."""
@@ -305,21 +271,59 @@ def _reproduce(out: Path, runs: list[PlannedRun], command: str, *, quick: bool, 
 
         return _made(manifest, product, inputs, settings, make)[0]
 
-    main_analysis = table("analysis.csv", paths["main"], lambda: analyze(paths["main"], quiet=quiet))
-    options = PROBE_OPTIONS[quick]
-    probes = table("probes.csv", paths["main"],
-                   lambda: probe_runs(paths["main"], checkpoints="last", quiet=quiet, **options), options)
-    regression = table("regression_analysis.csv", paths["regression"],
-                       lambda: analyze(paths["regression"], quiet=quiet))
-    linear = table("linear.csv", paths["linear"], lambda: linear_table(paths["linear"], data_dir=data_dir))
-    figures = out / "figures"
-    drawn = _made(manifest, "figures/main", [main_analysis, probes, linear] + paths["main"], None,
-                  lambda: draw_figures([main_analysis, probes, linear] + paths["main"], figures, quiet))
-    drawn += _made(manifest, "figures/regression", [regression] + paths["regression"], "regression",
-                   lambda: draw_figures([regression] + paths["regression"], figures, quiet, tag="regression"))
-    return write_report(out, runs=runs, experiments=EXPERIMENTS, failed=failed, paths=paths, figures=drawn,
-                        tables={"main": main_analysis, "regression": regression, "linear": linear},
-                        command=command, quick=quick)
+    def analysis(exp, cells) -> pd.DataFrame:
+        parts = [analyze([out / "runs" / r.name for r in cell], measures=exp.measures, quiet=quiet)
+                 for cell in cells.values()]
+        return pd.concat(parts, ignore_index=True)
+
+    results, quantities, paths, figures = {}, {}, {}, []
+    for i, (name, exp) in enumerate(spec.experiments.items()):
+        planned = [r for r in runs if r.experiment == name and r.name not in failed]
+        paths[name] = {r: out / "runs" / r.name for r in planned}
+        files = list(paths[name].values())
+        if not files:
+            continue
+        cells = _cells(planned)
+        made: dict[str, Path] = {}
+        measures = list(exp.measures) if exp.measures else None
+        if "analysis" in exp.tables:
+            made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(exp, cells), measures)
+        if "probes" in exp.tables:
+            options = {"folds": 3 if quick else exp.probe_folds}
+            made["probes"] = table(f"{name}_probes.csv", files, lambda: probe_runs(
+                files, checkpoints="last", quiet=quiet, **options), options)
+        if "linear" in exp.tables:
+            made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
+        frames = {kind: pd.read_csv(path) for kind, path in made.items()}
+        context = claims_module.Context(name, paths[name], frames.get("analysis"), frames.get("linear"))
+        need_cka = "layers_differ" in exp.claims
+        q_path = table(f"{name}_quantities.csv", files + list(made.values()),
+                       lambda: claims_module.quantities(context, cka=need_cka), need_cka)
+        context.quantities = quantities[name] = pd.read_csv(q_path)
+        results[name] = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
+        if "standard" in exp.figures:
+            for cell, cell_runs in cells.items():
+                cell_files = [out / "runs" / r.name for r in cell_runs]
+                tag = None if i == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
+                inputs = list(made.values()) + cell_files
+                figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
+                                 lambda: draw_figures(inputs, out / "figures", quiet, tag=tag))
+        if "tables" in exp.figures:
+            shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
+            tag = name if shared else None
+            tables_only = list(made.values())
+            figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
+                             lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag))
+        if "depth" in exp.figures:
+            inputs = [q_path] + list(made.values()) + files
+            depths = sorted({r.config.depth for r in planned})
+            chosen = [d for d in exp.rdm_depths if d in depths] or sorted({depths[0], depths[-1]})
+            tag = None if i == 0 else name
+            figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
+                             lambda: draw_depth_figures(quantities[name], frames.get("analysis"), paths[name],
+                                                        out / "figures", rdm_depths=chosen, tag=tag))
+    return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
+                        failed=failed, figures=figures, command=command, quick=quick)
 
 
 # -- command line (the gallery) -----------------------------------------------------
@@ -328,20 +332,16 @@ GALLERY = Path(__file__).resolve().parent.parent / "docs" / "gallery"
 
 
 def main(argv=None) -> int:
-    """``python -m repanalysis.reproduce [--out DIR] [--quick] [--gallery]``."""
+    """``python -m repanalysis.reproduce [--out DIR] [--quick] [--gallery]``: the digits preset."""
     parser = argparse.ArgumentParser(prog="python -m repanalysis.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/reproduce", help="output folder (default %(default)s)")
-    parser.add_argument("--dataset", default="digits")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--data-dir")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--gallery", action="store_true", help=f"copy the PNG figures into {GALLERY}")
     args = parser.parse_args(argv)
     start = time.monotonic()
     try:
-        report = reproduce(args.out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
-                           data_dir=args.data_dir, quiet=args.quiet)
+        report = reproduce(args.out, quick=args.quick, quiet=args.quiet)
     except UserError as err:
         print(f"repanalysis: error: {err}", file=sys.stderr)
         return 2

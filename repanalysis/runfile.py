@@ -4,7 +4,7 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
 
     /                      attrs: format, format_version, status, rule, model, dataset,
                            seed, created, versions (JSON), config (JSON),
-                           task, n_features, n_outputs
+                           task, n_features, n_outputs, record_bn
     /probe/index           int64 [N]      probe inputs' indices in the test split
     /probe/labels          int64 [N]      (classification and binary tasks)
     /probe/targets         float32 [N, k] (regression tasks)
@@ -79,7 +79,8 @@ class RunWriter:
     """Writes one run file: provenance, probe set, checkpoints, metrics, evaluations."""
 
     def __init__(self, path, *, rule: str, model: str, dataset: str, seed: int, config_json: str,
-                 task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False):
+                 task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False,
+                 record_bn: str = "batch"):
         """``layers``: ``(name, width, kind)`` per interface, bottom to top."""
         path = Path(path)
         if path.exists() and not overwrite:
@@ -92,7 +93,7 @@ class RunWriter:
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
             "model": model, "dataset": dataset, "seed": seed, "config": config_json, "versions": _versions(),
-            "task": task, "n_features": n_features, "n_outputs": n_outputs,
+            "task": task, "n_features": n_features, "n_outputs": n_outputs, "record_bn": record_bn,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
         f.create_dataset("probe/index", data=np.asarray(probe_index, dtype=np.int64))
@@ -203,7 +204,7 @@ class RunFile:
         return dict(self.file.attrs)
 
     def __getattr__(self, name):
-        if name in ("status", "rule", "model", "dataset", "created", "error", "task"):
+        if name in ("status", "rule", "model", "dataset", "created", "error", "task", "record_bn"):
             value = self.file.attrs.get(name)
             return value.decode() if isinstance(value, bytes) else value
         raise AttributeError(name)

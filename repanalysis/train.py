@@ -124,7 +124,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
             probe_targets=data.y_test[index].numpy() if data.task == "regression" else None,
             layers=[(name, w, block.kind) for name, w, block in
                     zip(rule.network.interfaces, rule.network.widths, rule.network.blocks)],
-            overwrite=overwrite,
+            overwrite=overwrite, record_bn=config.record_bn,
         )
 
     def checkpoint(step: int) -> None:

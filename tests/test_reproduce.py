@@ -10,10 +10,11 @@ import pytest
 
 from repanalysis.analysis import RepanalysisWarning
 from repanalysis.errors import UserError
+from repanalysis.experiments import Overrides, preset
 from repanalysis.figures import FROM_RUNS, FROM_TABLES
-from repanalysis.report import VERDICTS
-from repanalysis.reproduce import plan, reproduce
+from repanalysis.reproduce import reproduce
 from repanalysis.runfile import RunFile
+from repanalysis.stats import VERDICTS
 
 pytestmark = pytest.mark.filterwarnings(f"ignore::{RepanalysisWarning.__module__}.{RepanalysisWarning.__name__}")
 
@@ -33,27 +34,25 @@ def _mtimes(folder) -> dict[str, int]:
 
 def _results(report: str) -> dict[tuple[str, str, int], str]:
     """``(experiment, rule, seed) -> test accuracy`` as written in the report's per-run table."""
-    rows = re.findall(r"^\| (main|regression) \| (\w+) \| (\d+) \| \d+ \| ([\d.]+|n/a) \|", report, re.M)
+    rows = re.findall(r"^\| (main|regression) \| [^|]+ \| (\w+) \| (\d+) \| \d+ \| ([\d.]+|n/a) \|", report, re.M)
     return {(e, rule, int(seed)): acc for e, rule, seed, acc in rows}
 
 
-def test_plan_covers_every_rule_with_shared_settings():
-    runs = plan(quick=True, seeds=2)
-    assert len({r.name for r in runs}) == len(runs)
-    rules = {e: {r.config.rule for r in runs if r.experiment == e} for e in ("main", "regression", "linear")}
-    assert rules == {"main": {"backprop", "sg", "dni", "cdni", "fa", "dfa"},
-                     "regression": {"backprop", "fa", "dfa", "kickback"}, "linear": {"backprop", "sg"}}
+def test_quick_plan_covers_every_rule_with_shared_settings():
+    runs = preset("digits").runs(quick=True)
+    assert len({r.name for r in runs}) == len(runs) and {r.config.seed for r in runs} == {0, 1}
     main = [r.config for r in runs if r.experiment == "main"]
     assert len({(c.probe_size, c.steps, c.depth, c.width, c.dataset) for c in main}) == 1
     assert all(r.config.dataset.endswith("-2d") for r in runs if r.experiment == "linear")
-    assert len(plan(quick=False, seeds=1)) > len(plan(quick=True, seeds=1))
+    assert len(preset("digits").runs(overrides=Overrides(seeds=1))) > len(
+        preset("digits").runs(quick=True, overrides=Overrides(seeds=1)))
 
 
 def test_report_and_every_figure_exist(done):
     out, report, _ = done
     assert report == out / "report.md"
     text = report.read_text()
-    stems = [s for figures in FROM_TABLES.values() for s in figures] + list(FROM_RUNS)
+    stems = [s for kind in ("analysis", "probes", "linear") for s in FROM_TABLES[kind]] + list(FROM_RUNS)
     stems += [f"{s}_regression" for s in list(FROM_TABLES["analysis"]) + list(FROM_RUNS)
               if s not in ("synthetic_loss",)]
     for stem in stems:
@@ -62,34 +61,36 @@ def test_report_and_every_figure_exist(done):
     for link in re.findall(r"\]\((figures/[^)]+)\)", text):
         assert (out / link).is_file(), link
     assert "figures/learning_curves.png" in text
-    for name in ("analysis.csv", "probes.csv", "regression_analysis.csv", "linear.csv"):
+    for name in ("main_analysis.csv", "main_probes.csv", "regression_analysis.csv", "linear_linear.csv",
+                 "main_quantities.csv"):
         assert (out / "tables" / name).is_file()
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_claims_table_has_one_row_per_claim_with_a_verdict(done):
+def test_claims_table_has_every_claim_with_a_verdict_and_an_interval(done):
     text = done[1].read_text()
-    rows = re.findall(r"^\| ([1-5]) \| .* \| \*\*(.+?)\*\* \|$", text, re.M)
-    assert [n for n, _ in rows] == ["1", "2", "3", "4", "5"]
-    assert all(verdict in VERDICTS for _, verdict in rows)
-    assert "± " in text and "seeds 0, 1" in text
+    rows = re.findall(r"^\| ([1-5][a-e]?) \| \w+ \| .* \| (\[[^]]+\]) \| [\d.]+ \| \*\*(.+?)\*\* \|.*$", text, re.M)
+    assert {n for n, _, _ in rows} == {"1", "2", "3", "4a", "4b", "4c", "4d", "4e", "5"}
+    assert all(verdict in VERDICTS for _, _, verdict in rows)
+    assert "± " in text and "seeds 0, 1" in text and "docs/science.md" in text
+    assert "sg_at=None" not in text and "sg_at=the middle interface" in text
 
 
 def test_report_numbers_come_from_the_run_files(done):
     out, report, _ = done
     results = _results(report.read_text())
     assert ("main", "backprop", 0) in results and ("regression", "kickback", 1) in results
-    for r in plan(quick=True):
+    for r in preset("digits").runs(quick=True):
         if r.experiment == "main":
             with RunFile(out / "runs" / r.name) as run:
                 assert run.status == "complete"
                 assert results[("main", r.config.rule, r.config.seed)] == f"{run.evals['test_acc'][-1]:.4f}"
     finals = []
     for seed in (0, 1):
-        with RunFile(out / "runs" / f"main_digits_mlp_backprop_s{seed}.h5") as run:
+        with RunFile(out / "runs" / f"main_digits_mlp_d5_w32_relu_backprop_s{seed}.h5") as run:
             finals.append(run.evals["test_acc"][-1])
-    claim4 = re.search(r"^\| 4 \|.*$", report.read_text(), re.M).group(0)
-    assert f"test accuracy backprop {np.mean(finals):.4f} ± {np.std(finals, ddof=1):.4f}" in claim4
+    assert (f"| depth 5, width 32, relu | backprop | {np.mean(finals):.4f} ± {np.std(finals, ddof=1):.4f} |"
+            in report.read_text())
 
 
 def test_rerun_reuses_everything_and_is_much_faster(done):
@@ -111,9 +112,9 @@ def test_a_foreign_or_incomplete_run_is_redone_and_only_what_depends_on_it(done)
     reproduce(out, quick=True, quiet=True)
     after = _mtimes(out)
     changed = {k for k in after if after[k] != before.get(k)}
-    assert f"runs/{foreign.name}" in changed and "tables/linear.csv" in changed
+    assert f"runs/{foreign.name}" in changed and "tables/linear_linear.csv" in changed
     assert not {k for k in changed if k.startswith("runs/")} - {f"runs/{foreign.name}"}
-    assert "tables/analysis.csv" not in changed and "figures/rdms_regression.png" not in changed
+    assert "tables/main_analysis.csv" not in changed and "figures/rdms_regression.png" not in changed
     with RunFile(foreign) as run:
         assert run.status == "complete"
 
@@ -124,7 +125,47 @@ def test_bad_output_folder_and_options_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a folder"):
         reproduce(afile, quick=True, quiet=True)
     with pytest.raises(UserError, match="classification data set"):
-        reproduce(tmp_path / "a", dataset="linear-regression-2d", quick=True, quiet=True)
+        reproduce(tmp_path / "a", overrides=Overrides(dataset="linear-regression-2d"), quick=True, quiet=True)
     with pytest.raises(UserError, match="at least 1"):
-        reproduce(tmp_path / "b", seeds=0, quick=True, quiet=True)
+        reproduce(tmp_path / "b", overrides=Overrides(seeds=0), quick=True, quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def paper_quick(tmp_path_factory):
+    """The paper preset's quick version on digits (no MNIST needed): 2 depths x 2 activations x 2 rules x 2 seeds."""
+    out = tmp_path_factory.mktemp("paper") / "out"
+    report = reproduce(out, spec=preset("paper"), quick=True, overrides=Overrides(dataset="digits"), quiet=True)
+    return out, report
+
+
+def test_paper_preset_judges_every_cell_and_pools_over_depth(paper_quick):
+    out, report = paper_quick
+    text = report.read_text()
+    for number in ("4a", "4b", "4c", "4d", "4e"):
+        assert f"### Claim {number} (depth)" in text
+    for scope in ("depth 3, relu", "depth 6, tanh", "relu, all depths", "tanh, all depths"):
+        assert f"| {scope} | 2 |" in text  # a row per cell and per pooled scope, each from 2 seeds
+    for stem in ("depth_accuracy", "depth_convergence", "depth_rsa_to_last", "depth_cka_to_backprop",
+                 "depth_weight_norms", "rdms_d3_relu", "rdms_d6_tanh"):
+        assert (out / "figures" / f"{stem}.png").is_file(), stem
+    assert "--preset paper --quick --dataset digits" in text
+
+
+def test_quantities_are_read_from_the_run_files_and_tables(paper_quick):
+    import pandas as pd
+
+    out, _ = paper_quick
+    q = pd.read_csv(out / "tables" / "depth_quantities.csv")
+    analysis = pd.read_csv(out / "tables" / "depth_analysis.csv")
+    for run, group in q.groupby("run"):
+        values = group.set_index("quantity")["value"]
+        with RunFile(run) as r:
+            assert values["test_acc"] == pytest.approx(r.evals["test_acc"][-1])
+            assert values["train_loss_area"] == pytest.approx(r.metrics["train_loss"].mean())
+        rsa = analysis[(analysis.measure == "rsa_to_last_correlation") & (analysis.run_a == run)]
+        assert values["rsa_to_last_correlation"] == pytest.approx(rsa.value.mean())
+    ceiling = q[(q.quantity == "cka_to_other_backprop")]
+    null = q[(q.quantity == "cka_null")]
+    assert len(ceiling) == len(null) == len(q.run.unique())  # two seeds: every run has an other-seed backprop
+    assert (ceiling.value.to_numpy() > null.value.to_numpy()).all()  # trained layers share far more than chance

@@ -29,6 +29,22 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
   set, data seed and probe indices, or ``analyze`` refuses;
 - within a run at its last checkpoint: ``linear_cka`` between each pair of
   layers (``layer_a`` below ``layer_b``; equal layers, trivially 1, left out);
+  ``rsa_to_last_euclidean`` and ``rsa_to_last_correlation``: RSA of every
+  layer below the last with the last layer (side ``b``), Spearman correlation
+  of the RDMs' upper triangles, the RDMs Euclidean or 1 − Pearson correlation
+  (``rdm``'s two metrics; the name says which);
+- per run, layer and checkpoint: ``weight_frobenius_relative``, ``‖W_t‖_F /
+  ‖W_0‖_F`` of the weight feeding the layer against its value at the first
+  checkpoint (step 0: the initial weights). ``h1``'s weight reads the inputs
+  (784 of them on MNIST), so its norm is on another scale than the others':
+  figures mark it, and the report's slopes leave it out;
+- per run (layer empty, step the last step): ``train_loss_area``, the mean
+  training loss over every logged step (the area under the training-loss
+  curve divided by the number of steps: lower is faster convergence for runs
+  of equal length); ``steps_to_test_acc_<p>`` for ``p`` in ``ACCURACY_LEVELS``
+  (percent): the first evaluated step whose test accuracy is at least
+  ``p``% (no row when never reached; a run evaluated every K steps reads to
+  within K steps);
 - within a run, every checkpoint against the first and the last:
   ``linear_cka_to_first``, ``linear_cka_to_last`` (1 at the first, or last,
   checkpoint itself).
@@ -92,7 +108,11 @@ MOMENT_BASED = {"linear_cka": ("linear_cka", {}), "linear_cka_debiased": ("linea
                 "svcca": ("svcca", {}), "pwcca": ("pwcca", {}), "cca": ("cca", {}), "procrustes": ("procrustes", {})}
 ACROSS = ("linear_cka", "linear_cka_debiased", "svcca", "pwcca", "cca", "procrustes", "rsa")
 OVER_TIME = ("linear_cka_to_first", "linear_cka_to_last")
-MEASURES = SPECTRUM + tuple(WEIGHTS) + tuple(GRADIENT) + tuple(SYNTHETIC) + ACROSS + OVER_TIME
+RSA_TO_LAST = {"rsa_to_last_euclidean": "euclidean", "rsa_to_last_correlation": "correlation"}
+ACCURACY_LEVELS = (90, 95, 97)
+PER_RUN = ("train_loss_area",) + tuple(f"steps_to_test_acc_{p}" for p in ACCURACY_LEVELS)
+MEASURES = (SPECTRUM + tuple(WEIGHTS) + ("weight_frobenius_relative",) + tuple(GRADIENT) + tuple(SYNTHETIC)
+            + ACROSS + OVER_TIME + tuple(RSA_TO_LAST) + PER_RUN)
 COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
            "run_b", "rule_b", "seed_b", "layer_b", "step_b", "value")
 SG_RULES = ("sg", "dni", "cdni")
@@ -296,6 +316,7 @@ def analyze(runs, *, reference=None, measures=None, quiet: bool = False) -> pd.D
         for run in opened:
             if "linear_cka" in wanted:
                 rows += _across_layers(run, notes)
+            rows += _to_last_layer(run, wanted, notes) + _per_run(run, wanted)
             done += 1
             progress.update(done, run.name)
         for run in sg_runs:
@@ -353,11 +374,13 @@ def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> l
     values: dict[str, float] = {}
     if wanted & set(SPECTRUM):
         values.update(_spectrum_values(notes, wanted, get(run, c), where))
-    if wanted & set(WEIGHTS):
-        position = run.file.layer_info(layer)["position"]
-        norms = notes.call("weight norms", where, weight_norms,
-                           run.file.param(f"model.blocks.{position}.linear.weight", c), where=where) or {}
+    if wanted & (set(WEIGHTS) | {"weight_frobenius_relative"}):
+        name = f"model.blocks.{run.file.layer_info(layer)['position']}.linear.weight"
+        norms = notes.call("weight norms", where, weight_norms, run.file.param(name, c), where=where) or {}
         values.update({m: norms.get(k) for m, k in WEIGHTS.items() if m in wanted})
+        if "weight_frobenius_relative" in wanted and norms:
+            initial = float(np.linalg.norm(run.file.param(name, 0).astype(np.float64)))
+            values["weight_frobenius_relative"] = norms["frobenius"] / initial if initial > 0 else None
     if wanted & set(GRADIENT) and run.file.has(layer, "signal"):
         signal = run.load(layer, c, "signal", stream=False) * run.n
         true = run.load(layer, c, "true_grad", stream=False) * run.n
@@ -383,6 +406,47 @@ def _across_layers(run: _Run, notes: _Notes) -> list[tuple]:
         for lb, y in zip(layers[i + 1:], arrays[i + 1:]):
             value = _cka(notes, "linear_cka", x, y, f"{run.name}, layers {la} and {lb}, step {run.steps[last]}")
             rows.append(("linear_cka", *run.side(la, last), *run.side(lb, last), value))
+    return rows
+
+
+def _to_last_layer(run: _Run, wanted: set, notes: _Notes) -> list[tuple]:
+    """RSA of every layer below the last with the last layer, at the last checkpoint, per ``RSA_TO_LAST`` metric."""
+    metrics = {m: metric for m, metric in RSA_TO_LAST.items() if m in wanted}
+    layers = run.file.layers
+    if not metrics or not run.steps or len(layers) < 2:
+        return []
+    last, top = len(run.steps) - 1, layers[-1]
+    arrays = {layer: run.load(layer, last) for layer in layers}
+    if _streamed(*arrays.values()):
+        return []  # [N, N] RDMs of more samples than fit are not attempted (see the module docstring)
+    rows = []
+    for measure, metric in metrics.items():
+        where = f"{run.name}, step {run.steps[last]}"
+        reference = notes.call(measure, f"{where}, layer {top}", rdm, arrays[top], metric, where=where)
+        if reference is None:
+            continue
+        for layer in layers[:-1]:
+            place = f"{run.name}, layers {layer} and {top}, step {run.steps[last]}"
+            d = notes.call(measure, place, rdm, arrays[layer], metric, where=place)
+            value = None if d is None else notes.call(measure, place, compare_rdms, d, reference, where=place)
+            rows.append((measure, *run.side(layer, last), *run.side(top, last), value))
+    return rows
+
+
+def _per_run(run: _Run, wanted: set) -> list[tuple]:
+    """The run-level measures (``PER_RUN``) from the run's metrics and evaluations."""
+    rows = []
+    side = (run.name, run.rule, run.seed, None, run.steps[-1] if run.steps else None)
+    losses = run.file.metrics.get("train_loss", np.zeros(0)) if "train_loss_area" in wanted else np.zeros(0)
+    if len(losses):
+        rows.append(("train_loss_area", *side, *_NO_SIDE, float(np.mean(losses))))
+    evals = run.file.evals
+    for level in ACCURACY_LEVELS:
+        measure = f"steps_to_test_acc_{level}"
+        if measure in wanted and "test_acc" in evals:
+            reached = np.flatnonzero(evals["test_acc"] >= level / 100)
+            if reached.size:
+                rows.append((measure, *side, *_NO_SIDE, float(evals["step"][reached[0]])))
     return rows
 
 

@@ -17,6 +17,7 @@ for another block's gradient.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,25 @@ def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float | None:
+    """The blocks' learning rate at ``step`` (1-based) as a multiple of ``--lr``; None for a constant rate.
+
+    ``warmup_steps`` W: the factor rises linearly, ``step / W``, over the first W
+    steps. ``lr_schedule="cosine"``: then it falls as ``½(1 + cos(π·t))``, ``t``
+    running from 0 after the warm-up to 1 at the last step (the last step still
+    moves: ``t = (step - W - 1) / (steps - W)``).
+    """
+    warm = config.warmup_steps
+    if config.lr_schedule == "constant" and not warm:
+        return None
+    if step <= warm:
+        return step / warm
+    if config.lr_schedule == "constant":
+        return 1.0
+    t = (step - warm - 1) / max(1, config.steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -74,6 +94,7 @@ class Rule:
             if any(True for _ in part.parameters())
         ]
         self._coin = torch.Generator().manual_seed(config.seed + 7919)
+        self.steps_done = 0
 
     # -- what subclasses change -------------------------------------------------
 
@@ -88,6 +109,10 @@ class Rule:
     def learn(self, p: Pass) -> dict[str, torch.Tensor]:
         """Train the rule's own modules after the backward pass; return their metrics."""
         return {}
+
+    def held_below(self) -> int:
+        """How many bottom blocks skip this step's update (a rule's warm-up); none by default."""
+        return 0
 
     def signalled(self) -> list[int]:
         """Interfaces whose error under this rule is not the true gradient."""
@@ -112,6 +137,7 @@ class Rule:
         hits = tasks.correct(self.task, p.trace.output.detach(), y)
         if hits is not None:
             metrics["train_acc"] = hits / len(y)
+        self.steps_done += 1
         metrics.update(self.learn(p))
         self._update()
         return metrics
@@ -158,9 +184,15 @@ class Rule:
         return p
 
     def _update(self) -> None:
+        """Step every block's optimiser (at the scheduled rate), unless its coin or the warm-up holds it."""
         prob = self.config.update_prob
-        for opt in self.optimizers:
-            if prob >= 1.0 or torch.rand((), generator=self._coin).item() < prob:
+        factor = lr_factor(self.config, self.steps_done)
+        held = self.held_below()
+        for k, opt in enumerate(self.optimizers):
+            if factor is not None:
+                for group in opt.param_groups:
+                    group["lr"] = self.config.lr * factor
+            if (prob >= 1.0 or torch.rand((), generator=self._coin).item() < prob) and k >= held:
                 opt.step()
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
@@ -169,9 +201,13 @@ class Rule:
         Returns, per interface name: ``activations``, ``true_grad`` (the gradient
         of the probe-mean loss) and, where the rule's error differs from it,
         ``signal`` (the error the rule delivers there, in the same units).
-        Networks and modules run in eval mode (batch norm uses running statistics).
+        ``config.record_bn`` chooses how batch norm normalises (``RECORD_BN``):
+        ``"batch"``, with the probe set's own statistics, as in a training step
+        (the running statistics are restored bit for bit afterwards); ``"eval"``,
+        with the running statistics, as at test time.
         """
-        with evaluating(self.network, self.modules):
+        mode = batch_statistics if self.config.record_bn == "batch" else evaluating
+        with mode(self.network, self.modules):
             trace = self.network.trace(x)
             true = torch.autograd.grad(tasks.loss(self.task, trace.output, y), trace.hidden)
             signalled = self.signalled()
@@ -186,14 +222,37 @@ class Rule:
 
 
 @contextlib.contextmanager
-def evaluating(*modules: nn.Module):
-    """Run ``modules`` in eval mode, then restore each one's own mode."""
+def _in_mode(training: bool, *modules: nn.Module):
+    """Run ``modules`` in training (or eval) mode, then restore each one's own mode."""
     modes = [[(m, m.training) for m in module.modules()] for module in modules]
     for module in modules:
-        module.eval()
+        module.train(training)
     try:
         yield
     finally:
         for group in modes:
             for m, mode in group:
                 m.train(mode)
+
+
+def evaluating(*modules: nn.Module):
+    """Run ``modules`` in eval mode (batch norm with running statistics), then restore each one's own mode."""
+    return _in_mode(False, *modules)
+
+
+@contextlib.contextmanager
+def batch_statistics(*modules: nn.Module):
+    """Run ``modules`` in training mode, then restore each one's mode and every batch-norm buffer.
+
+    Batch norm then normalises with the batch's own statistics; the running
+    statistics it updates meanwhile (and its step counter) are put back exactly.
+    """
+    norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        with _in_mode(True, *modules):
+            yield
+    finally:
+        for m, buffers in zip(norms, saved):
+            for k, b in m.named_buffers(recurse=False):
+                b.copy_(buffers[k])

@@ -77,6 +77,10 @@ class SyntheticGradients(Rule):
             for m in self.modules.values()
         ]
 
+    def held_below(self) -> int:
+        """During the first ``--sg-warmup`` steps the blocks below the top module hold still while it fits."""
+        return max(self.cuts) + 1 if self.steps_done <= self.config.sg_warmup else 0
+
     def predict(self, i: int, h: torch.Tensor, target: torch.Tensor, output_error: torch.Tensor) -> torch.Tensor:
         """Module ``i``'s per-sample prediction at ``h``; ``output_error`` is per-sample ``∂L_n/∂p_n``.
 

@@ -1,0 +1,448 @@
+"""The claims of PAPER.md §2, each judged from paired differences over seeds (and depths).
+
+A claim has one or more *parts*; a part names a per-seed value (usually the
+difference of one quantity between two rules of the same seed and grid cell,
+or a value tested against zero) and the direction it must take. For every
+*scope* (a cell of the experiment's grid, e.g. "depth 50, relu") the part's
+values give an effect with a bootstrap interval and a verdict
+(``stats.paired_effect``, ``stats.verdict``); where cells differ only in depth,
+a *pooled* scope per remaining cell ("relu, all depths") resamples seeds
+within each depth and weighs every depth the same.
+
+Per-run quantities (``quantities``; one row per run and quantity, written to
+``tables/<experiment>_quantities.csv``):
+
+- ``test_acc``: the final test accuracy (the run's last evaluation);
+- ``train_loss_area``, ``steps_to_test_acc_95``: from the analysis table
+  (``analysis.runs``: the mean training loss over the run; the first evaluated
+  step at 95% test accuracy);
+- ``rsa_to_last_euclidean``, ``rsa_to_last_correlation``: the mean, over every
+  layer below the last, of that analysis measure at the last checkpoint;
+- ``weight_norm_slope``: the least-squares slope of ``weight_frobenius_relative``
+  (‖W_T‖/‖W_0‖ at the last checkpoint) against layer position scaled to
+  [0, 1], the input layer ``h1`` left out (its weight reads the raw inputs);
+- ``cka_to_other_backprop``: the mean over layers and over backprop runs of the
+  *other* seeds of the same cell of linear CKA at the last checkpoint (runs of
+  one seed share initial weights and batches, which would inflate it); for a
+  backprop run it is the seed-vs-seed ceiling; ``cka_null``: the 95th
+  percentile of the same mean under shuffled sample correspondence
+  (``stats.permutation_null``), the level that shows no shared structure.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .runfile import RunFile
+
+QUANTITY_COLUMNS = ("run", "experiment", "rule", "seed", "scope", "pool", "quantity", "value")
+NULL_PERMUTATIONS = 50
+
+
+@dataclass
+class Context:
+    """What the claims of one experiment read: its runs (``PlannedRun`` → path) and tables."""
+
+    experiment: str
+    runs: dict  # PlannedRun -> Path of a complete run file
+    analysis: pd.DataFrame | None = None
+    linear: pd.DataFrame | None = None
+    quantities: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One testable statement: ``direction·(effect − threshold) > 0``, from ``values(context)``.
+
+    ``values`` returns a frame with columns ``scope``, ``pool`` (None: not
+    pooled), ``seed`` and ``value`` (the paired difference, or the value
+    tested).
+    """
+
+    label: str
+    values: Callable[[Context], pd.DataFrame]
+    direction: int = 1
+    threshold: float = 0.0
+    digits: int = 3
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    number: str
+    statement: str
+    measurement: str
+    caveat: str
+    parts: tuple[Part, ...]
+    shows: tuple[str, ...] = ()  # quantities whose mean ± std per scope and rule the report lists
+
+
+@dataclass
+class PartResult:
+    label: str
+    claim: str  # "effect > 0" etc.
+    rows: list[tuple[str, stats.Effect, str]] = field(default_factory=list)  # (scope, effect, verdict)
+
+
+@dataclass
+class ClaimResult:
+    key: str
+    spec: ClaimSpec
+    parts: list[PartResult]
+    details: list[str] = field(default_factory=list)
+
+
+def scope_label(cell) -> str:
+    """``"depth 50, relu"`` from a ``PlannedRun.cell`` (``"all runs"`` for an empty cell)."""
+    words = {"depth": "depth {}", "width": "width {}", "activation": "{}", "dataset": "{}", "model": "{}"}
+    parts = [words.get(k, k + " {}").format(v) for k, v in cell]
+    return ", ".join(parts) or "all runs"
+
+
+def pool_label(cell) -> str | None:
+    """The pooled scope of a cell whose grid varies depth: the cell without its depth."""
+    rest = [(k, v) for k, v in cell if k != "depth"]
+    return (scope_label(rest) if rest else "all") + ", all depths" if any(k == "depth" for k, _ in cell) else None
+
+
+# -- quantities ----------------------------------------------------------------------
+
+def _measure(analysis: pd.DataFrame | None, name: str) -> pd.DataFrame:
+    if analysis is None or analysis.empty:
+        return pd.DataFrame(columns=["run_a", "layer_a", "step_a", "value"])
+    rows = analysis[analysis["measure"] == name]
+    return rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"))
+
+
+def _slope(positions: np.ndarray, values: np.ndarray) -> float:
+    return float(np.polyfit(positions, values, 1)[0]) if len(values) >= 2 else math.nan
+
+
+def _final_test_acc(path) -> float:
+    with RunFile(path) as run:
+        acc = run.evals.get("test_acc", np.zeros(0))
+        return float(acc[-1]) if len(acc) else math.nan
+
+
+def _last_activations(path) -> dict[str, np.ndarray]:
+    with RunFile(path) as run:
+        return {layer: run.activations(layer, -1) for layer in run.layers}
+
+
+def _other_seed_cka(cell_runs: dict[str, dict[int, Path]]) -> dict[Path, tuple[float, float]]:
+    """Per run of a cell: mean linear CKA with the other seeds' backprop runs, and its permutation null."""
+    from .analysis import RepanalysisWarning, linear_cka
+
+    backprop = cell_runs.get("backprop", {})
+    cache: dict[Path, dict[str, np.ndarray]] = {}
+
+    def acts(path):
+        if path not in cache:
+            cache[path] = _last_activations(path)
+        return cache[path]
+
+    out = {}
+    for rule, by_seed in cell_runs.items():
+        for seed, path in by_seed.items():
+            values, nulls = [], []
+            for other, reference in backprop.items():
+                if other == seed:
+                    continue
+                x, y = acts(path), acts(reference)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RepanalysisWarning)  # small-n inflation hits every pair alike
+                    for layer in x:
+                        values.append(linear_cka(x[layer], y[layer]))
+                        nulls.append(stats.permutation_null(linear_cka, x[layer], y[layer],
+                                                            permutations=NULL_PERMUTATIONS, seed=seed))
+            if values:
+                out[path] = (float(np.mean(values)), float(np.mean(nulls)))
+    return out
+
+
+def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
+    """One row per run and quantity (see the module docstring); ``cka``: compute the CKA quantities."""
+    rows = []
+    analysis = context.analysis
+    per_run: dict[str, dict[str, float]] = {}
+    for measure in ("train_loss_area", "steps_to_test_acc_95"):
+        for _, r in _measure(analysis, measure).iterrows():
+            per_run.setdefault(str(r["run_a"]), {})[measure] = float(r["value"])
+    for measure in ("rsa_to_last_euclidean", "rsa_to_last_correlation"):
+        for run, group in _measure(analysis, measure).groupby("run_a"):
+            per_run.setdefault(str(run), {})[measure] = float(group["value"].mean())
+    relative = _measure(analysis, "weight_frobenius_relative")
+    if not relative.empty:
+        relative = relative[relative["step_a"] == relative.groupby("run_a")["step_a"].transform("max")]
+        for run, group in relative.groupby("run_a"):
+            group = group[group["layer_a"] != "h1"]
+            positions = group["layer_a"].str[1:].astype(int).to_numpy()
+            if len(positions) >= 2:
+                scaled = (positions - positions.min()) / max(1, positions.max() - positions.min())
+                per_run.setdefault(str(run), {})["weight_norm_slope"] = _slope(scaled, group["value"].to_numpy())
+    cells: dict[tuple, dict[str, dict[int, Path]]] = {}
+    for planned, path in context.runs.items():
+        cells.setdefault(planned.cell, {}).setdefault(planned.config.rule, {})[planned.config.seed] = path
+    similarities = {}
+    for cell_runs in cells.values() if cka else ():
+        if len(cell_runs.get("backprop", {})) >= 2:
+            similarities.update(_other_seed_cka(cell_runs))
+    for planned, path in context.runs.items():
+        c = planned.config
+        found = {"test_acc": _final_test_acc(path), **per_run.get(str(path), {})}
+        if path in similarities:
+            found["cka_to_other_backprop"], found["cka_null"] = similarities[path]
+        for name, value in found.items():
+            rows.append((str(path), context.experiment, c.rule, c.seed, scope_label(planned.cell),
+                         pool_label(planned.cell), name, value))
+    return pd.DataFrame(rows, columns=list(QUANTITY_COLUMNS))
+
+
+# -- parts built from quantities -----------------------------------------------------
+
+def rule_difference(quantity: str, rule_a: str = "backprop", rule_b: str = "sg") -> Callable[[Context], pd.DataFrame]:
+    """Per scope and seed: ``quantity(rule_a) − quantity(rule_b)`` (runs of one seed and cell)."""
+
+    def values(context: Context) -> pd.DataFrame:
+        q = context.quantities
+        q = q[q["quantity"] == quantity]
+        wide = q.pivot_table(index=["scope", "pool", "seed"], columns="rule", values="value", dropna=False)
+        if rule_a not in wide or rule_b not in wide:
+            return pd.DataFrame(columns=["scope", "pool", "seed", "value"])
+        out = (wide[rule_a] - wide[rule_b]).rename("value").reset_index()
+        return out.dropna(subset=["value"])
+
+    return values
+
+
+def rule_value(quantity: str, rule: str) -> Callable[[Context], pd.DataFrame]:
+    """Per scope and seed: ``quantity`` of ``rule``'s run, tested against the threshold."""
+
+    def values(context: Context) -> pd.DataFrame:
+        q = context.quantities
+        q = q[(q["quantity"] == quantity) & (q["rule"] == rule)]
+        return q[["scope", "pool", "seed", "value"]].dropna(subset=["value"])
+
+    return values
+
+
+# -- judging -------------------------------------------------------------------------
+
+def _claim_text(part: Part) -> str:
+    sign = ">" if part.direction > 0 else "<"
+    return f"effect {sign} {part.threshold:g}"
+
+
+def judge(key: str, spec: ClaimSpec, context: Context) -> ClaimResult:
+    """Every part of ``spec`` per scope, and pooled where its values name a pool."""
+    results = []
+    for part in spec.parts:
+        values = part.values(context)
+        result = PartResult(part.label, _claim_text(part))
+        for scope, group in values.groupby("scope", sort=False):
+            effect = stats.paired_effect(group["value"])
+            result.rows.append((str(scope), effect, stats.verdict(effect, direction=part.direction,
+                                                                  threshold=part.threshold)))
+        pooled = values.dropna(subset=["pool"]) if "pool" in values else values.iloc[0:0]
+        for pool, group in pooled.groupby("pool", sort=False):
+            if group["scope"].nunique() > 1:
+                effect = stats.paired_effect(group["value"], strata=group["scope"])
+                result.rows.append((str(pool), effect, stats.verdict(effect, direction=part.direction,
+                                                                     threshold=part.threshold)))
+        results.append(result)
+    return ClaimResult(key, spec, results)
+
+
+# -- parts read from other tables ---------------------------------------------------
+
+def _frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["scope", "pool", "seed", "value"])
+
+
+def _linear_rows(context: Context, value, keep) -> pd.DataFrame:
+    """Per (problem, model) and seed of the linear-problem table: ``value(sg row, backprop row)``."""
+    table = context.linear
+    if table is None or table.empty:
+        return _frame([])
+    rows = []
+    for (dataset, model), group in table.groupby(["dataset", "model"], sort=False):
+        if not keep(dataset, model):
+            continue
+        by_rule = {rule: g.set_index("seed") for rule, g in group.groupby("rule")}
+        if "sg" not in by_rule or "backprop" not in by_rule:
+            continue
+        for seed in by_rule["sg"].index.intersection(by_rule["backprop"].index):
+            rows.append((f"{dataset}, {model}", "all problems", int(seed),
+                         value(by_rule["sg"].loc[seed], by_rule["backprop"].loc[seed])))
+    return _frame(rows)
+
+
+def _logistic(dataset: str, model: str) -> bool:
+    return model == "linear" and "classification" in dataset
+
+
+LOSS_FLOOR = 0.01
+
+
+def _gap(sg, bp) -> float:
+    return abs(sg["train_loss"] - bp["train_loss"]) / max(abs(bp["train_loss"]), LOSS_FLOOR)
+
+
+def _signed_gap(sg, bp) -> float:
+    return (sg["train_loss"] - bp["train_loss"]) / max(abs(bp["train_loss"]), LOSS_FLOOR)
+
+
+def _runs_of(context: Context, rule: str) -> list[tuple]:
+    return [(planned, path) for planned, path in context.runs.items() if planned.config.rule == rule]
+
+
+def _synthetic_corr(context: Context) -> pd.DataFrame:
+    rows = _measure(context.analysis, "synthetic_loss_corr")
+    return rows[rows["value"].notna()] if not rows.empty else rows
+
+
+def _closer_is_better(context: Context) -> pd.DataFrame:
+    corr, out = _synthetic_corr(context), []
+    for planned, path in _runs_of(context, "cdni"):
+        rows = corr[corr["run_a"] == str(path)]
+        rows = rows[rows["step_a"] == rows["step_a"].max()] if not rows.empty else rows
+        if len(rows) >= 2:
+            positions = rows["layer_a"].str[1:].astype(int).to_numpy()
+            scaled = (positions - positions.min()) / max(1, positions.max() - positions.min())
+            out.append((scope_label(planned.cell), pool_label(planned.cell), planned.config.seed,
+                        _slope(scaled, rows["value"].to_numpy())))
+    return _frame(out)
+
+
+def _better_early(context: Context) -> pd.DataFrame:
+    corr, out = _synthetic_corr(context), []
+    for planned, path in _runs_of(context, "cdni"):
+        rows = corr[corr["run_a"] == str(path)]
+        steps = sorted(rows["step_a"].unique())
+        if len(steps) >= 2:
+            early, late = (rows[rows["step_a"] == s]["value"].mean() for s in (steps[0], steps[-1]))
+            out.append((scope_label(planned.cell), pool_label(planned.cell), planned.config.seed, early - late))
+    return _frame(out)
+
+
+FIXED_FEEDBACK = ("fa", "dfa", "kickback")
+
+
+def _alignment_growth(context: Context) -> pd.DataFrame:
+    cos, out = _measure(context.analysis, "grad_cosine"), []
+    for planned, path in context.runs.items():
+        rule = planned.config.rule
+        rows = cos[cos["run_a"] == str(path)]
+        if rule not in FIXED_FEEDBACK or rows.empty:
+            continue
+        first, last = rows["step_a"].min(), rows["step_a"].max()
+        growth = rows[rows["step_a"] == last]["value"].mean() - rows[rows["step_a"] == first]["value"].mean()
+        out.append((rule, "every fixed-feedback rule", planned.config.seed, growth))
+    return _frame(out)
+
+
+_SG_VS_BP = ("backprop and sg runs of one seed share initial weights and batch order (the modules aside), so "
+             "each seed gives one paired difference; with 3 seeds the 95% bootstrap interval excludes 0 exactly "
+             "when every seed agrees in sign.")
+
+CLAIMS: dict[str, ClaimSpec] = {
+    "critical_points": ClaimSpec(
+        "1", "Critical points: SG keeps the points of zero loss, even with a linear SG.",
+        "Linear and deep linear models on the linear-regression problems (the best fit leaves only the noise, "
+        "σ = 0.1): per seed, sg's final training loss on the whole training split over the least-squares "
+        "optimum, minus 1. Claimed: below 0.5 (within 1.5× the optimum).",
+        "Shows only that the global minimum (the noise floor, not exactly zero loss) stays reachable; it cannot "
+        "show which other critical points a linear SG removes or keeps.",
+        (Part("sg loss / optimum − 1", lambda c: _linear_rows(
+            c, lambda sg, bp: sg["train_loss"] / sg["optimum_loss"] - 1,
+            lambda d, m: d.startswith("linear-regression")), -1, 0.5),)),
+    "linear_convergence": ClaimSpec(
+        "2", "Convergence on linear problems: backprop and SG reach the same solution, except logistic "
+             "regression with a linear SG.",
+        f"Every artificial problem, linear and deep linear (10 hidden layers) model, backprop and linear SG: per "
+        f"seed the relative gap |L_sg − L_bp| / max(L_bp, {LOSS_FLOOR}) of the final training losses (claimed "
+        "below 0.1 for every case but logistic regression), the signed gap for logistic regression with a linear "
+        "SG (claimed above 0.1: it struggles), and 1 − cosine of the learned affine maps x ↦ xM + c on the "
+        "linear problems (claimed below 0.01).",
+        "Finite training with Adam, not the paper's small-step gradient descent. On the separable "
+        "linear-classification problems the loss has no minimum (it falls towards 0 as the weights grow), so "
+        "there 'same solution' is the same direction of the map at a similar loss.",
+        (Part("same loss (all but logistic regression)", lambda c: _linear_rows(
+            c, _gap, lambda d, m: not _logistic(d, m)), -1, 0.1),
+         Part("logistic regression + linear SG struggles", lambda c: _linear_rows(c, _signed_gap, _logistic), 1, 0.1),
+         Part("same map (linear problems): 1 − cosine", lambda c: _linear_rows(
+             c, lambda sg, bp: 1 - sg["map_cosine"], lambda d, m: d.startswith("linear-")), -1, 0.01, 4))),
+    "synthetic_loss": ClaimSpec(
+        "3", "SG approximates the loss: better for layers closer to the output, and at the start of training.",
+        "cdni runs, one module per layer: along a straight path from each probe input's activation to its "
+        "class mean, the Pearson correlation of the change of the synthetic loss the module implies with the "
+        "change of the true loss (`synthetic_loss_corr`). Per seed: the least-squares slope of the last "
+        "checkpoint's correlation over layer position scaled to [0, 1] (claimed > 0), and the mean correlation "
+        "at the first checkpoint after step 0 minus the last (claimed > 0).",
+        "Step 0 is left out (every module starts at zero output, so its synthetic loss is flat and the "
+        "correlation undefined); the checkpoint spacing decides what 'early' means.",
+        (Part("better towards the output (slope)", _closer_is_better),
+         Part("better at the start (early − late)", _better_early))),
+    "trains_well": ClaimSpec(
+        "4a", "SG models train well at every depth.",
+        "Final test accuracy, backprop minus sg, per seed (paired). Claimed: below 0.01 (sg within 1 point).",
+        "Final accuracy after a fixed schedule, not the best over training; " + _SG_VS_BP,
+        (Part("test accuracy: backprop − sg", rule_difference("test_acc"), -1, 0.01, 4),), ("test_acc",)),
+    "converges_faster": ClaimSpec(
+        "4b", "SG models converge faster.",
+        "Mean training loss over the run (area under the training-loss curve / steps, `train_loss_area`), "
+        "backprop minus sg, per seed. Claimed: > 0 (sg's curve lies lower). Steps to 95% test accuracy are "
+        "shown beside it.",
+        "The batch loss is logged before each step's update, on the training batch; a lower area can come from "
+        "a faster start or a lower end. " + _SG_VS_BP,
+        (Part("training-loss area: backprop − sg", rule_difference("train_loss_area")),),
+        ("train_loss_area", "steps_to_test_acc_95")),
+    "rsa_to_last": ClaimSpec(
+        "4c", "Under backprop each layer's similarity structure is already close to the final layer's; under SG "
+              "it is more scattered.",
+        "Per run, the mean over every layer below the last of RSA with the last layer (Spearman correlation of "
+        "the RDMs' upper triangles, probe set, last checkpoint), with Euclidean RDMs and with 1 − Pearson "
+        "correlation RDMs; backprop minus sg, per seed. Claimed: > 0 for each metric.",
+        "RSA summarises the whole stack in one number per run; where the two metrics disagree, the claim "
+        "depends on what 'similarity structure' means (distances vs. angles). " + _SG_VS_BP,
+        (Part("RSA to the last layer, Euclidean RDMs: backprop − sg", rule_difference("rsa_to_last_euclidean")),
+         Part("RSA to the last layer, correlation RDMs: backprop − sg",
+              rule_difference("rsa_to_last_correlation"))), ("rsa_to_last_euclidean", "rsa_to_last_correlation")),
+    "layers_differ": ClaimSpec(
+        "4d", "SG layers differ from backprop's.",
+        "Per run, linear CKA of each layer with the same layer of the backprop runs of the *other* seeds of its "
+        "cell (last checkpoint), averaged over layers; the backprop runs' own value is the seed-vs-seed ceiling. "
+        f"Per seed: ceiling minus sg. Claimed: > 0. The permutation null (shuffled sample correspondence, "
+        f"{NULL_PERMUTATIONS} shuffles, 95th percentile) is shown beside it.",
+        "Needs at least 2 seeds. CKA on the probe set is biased upwards when the probe set is small against the "
+        "width; the bias hits sg and the ceiling alike.",
+        (Part("CKA to other-seed backprop: ceiling − sg", rule_difference("cka_to_other_backprop")),),
+        ("cka_to_other_backprop", "cka_null")),
+    "weight_norms": ClaimSpec(
+        "4e", "Per-layer weight norms rise slowly with depth under backprop, but start high and fall towards the "
+              "output under SG.",
+        "Per run, the least-squares slope of ‖W_T‖_F / ‖W_0‖_F (last checkpoint over initial) against layer "
+        "position scaled to [0, 1], the input layer h1 left out. Claimed: backprop's slope > 0, sg's < 0, and "
+        "their difference > 0.",
+        "Relative to the initial norm, so layers of different fan-in compare; Adam's steps do not depend on "
+        "the gradient's scale, so norms grow with the number of steps a layer takes in a consistent direction.",
+        (Part("backprop's slope", rule_value("weight_norm_slope", "backprop")),
+         Part("sg's slope", rule_value("weight_norm_slope", "sg"), -1),
+         Part("slope: backprop − sg", rule_difference("weight_norm_slope"))), ("weight_norm_slope",)),
+    "unifying": ClaimSpec(
+        "5", "A unifying view: FA, DFA, Kickback and SG each replace δi by an estimate δ̂i; the fixed-feedback "
+             "rules learn to align with it.",
+        "Every rule's error signal δ̂i is recorded on the probe set beside the true gradient δi: the mean "
+        "per-sample cosine (`grad_cosine`) over layers, last checkpoint minus first, per seed and rule. "
+        "Claimed: > 0 for each fixed-feedback rule.",
+        "The rewriting of each rule as a 'synthetic gradient' is a definition, not an empirical claim; what is "
+        "measured is how good each estimate is.",
+        (Part("alignment growth (cosine, last − first)", _alignment_growth),)),
+}

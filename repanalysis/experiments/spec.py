@@ -1,0 +1,246 @@
+"""Experiments as data: a spec file (TOML) names the runs of a reproduction and the claims it judges.
+
+A spec has a ``name``, a ``description``, a default ``dataset``, the number of
+``seeds`` (seeds ``0..seeds-1``; ``quick_seeds`` under ``--quick``) and one table per experiment under
+``[experiments.<name>]``::
+
+    [experiments.depth]
+    description = "what this experiment is for"
+    claims = ["trains_well", "rsa_to_last"]    # names of repanalysis.claims.CLAIMS
+    tables = ["analysis"]                      # any of TABLES
+    measures = ["linear_cka", "weight_frobenius"]   # the analysis measures (default: all)
+    figures = ["depth"]                        # any of FIGURE_SETS
+    rdm_depths = [5, 50]                       # depths whose RDM grids are drawn (figure set "depth")
+    settings = { model = "mlp", width = 256, batch_norm = true }   # any TrainConfig field
+    grid = { rule = ["backprop", "sg"], depth = [5, 50], activation = ["relu", "tanh"] }
+    quick = { steps = 60, depth = [3, 6] }     # what --quick changes (a list replaces a grid axis)
+
+The runs of an experiment are every combination of its grid's axes (and the
+seeds), each with the shared settings. Command-line overrides (``Overrides``)
+replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
+every experiment whose grid has that axis (an override no grid has is an
+error); ``--seeds N`` and ``--steps N`` apply to every experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..errors import UserError
+
+TABLES = ("analysis", "probes", "linear")
+FIGURE_SETS = ("standard", "tables", "depth")
+PRESETS = Path(__file__).resolve().parent / "presets"
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
+                    "quick", "probe_folds"}
+#: Short forms of grid axes in run-file names.
+_NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a spec: its experiment, resolved config and the grid values that name it."""
+
+    experiment: str
+    config: TrainConfig
+    axes: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        parts = [self.experiment, c.dataset, c.model]
+        parts += [_NAME_FORMS.get(k, k + "{}").format(v) for k, v in self.axes if k not in ("rule", "dataset", "model")]
+        return "_".join(parts + [c.rule, f"s{c.seed}"]) + ".h5"
+
+    def __hash__(self) -> int:  # TrainConfig is mutable; a run is known by its file name
+        return hash(self.name)
+
+    @property
+    def cell(self) -> tuple[tuple[str, object], ...]:
+        """The grid values apart from the rule: runs of one cell are compared with each other."""
+        return tuple((k, v) for k, v in self.axes if k != "rule")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    settings: dict
+    grid: dict[str, list]
+    claims: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ("analysis",)
+    measures: tuple[str, ...] | None = None
+    figures: tuple[str, ...] = ("standard",)
+    rdm_depths: tuple[int, ...] = ()
+    probe_folds: int = 5
+    quick: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line changes in a spec (None: unchanged)."""
+
+    depths: list[int] | None = None
+    activations: list[str] | None = None
+    widths: list[int] | None = None
+    seeds: int | None = None
+    steps: int | None = None
+    dataset: str | None = None
+
+    def axes(self) -> dict[str, list]:
+        named = {"depth": self.depths, "activation": self.activations, "width": self.widths}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    description: str
+    dataset: str
+    seeds: int
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+    source: str = ""
+    quick_seeds: int | None = None
+
+    def runs(self, quick: bool = False, overrides: Overrides | None = None) -> list[PlannedRun]:
+        """Every run, seed by seed (so a partial sweep has whole seeds), each experiment's grid in order."""
+        spec = self.applied(overrides or Overrides(), quick)
+        planned = []
+        for seed in range(spec.seeds):
+            for exp in spec.experiments.values():
+                for values in itertools.product(*exp.grid.values()):
+                    axes = tuple(zip(exp.grid, values))
+                    fields = {"dataset": spec.dataset, **exp.settings, **dict(axes), "seed": seed}
+                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
+        names = [r.name for r in planned]
+        if len(set(names)) != len(names):
+            raise UserError(f"{self.source}: two runs would share a file name; give every grid value once")
+        return planned
+
+    def applied(self, overrides: Overrides, quick: bool) -> "Spec":
+        """This spec with ``--quick`` and the command-line ``overrides`` applied."""
+        experiments = {}
+        for name, exp in self.experiments.items():
+            settings, grid = dict(exp.settings), dict(exp.grid)
+            for key, value in (exp.quick if quick else {}).items():
+                if key in grid:
+                    grid[key] = _list(value, f"quick.{key}", f"{self.source}: experiments.{name}")
+                else:
+                    settings[key] = value
+            grid.update({k: v for k, v in overrides.axes().items() if k in grid})
+            if overrides.steps is not None:
+                settings["steps"] = overrides.steps
+                grid.pop("steps", None)
+            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid)
+        unused = [k for k in overrides.axes() if not any(k in e.grid for e in experiments.values())]
+        if unused:
+            raise UserError(f"--{unused[0]}s: no experiment of the spec {self.name!r} varies {unused[0]} "
+                            f"(its grids vary {', '.join(sorted({k for e in experiments.values() for k in e.grid}))})")
+        seeds = (self.quick_seeds or self.seeds) if quick else self.seeds
+        seeds = seeds if overrides.seeds is None else overrides.seeds
+        if seeds < 1:
+            raise UserError(f"--seeds must be at least 1, got {seeds}")
+        return dataclasses.replace(self, experiments=experiments, seeds=seeds,
+                                   dataset=overrides.dataset or self.dataset)
+
+
+def _resolved(fields: dict, where: str) -> TrainConfig:
+    try:
+        return TrainConfig(**fields).resolved()
+    except (TypeError, UserError) as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+def _list(value, key: str, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: {key} must be a non-empty list, got {value!r}")
+    return value
+
+
+def _check_fields(keys, where: str) -> None:
+    unknown = sorted(set(keys) - _FIELDS)
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}; settings are TrainConfig fields "
+                        f"({', '.join(sorted(_FIELDS))})")
+
+
+def _experiment(name: str, table: dict, source: str) -> Experiment:
+    from ..analysis.runs import MEASURES
+    from ..claims import CLAIMS
+
+    where = f"{source}: experiments.{name}"
+    unknown = sorted(set(table) - _EXPERIMENT_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; an experiment has "
+                        f"{', '.join(sorted(_EXPERIMENT_KEYS))}")
+    settings, grid, quick = table.get("settings", {}), table.get("grid", {}), table.get("quick", {})
+    for part, keys in (("settings", settings), ("grid", grid), ("quick", quick)):
+        if not isinstance(keys, dict):
+            raise UserError(f"{where}: {part} must be a table")
+        _check_fields(keys, f"{where}.{part}")
+    if "seed" in grid or "seed" in settings:
+        raise UserError(f"{where}: seeds are set by the spec's 'seeds' (and --seeds), not per experiment")
+    grid = {k: _list(v, f"grid.{k}", where) for k, v in grid.items()}
+    if "rule" not in grid and "rule" not in settings:
+        raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
+    for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
+        bad = sorted(set(table.get(key, ())) - set(allowed))
+        if bad:
+            raise UserError(f"{where}: unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    return Experiment(
+        name, str(table.get("description", "")), settings, grid, tuple(table.get("claims", ())),
+        tuple(table.get("tables", ("analysis",))),
+        tuple(table["measures"]) if "measures" in table else None,
+        tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
+        int(table.get("probe_folds", 5)), quick,
+    )
+
+
+def parse(text: str, source: str = "<spec>") -> Spec:
+    """The ``Spec`` in TOML ``text``; ``UserError`` naming ``source`` for anything wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{source}: not valid TOML ({err})") from None
+    unknown = sorted(set(data) - {"name", "description", "dataset", "seeds", "quick_seeds", "experiments"})
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; a spec has name, description, dataset, "
+                        "seeds and [experiments.<name>] tables")
+    experiments = data.get("experiments")
+    if not isinstance(experiments, dict) or not experiments:
+        raise UserError(f"{source}: no [experiments.<name>] table")
+    seeds, quick_seeds = data.get("seeds", 3), data.get("quick_seeds", None)
+    for key, value in (("seeds", seeds), ("quick_seeds", quick_seeds)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
+    spec = Spec(str(data.get("name", Path(source).stem)), str(data.get("description", "")),
+                str(data.get("dataset", "digits")), seeds,
+                {name: _experiment(name, table, source) for name, table in experiments.items()}, source,
+                quick_seeds)
+    spec.runs()  # every config must resolve, with and without --quick
+    spec.runs(quick=True)
+    return spec
+
+
+def load_spec(path) -> Spec:
+    """The spec in the TOML file ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the spec ({err.strerror or err})") from None
+    return parse(text, str(path))
+
+
+def preset(name: str) -> Spec:
+    """A shipped spec (``presets/<name>.toml``; copy one to start your own)."""
+    names = sorted(p.stem for p in PRESETS.glob("*.toml"))
+    if name not in names:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
+    return load_spec(PRESETS / f"{name}.toml")

@@ -1,0 +1,102 @@
+"""Experiment specs (TOML): parsing, grids, overrides, --quick, and the mistakes they refuse."""
+
+import pytest
+
+from repanalysis.cli import main
+from repanalysis.experiments import Overrides, parse, preset
+from repanalysis.errors import UserError
+
+SPEC = """
+name = "tiny"
+description = "a test"
+dataset = "digits"
+seeds = 2
+
+[experiments.grid]
+claims = ["trains_well"]
+settings = { model = "mlp", width = 8, steps = 10, batch_norm = true }
+grid = { rule = ["backprop", "sg"], depth = [2, 4], activation = ["relu", "tanh"] }
+quick = { steps = 3, depth = [2] }
+
+[experiments.other]
+settings = { rule = "backprop", dataset = "linear-regression-2d", depth = 3, steps = 5 }
+"""
+
+
+def test_a_grid_expands_to_every_combination_and_seed_with_shared_settings():
+    spec = parse(SPEC, "tiny.toml")
+    runs = spec.runs()
+    grid = [r for r in runs if r.experiment == "grid"]
+    assert len(grid) == 2 * 2 * 2 * 2 and len(runs) == len(grid) + 2
+    assert {(r.config.rule, r.config.depth, r.config.activation, r.config.seed) for r in grid} == {
+        (rule, d, a, s) for rule in ("backprop", "sg") for d in (2, 4) for a in ("relu", "tanh") for s in (0, 1)}
+    assert all(r.config.width == 8 and r.config.batch_norm and r.config.dataset == "digits" for r in grid)
+    other = [r for r in runs if r.experiment == "other"]
+    assert {r.config.dataset for r in other} == {"linear-regression-2d"}  # a setting beats the spec's default
+    assert len({r.name for r in runs}) == len(runs)
+    assert grid[0].name == "grid_digits_mlp_d2_relu_backprop_s0.h5"
+    # runs of a cell differ only in rule and seed
+    assert dict(grid[0].cell) == {"depth": 2, "activation": "relu"}
+    assert [r.config.seed for r in runs[: len(runs) // 2]] == [0] * (len(runs) // 2)  # seed by seed
+
+
+def test_overrides_replace_grid_axes_and_quick_shrinks():
+    spec = parse(SPEC, "tiny.toml")
+    runs = spec.runs(overrides=Overrides(depths=[7], activations=["tanh"], seeds=1, steps=4))
+    grid = [r for r in runs if r.experiment == "grid"]
+    assert {(r.config.depth, r.config.activation) for r in grid} == {(7, "tanh")}
+    assert len(grid) == 2 and all(r.config.steps == 4 for r in runs)
+    quick = spec.runs(quick=True)
+    assert {r.config.depth for r in quick if r.experiment == "grid"} == {2}
+    assert {r.config.steps for r in quick if r.experiment == "grid"} == {3}
+    with pytest.raises(UserError, match="--widths: no experiment .* varies width"):
+        spec.runs(overrides=Overrides(widths=[16]))
+    with pytest.raises(UserError, match="--seeds must be at least 1"):
+        spec.runs(overrides=Overrides(seeds=0))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = 'x'", "no \\[experiments"),
+    ("nme = 'x'\n[experiments.a]\ngrid = { rule = ['sg'] }", "unknown key\\(s\\) nme"),
+    ("[experiments.a]\ngrid = { rule = ['sg'], depht = [2] }", "unknown setting\\(s\\) depht"),
+    ("[experiments.a]\ngrid = { rule = 'sg' }", "grid.rule must be a non-empty list"),
+    ("[experiments.a]\nsettings = { depth = 3 }", "name the rule"),
+    ("[experiments.a]\ngrid = { rule = ['sg'] }\nclaims = ['faster']", "unknown claims faster"),
+    ("[experiments.a]\ngrid = { rule = ['nope'] }", "unknown rule 'nope'"),
+    ("[experiments.a]\ngrid = { rule = ['sg'], seed = [1] }", "seeds are set by the spec"),
+    ("seeds = 0\n[experiments.a]\ngrid = { rule = ['sg'] }", "seeds must be a positive integer"),
+    ("[experiments.a\n", "not valid TOML"),
+])
+def test_mistakes_in_a_spec_are_one_line_errors_naming_the_file(text, message):
+    with pytest.raises(UserError, match=message) as err:
+        parse(text, "my.toml")
+    assert str(err.value).startswith("my.toml")
+
+
+def test_the_presets_plan_the_runs_they_promise():
+    paper = preset("paper")
+    runs = paper.runs()
+    assert {r.config.depth for r in runs} == {5, 10, 20, 50} and {r.config.activation for r in runs} == {"relu", "tanh"}
+    assert {r.config.rule for r in runs} == {"backprop", "sg"} and {r.config.seed for r in runs} == {0, 1, 2}
+    assert all(r.config.dataset == "mnist" and r.config.width == 256 and r.config.batch_norm for r in runs)
+    sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seeds=1))
+    assert [r.name for r in sliced] == ["depth_mnist_mlp_d50_relu_backprop_s0.h5", "depth_mnist_mlp_d50_relu_sg_s0.h5"]
+    assert {r.name for r in sliced} <= {r.name for r in runs}  # a slice reuses the full preset's runs
+    digits = preset("digits").runs()
+    rules = {e: {r.config.rule for r in digits if r.experiment == e} for e in ("main", "regression", "linear")}
+    assert rules == {"main": {"backprop", "sg", "dni", "cdni", "fa", "dfa"},
+                     "regression": {"backprop", "fa", "dfa", "kickback"}, "linear": {"backprop", "sg"}}
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of digits, paper"):
+        preset("nope")
+
+
+def test_reproduce_command_line_refuses_bad_specs_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiments.a]\ngrid = { rule = ['sg'], depht = [2] }")
+    assert main(["reproduce", "--spec", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(["reproduce", "--preset", "paper", "--widths", "7", "--out", str(tmp_path / "o")]) == 2
+    assert main(["reproduce", "--preset", "paper", "--depths", "five", "--out", str(tmp_path / "o")]) == 2
+    assert main(["reproduce", "--preset", "paper", "--spec", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 4 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
