@@ -88,7 +88,9 @@ class ClaimSpec:
 class PartResult:
     label: str
     claim: str  # "effect > 0" etc.
-    rows: list[tuple[str, stats.Effect, str]] = field(default_factory=list)  # (scope, effect, verdict)
+    rows: list[tuple[str, stats.Effect, str]] = field(default_factory=list)  # (scope, effect, verdict): cells
+    pooled: list[tuple[str, stats.Effect, str]] = field(default_factory=list)  # the same over pools of cells
+    pool_of: dict[str, str] = field(default_factory=dict)  # cell scope -> its pool's scope
 
 
 @dataclass
@@ -253,9 +255,10 @@ def judge(key: str, spec: ClaimSpec, context: Context) -> ClaimResult:
         pooled = values.dropna(subset=["pool"]) if "pool" in values else values.iloc[0:0]
         for pool, group in pooled.groupby("pool", sort=False):
             if group["scope"].nunique() > 1:
+                result.pool_of.update({str(scope): str(pool) for scope in group["scope"].unique()})
                 effect = stats.paired_effect(group["value"], strata=group["scope"])
-                result.rows.append((str(pool), effect, stats.verdict(effect, direction=part.direction,
-                                                                     threshold=part.threshold)))
+                result.pooled.append((str(pool), effect, stats.verdict(effect, direction=part.direction,
+                                                                       threshold=part.threshold)))
         results.append(result)
     return ClaimResult(key, spec, results)
 

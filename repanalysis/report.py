@@ -128,11 +128,9 @@ def _summary_rows(results: dict[str, list[ClaimResult]]) -> list[list]:
     for experiment, claims in results.items():
         for claim in claims:
             for part in claim.parts:
-                pooled = [r for r in part.rows if r[0].endswith("all depths") or r[0] == "all problems"
-                          or r[0] == "every fixed-feedback rule"]
-                cells = [r for r in part.rows if r not in pooled]
-                per_cell = "; ".join(f"{scope}: {verdict}" for scope, _, verdict in cells) if pooled else ""
-                for scope, effect, verdict in pooled or cells:
+                for scope, effect, verdict in part.pooled or part.rows:
+                    cells = [(c, v) for c, _, v in part.rows if part.pool_of.get(c) == scope]
+                    per_cell = "; ".join(f"{c.split(', ')[0]}: {v}" for c, v in cells)
                     rows.append([claim.spec.number, experiment, part.label, f"{part.claim}", scope,
                                  effect.text(_digits(claim, part)), _p(effect.p), f"**{verdict}**", per_cell])
     return rows
@@ -163,7 +161,7 @@ def _claim_lines(experiment: str, claim: ClaimResult, quantities: pd.DataFrame) 
         lines += [f"**{part.label}** (claimed: {part.claim})", ""]
         lines += _md_table(["scope", "seeds", "effect [95% CI]", "p (sign flip)", "verdict"],
                            [[scope, effect.n, effect.text(digits), _p(effect.p), verdict]
-                            for scope, effect, verdict in part.rows]) + [""]
+                            for scope, effect, verdict in part.rows + part.pooled]) + [""]
         if not part.rows:
             lines += ["No runs to judge this part with.", ""]
     lines += _shown(claim, quantities)

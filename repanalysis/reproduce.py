@@ -222,8 +222,8 @@ def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Pa
 def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
               data_dir=None, quiet: bool = False) -> Path:
     """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``."""
-    spec_arg = "--preset digits" if spec is None else (f"--spec {spec.source}" if spec.source else "")
     spec = spec or preset("digits")
+    spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
     overrides = overrides or Overrides()
     if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
         raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")

@@ -20,7 +20,7 @@ def _quantities(values: dict) -> pd.DataFrame:
 
 
 def _rows(result, part=0):
-    return {scope: (effect, verdict) for scope, effect, verdict in result.parts[part].rows}
+    return {scope: (effect, verdict) for scope, effect, verdict in result.parts[part].rows + result.parts[part].pooled}
 
 
 def test_scopes_and_pools_are_named_from_the_cell():

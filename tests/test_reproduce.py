@@ -69,7 +69,8 @@ def test_report_and_every_figure_exist(done):
 
 def test_claims_table_has_every_claim_with_a_verdict_and_an_interval(done):
     text = done[1].read_text()
-    rows = re.findall(r"^\| ([1-5][a-e]?) \| \w+ \| .* \| (\[[^]]+\]) \| [\d.]+ \| \*\*(.+?)\*\* \|.*$", text, re.M)
+    rows = re.findall(r"^\| ([1-5][a-e]?) \| \w+ \| .* \| ([+-][\d.]+ \[[^]]+\]) \| [\d.]+ \| \*\*(.+?)\*\* \|.*$",
+                      text, re.M)
     assert {n for n, _, _ in rows} == {"1", "2", "3", "4a", "4b", "4c", "4d", "4e", "5"}
     assert all(verdict in VERDICTS for _, _, verdict in rows)
     assert "± " in text and "seeds 0, 1" in text and "docs/science.md" in text
@@ -144,8 +145,10 @@ def test_paper_preset_judges_every_cell_and_pools_over_depth(paper_quick):
     text = report.read_text()
     for number in ("4a", "4b", "4c", "4d", "4e"):
         assert f"### Claim {number} (depth)" in text
-    for scope in ("depth 3, relu", "depth 6, tanh", "relu, all depths", "tanh, all depths"):
-        assert f"| {scope} | 2 |" in text  # a row per cell and per pooled scope, each from 2 seeds
+    for scope in ("depth 3, relu", "depth 6, tanh"):
+        assert f"| {scope} | 2 |" in text  # a row per cell, from 2 seeds
+    for scope in ("relu, all depths", "tanh, all depths"):
+        assert f"| {scope} | 4 |" in text  # and per pooled scope: 2 seeds at each of 2 depths
     for stem in ("depth_accuracy", "depth_convergence", "depth_rsa_to_last", "depth_cka_to_backprop",
                  "depth_weight_norms", "rdms_d3_relu", "rdms_d6_tanh"):
         assert (out / "figures" / f"{stem}.png").is_file(), stem

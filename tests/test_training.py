@@ -65,7 +65,7 @@ def test_recorded_true_gradient_is_the_gradient_of_the_probe_mean_loss(bn_run, d
         rule = rebuild(run, checkpoint)
         recorded = [run.true_grad(name, checkpoint) for name in run.layers]
         activations = [run.activations(name, checkpoint) for name in run.layers]
-    net = rule.network.eval()
+    net = rule.network.train()  # recorded with the probe set's own batch statistics (record_bn "batch")
     x, y = digits.x_test[index], digits.y_test[index]
     hidden, h = [], x
     for block in net.blocks:

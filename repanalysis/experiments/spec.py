@@ -107,6 +107,7 @@ class Spec:
     experiments: dict[str, Experiment] = field(default_factory=dict)
     source: str = ""
     quick_seeds: int | None = None
+    preset: str | None = None  # the shipped preset's name, where it is one
 
     def runs(self, quick: bool = False, overrides: Overrides | None = None) -> list[PlannedRun]:
         """Every run, seed by seed (so a partial sweep has whole seeds), each experiment's grid in order."""
@@ -243,4 +244,4 @@ def preset(name: str) -> Spec:
     names = sorted(p.stem for p in PRESETS.glob("*.toml"))
     if name not in names:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
-    return load_spec(PRESETS / f"{name}.toml")
+    return dataclasses.replace(load_spec(PRESETS / f"{name}.toml"), preset=name)
