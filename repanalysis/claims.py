@@ -249,14 +249,14 @@ def judge(key: str, spec: ClaimSpec, context: Context) -> ClaimResult:
         values = part.values(context)
         result = PartResult(part.label, _claim_text(part))
         for scope, group in values.groupby("scope", sort=False):
-            effect = stats.paired_effect(group["value"])
+            effect = stats.paired_effect(group["value"], null=part.threshold)
             result.rows.append((str(scope), effect, stats.verdict(effect, direction=part.direction,
                                                                   threshold=part.threshold)))
         pooled = values.dropna(subset=["pool"]) if "pool" in values else values.iloc[0:0]
         for pool, group in pooled.groupby("pool", sort=False):
             if group["scope"].nunique() > 1:
                 result.pool_of.update({str(scope): str(pool) for scope in group["scope"].unique()})
-                effect = stats.paired_effect(group["value"], strata=group["scope"])
+                effect = stats.paired_effect(group["value"], strata=group["scope"], null=part.threshold)
                 result.pooled.append((str(pool), effect, stats.verdict(effect, direction=part.direction,
                                                                        threshold=part.threshold)))
         results.append(result)

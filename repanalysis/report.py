@@ -283,7 +283,7 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
         f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "
         "Effects are paired differences over seeds (runs of one seed share initial weights and batches), with "
         "95% percentile-bootstrap intervals (pooled scopes resample seeds within each depth, every depth weighed "
-        "alike) and two-sided sign-flip p-values; a part is **held** when its whole interval lies on the claimed "
+        "alike) and two-sided sign-flip p-values (against the claimed threshold); a part is **held** when its whole interval lies on the claimed "
         "side, **not held** when it lies wholly on the other side, **inconclusive** otherwise. Spread: mean ± "
         "std over seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in `tables/`.",
         "",

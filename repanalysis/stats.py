@@ -12,9 +12,11 @@ possibly in several strata (the depths of a sweep). Conventions:
   times, from a generator seeded by ``seed`` (the same data give the same
   interval). With 3 seeds the bootstrap distribution has only 10 distinct
   values per stratum: the interval is coarse, and it excludes 0 exactly when
-  every seed agrees in sign.
-- **p-value**: two-sided sign-flip permutation test of the effect (the null:
-  each difference is as likely to have either sign); exact enumeration up to
+  every seed agrees in sign. A single pair gives no interval (and no p-value):
+  its verdict is "inconclusive" whatever its sign.
+- **p-value**: two-sided sign-flip permutation test of the effect against a
+  null value (0, or the claim's threshold: each difference's distance from it
+  is as likely to have either sign); exact enumeration up to
   ``EXACT_UP_TO`` pairs, else ``resamples`` random flips. With n pairs the
   smallest exact p-value is ``2 / 2^n`` (0.25 for 3 seeds), so p is reported,
   not used for verdicts.
@@ -56,6 +58,8 @@ class Effect:
         if not self.n:
             return "n/a"
         f = f"{{:+.{digits}f}}"
+        if not np.isfinite(self.low):
+            return f"{f.format(self.mean)} [no interval from one pair]"
         return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]"
 
 
@@ -80,8 +84,11 @@ def _stratified_mean(groups: list[np.ndarray]) -> float:
 
 
 def paired_effect(differences, strata=None, *, level: float = LEVEL, resamples: int = RESAMPLES,
-                  seed: int = 0) -> Effect:
+                  seed: int = 0, null: float = 0.0) -> Effect:
     """The effect, interval and p-value of paired ``differences`` (see the module docstring).
+
+    ``null``: the effect the p-value tests against (the sign flips act on
+    ``differences - null``; a claim's threshold).
 
     Values that are not differences (e.g. per-seed slopes) test "is it above 0?" the same way.
 
@@ -93,6 +100,8 @@ def paired_effect(differences, strata=None, *, level: float = LEVEL, resamples: 
     groups = _strata(differences, strata)
     if not groups:
         return NO_EFFECT
+    if sum(map(len, groups)) < 2:  # one pair: a value, no interval and no test
+        return Effect(_stratified_mean(groups), math.nan, math.nan, math.nan, 1, level)
     rng = np.random.default_rng(seed)
     boot = np.zeros(resamples)
     for g in groups:
@@ -102,8 +111,8 @@ def paired_effect(differences, strata=None, *, level: float = LEVEL, resamples: 
     tail = (1 - level) / 2
     low, high = np.quantile(boot, [tail, 1 - tail])
     mean = _stratified_mean(groups)
-    return Effect(mean, float(low), float(high), _sign_flip_p(groups, mean, resamples, rng),
-                  sum(map(len, groups)), level)
+    p = _sign_flip_p([g - null for g in groups], mean - null, resamples, rng)
+    return Effect(mean, float(low), float(high), p, sum(map(len, groups)), level)
 
 
 def _sign_flip_p(groups: list[np.ndarray], observed: float, resamples: int, rng) -> float:

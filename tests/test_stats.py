@@ -17,6 +17,7 @@ def test_a_clear_effect_is_held_and_its_opposite_not_held():
     assert stats.verdict(effect, direction=-1) == "not held"
     assert stats.verdict(effect, direction=-1, threshold=1.0) == "held"  # "effect < 1"
     assert effect.p == pytest.approx(2 / 2**12)  # only all-positive and all-negative flips are as extreme
+    assert stats.paired_effect(d, null=0.5).p > 0.05  # against its own centre there is no effect
 
 
 def test_no_effect_is_inconclusive():
@@ -63,3 +64,9 @@ def test_permutation_null_is_far_below_the_similarity_of_related_data():
     null = stats.permutation_null(linear_cka, x, y, permutations=30, seed=0)
     assert linear_cka(x, y) > 0.5 and null < 0.15
     assert null == stats.permutation_null(linear_cka, x, y, permutations=30, seed=0)
+
+
+def test_one_pair_gives_no_interval_and_no_verdict():
+    effect = stats.paired_effect([0.7])
+    assert effect.mean == 0.7 and effect.n == 1 and np.isnan(effect.low) and np.isnan(effect.p)
+    assert stats.verdict(effect) == "inconclusive" and "no interval" in effect.text()
