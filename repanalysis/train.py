@@ -13,7 +13,6 @@ initialised from torch's global RNG seeded by the same seed.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from . import tasks
 from .config import TrainConfig
 from .datasets import Dataset, load
 from .errors import UserError
+from .memory import check_fits
 from .models import build_network
 from .outputs import check_file
 from .progress import Progress
@@ -117,28 +117,14 @@ def memory_estimate(config: TrainConfig, n_features: int, n_outputs: int) -> int
     return 4 * (4 * weights + 2 * config.batch_size * sum(widths))
 
 
-def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: CUDA's free memory, or the host's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> None:
     """Refuse a batch larger than the training split, and a network that cannot fit in memory."""
     n = len(data.x_train)
     if config.batch_size > n:
         raise UserError(f"--batch-size {config.batch_size} is larger than the training split ({n} samples)")
-    need, have = memory_estimate(config, data.n_features, data.n_outputs), available_memory(device)
-    if need > have:
-        raise UserError(f"this network needs about {need / 2**30:,.1f} GiB to train (--width {config.width}, "
-                        f"--depth {config.depth}, --batch-size {config.batch_size}); {device.type} has "
-                        f"{have / 2**30:,.1f} GiB available")
+    check_fits(memory_estimate(config, data.n_features, data.n_outputs),
+               f"training this network (--width {config.width}, --depth {config.depth}, "
+               f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",

@@ -132,3 +132,27 @@ def test_inspect_into_a_closed_pipe_is_quiet(run):
     proc = subprocess.run(f"{sys.executable} -m repanalysis.cli inspect {run} {run} {run} | head -c 1",
                           shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("measure, alternative", [("rbf_cka", "minibatch_cka"), ("rsa", "subset")])
+def test_n_by_n_measures_refuse_what_cannot_fit(measure, alternative):
+    import numpy as np
+
+    from repanalysis.analysis.rdm import rsa
+    from repanalysis.analysis.similarity import rbf_cka
+    from repanalysis.errors import UserError
+
+    fn = {"rbf_cka": rbf_cka, "rsa": rsa}[measure]
+    x = np.zeros((200_000, 2), np.float32)
+    with pytest.raises(UserError, match=rf"about 1,192\.1 GiB.*{alternative}"):
+        fn(x, x)
+
+
+def test_gradient_error_of_no_samples_is_a_user_error():
+    import numpy as np
+
+    from repanalysis.analysis.gradients import gradient_error
+    from repanalysis.errors import UserError
+
+    with pytest.raises(UserError, match="no samples"):
+        gradient_error(np.zeros((0, 3)), np.zeros((0, 3)))

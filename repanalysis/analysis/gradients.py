@@ -25,6 +25,8 @@ def _rows(a, name: str, where: str | None) -> np.ndarray:
     if arr.ndim < 2:
         raise UserError(f"{name} must be [n_samples, n_features]; got shape "
                         f"{tuple(arr.shape)}{at(where)}")
+    if arr.shape[0] == 0:
+        raise UserError(f"{name} has no samples{at(where)}")
     return arr.reshape(arr.shape[0], -1)
 
 

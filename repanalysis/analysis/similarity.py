@@ -39,6 +39,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from repanalysis.errors import UserError
+from repanalysis.memory import check_fits
 
 from . import _linalg as la
 from ._arrays import Prepared, at, check_same_samples, prepare, warn
@@ -472,6 +473,8 @@ def rbf_cka(X, Y, *, sigma: float = 0.8, debiased: bool = False,
         bx, by = (bandwidth, bandwidth) if np.isscalar(bandwidth) else tuple(bandwidth)
         if not (bx > 0 and by > 0):
             raise UserError(f"bandwidth must be > 0; got {bandwidth}")
+    check_fits(4 * 8 * len(X) ** 2, f"rbf CKA of {len(X)} samples (four {len(X)}×{len(X)} float64 matrices)",
+               "use minibatch_cka (batches of the samples) or linear_cka (exact and streaming, from moments)")
     px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
     k = rbf_gram(px.xc, sigma, where, "X", bx)
     l = rbf_gram(py.xc, sigma, where, "Y", by)
