@@ -51,7 +51,8 @@ def _add_train(sub) -> None:
     p.add_argument("--depth", type=int, default=d.depth, help="hidden blocks (default %(default)s)")
     p.add_argument("--width", type=int, default=d.width, help="units per hidden block (default %(default)s)")
     p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
-    p.add_argument("--batch-norm", action="store_true", help="batch norm before each activation")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
+                   help="batch norm before each activation (default on)")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps (updates)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training inputs per step")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")

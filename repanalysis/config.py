@@ -29,7 +29,7 @@ class TrainConfig:
     depth: int = 4
     width: int = 64
     activation: str = "relu"
-    batch_norm: bool = False
+    batch_norm: bool = True  # as in both DNI papers; without it dni does not learn on digits
     steps: int = 1000
     batch_size: int = 64
     optimizer: str = "adam"

@@ -63,6 +63,7 @@ SETTINGS = {
               "probe_size": 200},
              {"width": 32, "steps": 120, "record_every": 30, "eval_every": 10, "probe_size": 100}),
     "regression": ({"dataset": REGRESSION_DATASET, "model": "mlp", "depth": 3, "width": 32, "activation": "relu",
+                    "batch_norm": False,
                     "steps": 1000, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "record_every": 100,
                     "eval_every": 50, "probe_size": 200},
                    {"steps": 120, "record_every": 30, "eval_every": 10, "probe_size": 100}),
