@@ -42,7 +42,7 @@ from repanalysis.errors import UserError
 from repanalysis.memory import check_fits
 
 from . import _linalg as la
-from ._arrays import Prepared, at, check_same_samples, prepare, warn
+from ._arrays import Prepared, as_array, at, check_same_samples, prepare, unit_scale, warn
 
 __all__ = [
     "canonical_correlations",
@@ -69,7 +69,10 @@ def _check_method(method: str, allowed=_METHODS) -> None:
         raise UserError(f"method must be one of {', '.join(allowed)}; got {method!r}")
 
 
-def _prepare_pair(X, Y, where, *, min_samples=2) -> tuple[Prepared, Prepared]:
+def _prepare_pair(X, Y, where, *, min_samples=2, rescale=True) -> tuple[Prepared, Prepared]:
+    """Both inputs validated; ``rescale`` (for scale-invariant measures): each through ``unit_scale``."""
+    if rescale:
+        X, Y = unit_scale(as_array(X, "X", where)), unit_scale(as_array(Y, "Y", where))
     px = prepare(X, "X", where, min_samples=min_samples)
     py = prepare(Y, "Y", where, min_samples=min_samples)
     check_same_samples(px.raw, py.raw, where)
@@ -475,7 +478,7 @@ def rbf_cka(X, Y, *, sigma: float = 0.8, debiased: bool = False,
             raise UserError(f"bandwidth must be > 0; got {bandwidth}")
     check_fits(4 * 8 * len(X) ** 2, f"rbf CKA of {len(X)} samples (four {len(X)}×{len(X)} float64 matrices)",
                "use minibatch_cka (batches of the samples) or linear_cka (exact and streaming, from moments)")
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, rescale=bandwidth is None)
     k = rbf_gram(px.xc, sigma, where, "X", bx)
     l = rbf_gram(py.xc, sigma, where, "Y", by)
     return _cka_from_kernels(k, l, debiased, where, "rbf")
