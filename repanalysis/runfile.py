@@ -23,7 +23,8 @@ ReLU activations shrink); parameters are stored plain, since random-looking
 weights gain little from compression and would cost write time. The writer flushes
 after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
-with ``status`` still "running".
+with ``status`` still "running". The writer takes no file lock, so a run can be
+read live, with plain h5py too, at any time between two flushes.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class RunWriter:
         path = check_file(path, overwrite)
         self.path = path
         self._pending = temporary_beside(path) if path.exists() else None
-        self.file = h5py.File(self._pending or path, "w")
+        # No lock: readers (plain ``h5py.File(path, "r")`` included) may open the run while it is
+        # written; they see the state of the last flush, since the file is not touched between flushes.
+        self.file = h5py.File(self._pending or path, "w", locking=False)
         f = self.file
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
