@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 
 from .config import OPTIMIZERS, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from . import __version__
@@ -185,7 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each kind of warning once, as one line, without source paths.
+
+    A kind is the warning's class and first line with its numbers blanked out.
+    """
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = (str(message).strip().splitlines() or [""])[0]
+        if category.__name__ != "RepanalysisWarning":
+            text = f"{category.__name__}: {text}"
+        kind = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+        if kind not in shown:
+            shown.add(kind)
+            print(f"repanalysis: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv=None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings()
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -156,3 +156,14 @@ def test_gradient_error_of_no_samples_is_a_user_error():
 
     with pytest.raises(UserError, match="no samples"):
         gradient_error(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_warnings_are_one_readable_line_per_kind(tmp_path, capsys, run):
+    sg = tmp_path / "sg.h5"
+    train(small_config(rule="sg", steps=4, record_every=2, eval_every=2, width=8, depth=2), sg, quiet=True)
+    assert main(["analyze", str(run), str(sg), "--out", str(tmp_path / "a.csv"), "--quiet"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any("no cosine" in line for line in lines)  # the SG module predicts zero at step 0
+    assert all(line.startswith("repanalysis: warning: ") for line in lines), lines
+    assert not any(".py:" in line for line in lines)  # no source paths or lines
+    assert len(lines) == len(set(lines))

@@ -361,7 +361,8 @@ def _cka_finish(st: la.CKAStats, debiased: bool, where: str | None, kind: str) -
             warn(
                 f"biased {kind} CKA with n={st.n} samples is inflated: independent data with these "
                 f"spectra would score about {chance:.2f} (effective dimensions {px:.0f} and "
-                f"{py:.0f}); use debiased=True", where)
+                f"{py:.0f}); use the debiased estimate (debiased=True; in analyze tables, "
+                f"linear_cka_debiased)", where)
     return float(value)
 
 
