@@ -56,7 +56,8 @@ class Dataset:
 
         The same for every call with the same data (and data seed) and size,
         whatever the training seed. Classification and binary tasks: stratified,
-        as equally many per class as possible (``sampling.stratified_subset``);
+        as equally many per class as possible and at least one of each
+        (``sampling.stratified_subset``);
         regression: a fixed random subset (``sampling.random_subset``). Both draw
         from one shuffle of the test split seeded with ``PROBE_SEED``, so a
         smaller probe set is contained in a larger one.
@@ -71,6 +72,12 @@ class Dataset:
         labels = self._test_labels()
         if labels is None:
             return random_subset(n_test, size, PROBE_SEED)
+        n_classes = len(np.unique(labels))
+        if size < n_classes:
+            raise UserError(
+                f"probe size {size} cannot cover the {n_classes} classes of the {self.name} test split;"
+                f" use at least {n_classes}"
+            )
         return stratified_subset(labels, size, PROBE_SEED)
 
     def probe_labels(self, index) -> np.ndarray | None:

@@ -9,7 +9,8 @@ Where the files are looked for (the *root*), first match wins:
 The files live in the root itself if it holds any of them, else in
 ``<root>/mnist/``. Each may be raw (``train-images-idx3-ubyte``) or gzipped
 (``train-images-idx3-ubyte.gz``); the raw one is read if both are there.
-Missing files are downloaded, gzipped, into that folder from the first mirror
+A folder given as ``data_dir`` must hold the files: nothing is created in it or
+downloaded into it. Otherwise missing files are downloaded, gzipped, into that folder from the first mirror
 that works (``MIRRORS``, or the comma-separated base URLs in the environment
 variable ``REPANALYSIS_MNIST_MIRRORS``). Every file, read or downloaded, must
 match the sha256 of its uncompressed IDX bytes in ``SHA256``.
@@ -87,11 +88,16 @@ def fetch_file(name: str, directory: Path) -> Path:
 
 def load(data_dir: str | PathLike | None = None, *, download: bool = True) -> Dataset:
     """MNIST's standard split: 60,000 train / 10,000 test, inputs pixels / 255 flattened to 784."""
-    directory = mnist_dir(data_root(data_dir))
+    root = data_root(data_dir)
+    directory = mnist_dir(root)
     paths = {}
     for name in SHA256:
         paths[name] = _existing(directory, name)
         if paths[name] is None:
+            if data_dir is not None:
+                raise UserError(f"MNIST file {name} (or {name}.gz) is in neither {root} nor {root / 'mnist'}; "
+                                "the --data-dir folder must hold the four IDX files (raw or gzipped); leave "
+                                "--data-dir out to download them into $REPANALYSIS_DATA or ~/.cache/repanalysis")
             if not download:
                 raise UserError(f"MNIST file {name} (or {name}.gz) not found in {directory}; {_SELF_HELP}")
             paths[name] = fetch_file(name, directory)

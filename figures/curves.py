@@ -14,7 +14,7 @@ import pandas as pd
 from repanalysis.runfile import RunFile
 
 from .inputs import summarise
-from .style import legend, subplots
+from .style import legend, log_y, seeds_note, subplots
 from .training import draw_over_steps
 
 PANELS = {"train_loss": "training loss (smoothed)", "test_loss": "test loss", "test_acc": "test accuracy"}
@@ -48,15 +48,15 @@ def learning_curves(paths):
     if not quantities:
         return None
     fig, axes = subplots(len(quantities), size=(4.2, 3.2))
+    losses = [ax for ax, quantity in zip(axes, quantities) if quantity != "test_acc"]
+    for ax in losses[1:]:  # training and test loss on one scale, to be compared
+        ax.sharey(losses[0])
     for ax, quantity in zip(axes, quantities):
         draw_over_steps(ax, summarise(rows[rows["quantity"] == quantity], ["rule", "step"]))
         ax.set_ylabel(PANELS[quantity])
         ax.set_title(PANELS[quantity])
         if quantity != "test_acc":
-            ax.set_yscale("log")
-    seeds = rows.groupby("rule")["seed"].nunique()
-    fig.suptitle(f"Learning curves (mean ± std over {seeds.min()}–{seeds.max()} seeds per rule)"
-                 if seeds.min() != seeds.max() else
-                 f"Learning curves (mean ± std over {seeds.min()} seed{'s' if seeds.min() > 1 else ''})")
+            log_y(ax)
+    fig.suptitle(f"Learning curves ({seeds_note(rows.groupby('rule')['seed'].nunique())} per rule)")
     legend(fig, axes)
     return fig

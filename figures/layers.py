@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from .inputs import at_last_step, measure, single_run, summarise
-from .style import line_kwargs, legend, ordered_layers, ordered_rules, subplots
+from .style import legend, line_kwargs, ordered_layers, ordered_rules, seeds_note, subplots
 
 SIMILARITIES = {"linear_cka": "linear CKA", "svcca": "SVCCA"}
+PROBE_NAMES = {"linear": "linear probe (linear separability)", "knn": "k-NN probe (local neighbourhoods)"}
 
 
 def draw_profile(ax, summary: pd.DataFrame, layers: list[str], *, label_suffix: dict | None = None) -> None:
@@ -30,11 +31,6 @@ def draw_profile(ax, summary: pd.DataFrame, layers: list[str], *, label_suffix: 
     ax.grid(alpha=0.3)
 
 
-def _seeds_note(summary: pd.DataFrame) -> str:
-    n = sorted(set(summary["n"]))
-    return f"mean ± std over {n[0]} seed{'s' if n[0] > 1 else ''}" if len(n) == 1 else "mean ± std over seeds"
-
-
 def _single_run_profile(analysis: pd.DataFrame, name: str, ylabel: str, title: str):
     rows = at_last_step(single_run(measure(analysis, name)))
     if rows.empty:
@@ -43,7 +39,7 @@ def _single_run_profile(analysis: pd.DataFrame, name: str, ylabel: str, title: s
     fig, (ax,) = subplots(1, size=(5.5, 3.6))
     draw_profile(ax, summary, ordered_layers(summary["layer"]))
     ax.set_ylabel(ylabel)
-    fig.suptitle(f"{title}\n(last checkpoint, {_seeds_note(summary)})")
+    fig.suptitle(f"{title}\n(last checkpoint, {seeds_note(summary['n'])})")
     legend(fig, [ax])
     return fig
 
@@ -85,7 +81,7 @@ def similarity_to_backprop(analysis: pd.DataFrame):
         ax.set_title(label)
     fig.suptitle("Similarity of each layer to the same layer of the backprop run with the same seed\n"
                  f"(same initial weights; backprop line: other seeds) at the last checkpoint, "
-                 f"{_seeds_note(panels[0][1])}")
+                 f"{seeds_note(panels[0][1]['n'])}")
     legend(fig, axes)
     return fig
 
@@ -96,13 +92,13 @@ def probe_accuracy(probes: pd.DataFrame):
     rows = rows[np.isfinite(rows["accuracy"])]
     if rows.empty:
         return None
-    kinds = sorted(set(rows["probe"]))
-    fig, axes = subplots(len(kinds), size=(4.6, 3.6))
+    kinds = sorted(set(rows["probe"]), key=lambda k: k != "linear")
+    fig, axes = subplots(len(kinds), size=(4.6, 3.6), sharey=True)  # one scale: the probes are compared
     for ax, kind in zip(axes, kinds):
         summary = summarise(rows[rows["probe"] == kind], ["rule", "layer"], "accuracy")
         draw_profile(ax, summary, ordered_layers(summary["layer"]))
         ax.set_ylabel("probe test accuracy")
-        ax.set_title(f"{kind} probe")
-    fig.suptitle(f"Linear separability per layer at the last checkpoint ({_seeds_note(summary)})")
+        ax.set_title(PROBE_NAMES.get(kind, f"{kind} probe"))
+    fig.suptitle(f"Probe accuracy per layer at the last checkpoint ({seeds_note(summary['n'])})")
     legend(fig, axes)
     return fig

@@ -1,11 +1,11 @@
-"""The linear-problem table (claims 1 and 2) as bars: final training loss and agreement of the learned maps.
+"""The linear-problem table (claims 1 and 2) as dot plots: final training loss and agreement of the learned maps.
 
-Top row: final training loss per problem (x) and rule (bars, mean over seeds
-with ±std error bars), log scale, one panel per model; where the table gives
-the least-squares optimum (``optimum_loss``), it is marked by a grey bar-wide
-line. Bottom row: cosine between each other rule's learned linear map and the
-backprop map of the same seed. Bars keep their rule's colour and differ in
-hatching too.
+Top row: final training loss per problem (x) and rule (a marker per rule, side by
+side, mean over seeds with ±std error bars), log scale, one panel per model; where
+the table gives the least-squares optimum (``optimum_loss``), it is marked by a grey
+line across the problem. Bottom row: cosine between each other rule's learned linear
+map and the backprop map of the same seed (error bars cut at ±1). Points, not bars:
+a bar's length on a log axis means nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .inputs import summarise
-from .style import legend, ordered_rules, rule_style, subplots
+from .style import legend, line_kwargs, log_y, ordered_rules, seeds_note, subplots
 
 ROWS = {"train_loss": "final training loss", "map_cosine": "cosine of map to backprop's"}
 
@@ -28,15 +28,17 @@ def short_name(problem: str) -> str:
     return "\n".join([SHORT.get(w, w) for w in words] + [dims])
 
 
-def _bars(ax, summary: pd.DataFrame, problems: list[str]) -> None:
+def _points(ax, summary: pd.DataFrame, problems: list[str], bounds: tuple[float, float] | None) -> None:
+    """Mean ± std per rule and problem, the rules side by side; error bars cut at ``bounds``."""
     rules = ordered_rules(summary["rule"])
     width = 0.8 / len(rules)
     for k, rule in enumerate(rules):
         rows = summary[summary["rule"] == rule].set_index("dataset").reindex(problems)
-        style = rule_style(rule)
         x = np.arange(len(problems)) - 0.4 + width * (k + 0.5)
-        ax.bar(x, rows["mean"], width, yerr=rows["std"], color=style.color, edgecolor="black",
-               hatch=style.hatch, label=rule, capsize=2)
+        low, high = rows["std"], rows["std"]
+        if bounds is not None:
+            low, high = np.minimum(low, rows["mean"] - bounds[0]), np.minimum(high, bounds[1] - rows["mean"])
+        ax.errorbar(x, rows["mean"], yerr=[low, high], capsize=2, **{**line_kwargs(rule), "linestyle": "none"})
     ax.set_xticks(range(len(problems)), [short_name(p) for p in problems], fontsize=8)
     ax.grid(alpha=0.3, axis="y")
 
@@ -47,16 +49,17 @@ def linear_problems(table: pd.DataFrame):
         return None
     models = sorted(set(table["model"]))
     problems = sorted(set(table["dataset"]))
-    fig, axes = subplots(len(ROWS) * len(models), ncols=len(models), size=(6.5, 3.0))
+    fig, axes = subplots(len(ROWS) * len(models), ncols=len(models), size=(6.5, 3.0), sharey="row")  # models compared
     for r, (column, label) in enumerate(ROWS.items()):
         for c, model in enumerate(models):
             ax = axes[r * len(models) + c]
             picked = table[(table["model"] == model) & np.isfinite(table[column])]
             if column == "map_cosine":  # backprop against itself is 1 by definition
                 picked = picked[picked["rule"] != "backprop"]
-            _bars(ax, summarise(picked, ["rule", "dataset"], column), problems)
+            _points(ax, summarise(picked, ["rule", "dataset"], column), problems,
+                    (-1.0, 1.0) if column == "map_cosine" else None)
             if column == "train_loss":
-                ax.set_yscale("log")
+                log_y(ax)
                 if "optimum_loss" in table:
                     optimum = picked.groupby("dataset")["optimum_loss"].mean().reindex(problems)
                     ax.hlines(optimum, np.arange(len(problems)) - 0.45, np.arange(len(problems)) + 0.45,
@@ -64,6 +67,6 @@ def linear_problems(table: pd.DataFrame):
             ax.set_ylabel(label)
             ax.set_title(f"{model} model")
     fig.suptitle("Linear and deep linear models on the artificial problems: backprop against a linear SG\n"
-                 "(mean ± std over seeds)")
+                 f"({seeds_note(summarise(table, ['rule', 'dataset', 'model'], 'train_loss')['n'])})")
     legend(fig, axes)
     return fig

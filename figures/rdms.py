@@ -78,8 +78,8 @@ def rdm_grid(paths, max_layers: int | None = None):
                     ax.axhline(edge, color="white", linewidth=0.3)
                     ax.axvline(edge, color="white", linewidth=0.3)
     by = "class" if all(labels is not None for _, labels, _ in data.values()) else "class or target value"
-    fig.suptitle("RDMs per layer (rows, bottom layer first) and rule (columns) at the last checkpoint;\n"
-                 f"probe inputs sorted by {by}")
+    fig.suptitle(f"RDMs at the last checkpoint\nrows: layers, bottom first; columns: rules\n"
+                 f"probe inputs sorted by {by}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.colorbar(image, ax=list(axes), fraction=0.03, label="Euclidean distance / largest")
     return fig

@@ -12,7 +12,7 @@ import numpy as np
 from repanalysis.analysis import singular_values
 from repanalysis.runfile import RunFile
 
-from .style import legend, line_kwargs, ordered_layers, ordered_rules, subplots
+from .style import legend, line_kwargs, log_y, ordered_layers, ordered_rules, subplots
 
 
 def normalised_spectra(paths) -> dict[tuple[str, str], list[np.ndarray]]:
@@ -33,7 +33,7 @@ def spectra(paths):
     if not found:
         return None
     layers = ordered_layers(layer for _, layer in found)
-    fig, axes = subplots(len(layers), size=(3.2, 2.8), sharey=True)
+    fig, axes = subplots(len(layers), ncols=min(len(layers), 3), size=(3.6, 3.0), sharey=True)
     for ax, layer in zip(axes, layers):
         for rule in ordered_rules(rule for rule, name in found if name == layer):
             runs = found[(rule, layer)]
@@ -42,7 +42,7 @@ def spectra(paths):
             style = line_kwargs(rule)
             style["markevery"] = max(1, n // 8)
             ax.plot(np.arange(1, n + 1), np.maximum(mean, 1e-6), **style)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_xlabel(r"index $i$")
         ax.set_ylabel(r"$\sigma_i / \sigma_1$")
         ax.set_title(layer)

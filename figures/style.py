@@ -2,9 +2,10 @@
 
 Colours are the Okabe–Ito palette (Okabe & Ito 2008, "Color Universal
 Design"), chosen to stay distinguishable under the common colour-vision
-deficiencies; yellow is left out (too faint on white). Every rule also has
-its own marker, line style and bar hatching, so no figure relies on colour alone. A rule
-keeps its colour in every figure; unknown rules are grey.
+deficiencies; yellow is left out (too faint on white), and dfa takes Tol's
+olive instead of Okabe–Ito's sky blue, which was too close to fa's blue. Every
+rule also has its own marker and line style, so no figure relies on colour
+alone. A rule keeps its colour in every figure; unknown rules are grey.
 
 Figures are bare ``matplotlib.figure.Figure`` objects, not pyplot ones: they
 render with the Agg canvas whatever backend the caller has chosen, change no
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from PIL import Image  # Pillow: a dependency of matplotlib
 
 DPI = 100
@@ -34,19 +36,18 @@ class RuleStyle:
     color: str
     marker: str
     linestyle: str | tuple
-    hatch: str  # for bars
 
 
 RULE_STYLES = {
-    "backprop": RuleStyle("#000000", "o", "-", ""),
-    "sg": RuleStyle("#D55E00", "s", "--", "//"),
-    "dni": RuleStyle("#E69F00", "^", "-.", ".."),
-    "cdni": RuleStyle("#CC79A7", "v", ":", "xx"),
-    "fa": RuleStyle("#0072B2", "D", (0, (5, 1)), "\\\\"),
-    "dfa": RuleStyle("#56B4E9", "P", (0, (3, 1, 1, 1, 1, 1)), "++"),
-    "kickback": RuleStyle("#009E73", "X", (0, (1, 1)), "oo"),
+    "backprop": RuleStyle("#000000", "o", "-"),
+    "sg": RuleStyle("#D55E00", "s", "--"),
+    "dni": RuleStyle("#E69F00", "^", "-."),
+    "cdni": RuleStyle("#CC79A7", "v", ":"),
+    "fa": RuleStyle("#0072B2", "D", (0, (5, 1))),
+    "dfa": RuleStyle("#999933", "h", (0, (3, 1, 1, 1, 1, 1))),
+    "kickback": RuleStyle("#009E73", "X", (0, (1, 1))),
 }
-UNKNOWN = RuleStyle("#999999", "*", "-", "**")
+UNKNOWN = RuleStyle("#999999", "*", "-")
 LAYER_CMAP = "viridis"  # sequential, perceptually uniform, CVD-safe (heatmaps, RDMs)
 
 
@@ -85,6 +86,29 @@ def subplots(n: int, *, ncols: int | None = None, size=(3.2, 2.6), **kwargs):
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def log_y(ax) -> None:
+    """A log y axis with a few labels: powers of ten, and 2 and 5 between them when the data
+    (plotted before the call) span less than about a decade and a half."""
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
+    if high / low < 30:
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def seeds_note(n_seeds) -> str:
+    """``mean ± std over 3 seeds``; ``one seed, no spread`` (nothing to average); a range when rules differ."""
+    n = sorted(set(int(k) for k in n_seeds))
+    if n == [1]:
+        return "one seed, no spread"
+    if len(n) == 1:
+        return f"mean ± std over {n[0]} seeds"
+    return f"mean ± std over {n[0]}–{n[-1]} seeds"
 
 
 def legend(fig, axes) -> None:

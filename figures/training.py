@@ -9,23 +9,27 @@ from __future__ import annotations
 import pandas as pd
 
 from .inputs import measure, single_run, summarise
-from .style import legend, line_kwargs, ordered_layers, ordered_rules, subplots
+from .style import legend, line_kwargs, ordered_layers, ordered_rules, seeds_note, subplots
 
 GRADIENT_MEASURES = {"grad_cosine": "cosine(signal, true gradient)"}
+BOUNDS = {"cosine(signal, true gradient)": (-1.0, 1.0), "corr(synthetic, true loss)": (-1.0, 1.0)}
 SYNTHETIC_MEASURES = {
     "synthetic_loss_corr": "corr(synthetic, true loss)",
     "synthetic_loss_gap": "mean |synthetic − true loss|",
 }
 
 
-def draw_over_steps(ax, summary: pd.DataFrame) -> None:
-    """One line per rule of ``summary`` (``rule, step, mean, std``) against step, with a ±std band."""
+def draw_over_steps(ax, summary: pd.DataFrame, bounds: tuple[float, float] | None = None) -> None:
+    """One line per rule of ``summary`` (``rule, step, mean, std``) against step, with a ±std band
+    (cut at ``bounds``, the range the quantity can take)."""
     for rule in ordered_rules(summary["rule"]):
         rows = summary[summary["rule"] == rule].sort_values("step")
         style = line_kwargs(rule)
         ax.plot(rows["step"], rows["mean"], markevery=max(1, len(rows) // 10), **style)
-        ax.fill_between(rows["step"], rows["mean"] - rows["std"], rows["mean"] + rows["std"],
-                        color=style["color"], alpha=0.15, linewidth=0)
+        low, high = rows["mean"] - rows["std"], rows["mean"] + rows["std"]
+        if bounds is not None:
+            low, high = low.clip(lower=bounds[0]), high.clip(upper=bounds[1])
+        ax.fill_between(rows["step"], low, high, color=style["color"], alpha=0.15, linewidth=0)
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
 
@@ -48,11 +52,11 @@ def _by_layer(analysis: pd.DataFrame, measures: dict[str, str], title: str):
             if picked.empty:
                 ax.text(0.5, 0.5, "no signal here", ha="center", va="center", transform=ax.transAxes, color="0.5")
             else:
-                draw_over_steps(ax, summarise(picked, ["rule", "step"]))
+                draw_over_steps(ax, summarise(picked, ["rule", "step"]), BOUNDS.get(label))
             ax.set_title(layer)
             if c == 0:
                 ax.set_ylabel(label)
-    fig.suptitle(f"{title} (mean ± std over seeds)")
+    fig.suptitle(f"{title} ({seeds_note(summarise(pd.concat(found.values()), ['rule', 'layer', 'step'])['n'])})")
     legend(fig, axes)
     return fig
 

@@ -13,7 +13,6 @@ busy machine.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from repanalysis.errors import UserError
+from repanalysis.outputs import write_atomically
 from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
 
@@ -116,21 +116,5 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
 
 
 def write_table(table: pd.DataFrame, out_csv) -> Path:
-    """Write ``table`` to ``out_csv`` (no index column) through a temporary file in the same folder."""
-    out = Path(out_csv)
-    if out.is_dir():
-        raise UserError(f"{out} is a folder; give a file name for the table")
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "x", newline="") as f:
-            table.to_csv(f, index=False)
-        os.replace(tmp, out)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    """Write ``table`` to ``out_csv`` (no index column) atomically (see ``outputs.write_atomically``)."""
+    return write_atomically(out_csv, lambda f: table.to_csv(f, index=False))

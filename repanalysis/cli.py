@@ -7,16 +7,34 @@ with exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import warnings
 
+from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, MODELS
+from .outputs import check_file, check_folder
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one and does not say it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        return f"{text} (default %(default)s)".lstrip()
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_Help, **kwargs)
+
     def error(self, message):  # argparse's own usage errors: one line, exit 2
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _interfaces(text: str) -> list[int]:
@@ -55,11 +73,12 @@ def _add_train(sub) -> None:
     p.add_argument("--depth", type=int, default=d.depth, help="hidden blocks (default %(default)s)")
     p.add_argument("--width", type=int, default=d.width, help="units per hidden block (default %(default)s)")
     p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
-    p.add_argument("--batch-norm", action="store_true", help="batch norm before each activation")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
+                   help="batch norm before each activation (default on)")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps (updates)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training inputs per step")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the network")
     p.add_argument("--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
                    help="the blocks' learning rate over the run: constant, or cosine decay to 0 at the last step")
@@ -71,7 +90,7 @@ def _add_train(sub) -> None:
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
     p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the batches")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the artificial data sets")
     p.add_argument("--data-dir", help="folder with the MNIST files (default $REPANALYSIS_DATA, else a download)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu or cuda")
@@ -85,7 +104,7 @@ def _add_train(sub) -> None:
     g.add_argument("--sg-lambda", type=float, help="target mix: 1 true gradient, 0 bootstrapped (default 1 for sg, 0 for dni/cdni)")
     g.add_argument("--sg-optimizer", choices=OPTIMIZERS, help="the modules' optimiser (default --optimizer)")
     g.add_argument("--sg-lr", type=float, help="the modules' learning rate (default --lr)")
-    g.add_argument("--sg-loss-weight", type=float, default=d.sg_loss_weight)
+    g.add_argument("--sg-loss-weight", type=float, default=d.sg_loss_weight, help="weight of the modules' regression loss")
     g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
                    help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
@@ -123,6 +142,7 @@ def _cmd_analyze(args) -> None:
     unknown = sorted(set(args.measures or ()) - set(MEASURES))
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    check_file(args.out, args.overwrite)
     table = analyze(args.runs, reference=args.reference, measures=args.measures, quiet=args.quiet)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
@@ -131,6 +151,7 @@ def _cmd_analyze(args) -> None:
 def _cmd_probe(args) -> None:
     from .probes import probe_runs, write_table
 
+    check_file(args.out, args.overwrite)
     table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
                        quiet=args.quiet)
     write_table(table, args.out)
@@ -140,6 +161,7 @@ def _cmd_probe(args) -> None:
 def _cmd_figures(args) -> None:
     from .figures import draw_figures
 
+    check_folder(args.out)
     made = draw_figures(args.inputs, args.out, quiet=args.quiet)
     print(f"wrote {len(made)} files to {args.out}")
 
@@ -153,15 +175,19 @@ def _cmd_reproduce(args) -> None:
     spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
+    check_folder(args.out)
     report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
                        quiet=args.quiet)
     print(f"wrote {report}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .analysis.runs import MEASURES
+
     parser = _Parser(prog="repanalysis", description="Train networks with backprop, synthetic gradients and "
                      "related rules; record their insides to HDF5; analyse, probe and draw the differences.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"repanalysis {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train(sub)
     p = sub.add_parser("inspect", help="summarise run files: status, layers, checkpoints, last metrics")
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
@@ -169,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
     p.add_argument("--out", required=True, help="the table to write (.csv)")
     p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
-    p.add_argument("--measures", nargs="+", metavar="NAME", help="only these measures (default: all that apply)")
+    p.add_argument("--measures", nargs="+", metavar="NAME",
+                   help=f"only these measures (default: all that apply): {', '.join(MEASURES)}")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
@@ -177,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="stratified folds (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default %(default)s)")
-    p.add_argument("--checkpoints", choices=("all", "last"), default="all")
+    p.add_argument("--checkpoints", choices=("all", "last"), default="all", help="probe every checkpoint or the last")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")
     p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
@@ -201,9 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each kind of warning once, as one line, without source paths.
+
+    A kind is the warning's class and first line with its numbers blanked out.
+    """
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = (str(message).strip().splitlines() or [""])[0]
+        if category.__name__ != "RepanalysisWarning":
+            text = f"{category.__name__}: {text}"
+        kind = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+        if kind not in shown:
+            shown.add(kind)
+            print(f"repanalysis: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv=None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings()
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         commands = {"train": _cmd_train, "inspect": _cmd_inspect, "analyze": _cmd_analyze, "probe": _cmd_probe,
                     "figures": _cmd_figures, "reproduce": _cmd_reproduce}
         commands[args.command](args)
@@ -213,6 +271,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("repanalysis: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

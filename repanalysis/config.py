@@ -31,7 +31,7 @@ class TrainConfig:
     depth: int = 4
     width: int = 64
     activation: str = "relu"
-    batch_norm: bool = False
+    batch_norm: bool = True  # as in both DNI papers; without it dni does not learn on digits
     steps: int = 1000
     batch_size: int = 64
     optimizer: str = "adam"
@@ -81,6 +81,13 @@ class TrainConfig:
             c.eval_every = max(1, c.steps // 10)
         if c.record_every < 1 or c.eval_every < 1:
             raise UserError("--record-every and --eval-every must be at least 1")
+        if c.sg_at is not None:
+            if c.rule != "sg":
+                raise UserError(f"--sg-at is for --rule sg only; {c.rule} has "
+                                + ("a module after every block" if c.rule in ("dni", "cdni") else "no modules"))
+            twice = sorted({k for k in c.sg_at if c.sg_at.count(k) > 1})
+            if twice:
+                raise UserError(f"--sg-at names interface(s) {', '.join(f'h{k}' for k in twice)} more than once")
         if c.sg_condition is None:
             c.sg_condition = "none" if c.rule == "dni" else "label"
         _check_choice("sg-condition", c.sg_condition, SG_CONDITIONS)

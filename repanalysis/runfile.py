@@ -23,7 +23,8 @@ ReLU activations shrink); parameters are stored plain, since random-looking
 weights gain little from compression and would cost write time. The writer flushes
 after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
-with ``status`` still "running".
+with ``status`` still "running". The writer takes no file lock, so a run can be
+read live, with plain h5py too, at any time between two flushes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
+from .outputs import check_file, temporary_beside
 
 FORMAT = "repanalysis-run"
 FORMAT_VERSION = 1
@@ -81,14 +83,20 @@ class RunWriter:
     def __init__(self, path, *, rule: str, model: str, dataset: str, seed: int, config_json: str,
                  task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False,
                  record_bn: str = "batch"):
-        """``layers``: ``(name, width, kind)`` per interface, bottom to top."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it")
-        if path.parent and not path.parent.exists():
-            raise UserError(f"the folder {path.parent} does not exist")
+        """``layers``: ``(name, width, kind)`` per interface, bottom to top.
+
+        A new ``path`` is written in place. An existing one (``overwrite``) is
+        kept until ``commit()``: the run is written to a temporary file beside
+        it (``.<name>.<random>.tmp``), renamed over ``path`` by ``commit()``;
+        closing without a commit deletes the temporary file and leaves ``path``
+        as it was.
+        """
+        path = check_file(path, overwrite)
         self.path = path
-        self.file = h5py.File(path, "w")
+        self._pending = temporary_beside(path) if path.exists() else None
+        # No lock: readers (plain ``h5py.File(path, "r")`` included) may open the run while it is
+        # written; they see the state of the last flush, since the file is not touched between flushes.
+        self.file = h5py.File(self._pending or path, "w", locking=False)
         f = self.file
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
@@ -139,12 +147,30 @@ class RunWriter:
         self._metrics = {name: [] for name in self._metrics}
         self.file.flush()
 
+    def commit(self) -> None:
+        """Put the run at its final path (replacing the old file there, if any); idempotent."""
+        if self._pending is not None:
+            self._pending.replace(self.path)
+            self._pending = None
+
     def close(self, status: str = "complete", **attrs) -> None:
-        """Write what is buffered, set ``status`` (and e.g. ``error``), and close."""
+        """Write what is buffered, set ``status`` (and e.g. ``error``), and close.
+
+        A complete run is committed; an uncommitted failed one is deleted.
+        """
         self.file.attrs["status"] = status
         self.file.attrs.update(attrs)
         self._flush_metrics()
         self.file.close()
+        if status == "complete":
+            self.commit()
+        elif self._pending is not None:
+            self._pending.unlink(missing_ok=True)
+
+    @property
+    def replacing(self) -> bool:
+        """Whether an existing file at ``path`` is still waiting to be replaced."""
+        return self._pending is not None
 
 
 def _walk(group: h5py.Group, prefix: str = "") -> dict[str, h5py.Dataset]:

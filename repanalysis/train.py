@@ -22,7 +22,9 @@ from . import tasks
 from .config import TrainConfig
 from .datasets import Dataset, load
 from .errors import UserError
+from .memory import check_fits
 from .models import build_network
+from .outputs import check_file
 from .progress import Progress
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
@@ -49,8 +51,6 @@ def choose_device(name: str = "auto") -> torch.device:
 
 def batches(n: int, batch_size: int, generator: torch.Generator):
     """Endless index batches: a fresh permutation each epoch, last incomplete batch dropped."""
-    if batch_size > n:
-        raise UserError(f"--batch-size {batch_size} is larger than the training split ({n} samples)")
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1, batch_size):
@@ -106,12 +106,42 @@ def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
     return rule
 
 
+def memory_estimate(config: TrainConfig, n_features: int, n_outputs: int) -> int:
+    """Bytes a training step needs, roughly: float32 weights four times over (value, gradient,
+    Adam's two moments), twice for rules with a module or feedback matrix per layer, plus the
+    batch's activations (forward and backward) at every layer."""
+    widths = [n_features] + ([config.width] * config.depth if config.model == "mlp" else []) + [n_outputs]
+    weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    if config.rule not in ("backprop", "kickback"):
+        weights *= 2
+    return 4 * (4 * weights + 2 * config.batch_size * sum(widths))
+
+
+def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> None:
+    """Refuse a batch larger than the training split, and a network that cannot fit in memory."""
+    n = len(data.x_train)
+    if config.batch_size > n:
+        raise UserError(f"--batch-size {config.batch_size} is larger than the training split ({n} samples)")
+    check_fits(memory_estimate(config, data.n_features, data.n_outputs),
+               f"training this network (--width {config.width}, --depth {config.depth}, "
+               f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
+
+
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
           overwrite: bool = False, quiet: bool = False, data: Dataset | None = None) -> TrainResult:
-    """Train ``config``; record to ``out`` unless it is None. A non-finite loss stops the run."""
+    """Train ``config``; record to ``out`` unless it is None. A non-finite loss stops the run.
+
+    Every check that can be made is made before ``out`` is touched. An existing
+    ``out`` (``overwrite``) is replaced only at the first checkpoint after step 0,
+    when the new run is under way; until then the new run lives in a temporary
+    file beside it (see ``RunWriter``).
+    """
     config = config.resolved()
+    if out is not None:
+        check_file(out, overwrite)
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
     dev = choose_device(device)
+    check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
     probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
@@ -133,6 +163,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
         probe = rule.probe(probe_x, probe_y)
         layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
         writer.checkpoint(step, layers, state_arrays(rule))
+        if step > 0:
+            writer.commit()
 
     last_eval: dict[str, float] = {}
 
@@ -166,8 +198,10 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
         progress.close()
         message = f"the training loss became non-finite at step {step}; the run stopped there"
         if writer is not None:
+            kept = writer.replacing
             writer.close("failed", error=message)
-            message += f" ({out} keeps the checkpoints before it, status 'failed')"
+            message += (f" ({out} was left as it was)" if kept
+                        else f" ({out} keeps the checkpoints before it, status 'failed')")
         raise UserError(message) from None
     except BaseException as err:
         progress.close()

@@ -230,10 +230,19 @@ def test_mnist_corrupt_file_is_named(tmp_path):
     assert str(tmp_path / "train-labels-idx1-ubyte") in str(err.value)
 
 
-def test_mnist_missing_files_without_download(tmp_path):
+def test_mnist_missing_files_without_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPANALYSIS_DATA", str(tmp_path))
     with pytest.raises(UserError, match="train-images-idx3-ubyte .*not found in .*mnist") as err:
-        load("mnist", data_dir=tmp_path, download=False)
+        load("mnist", download=False)
     assert "--data-dir" in str(err.value)
+
+
+def test_a_given_data_dir_is_only_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPANALYSIS_MNIST_MIRRORS", "http://127.0.0.1:9/")  # a download would fail loudly
+    with pytest.raises(UserError, match="is in neither") as err:
+        load("mnist", data_dir=tmp_path)
+    assert "pass --data-dir" not in str(err.value) and "download" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no mnist/ folder made
 
 
 def test_data_root_prefers_argument_then_environment_then_cache(monkeypatch, tmp_path):
@@ -264,7 +273,8 @@ def test_mnist_downloads_missing_files(monkeypatch, tmp_path):
     data_dir = tmp_path / "data"
     with serve(SHARED_MNIST / "mnist") as url:
         monkeypatch.setenv("REPANALYSIS_MNIST_MIRRORS", url)
-        ds = load("mnist", data_dir=data_dir)
+        monkeypatch.setenv("REPANALYSIS_DATA", str(data_dir))
+        ds = load("mnist")
     assert ds.x_train.shape == (60000, 784) and len(ds.y_test) == 10000
     files = sorted(p.name for p in data_dir.rglob("*"))
     assert files == sorted(["mnist", *(f"{name}.gz" for name in mnist.SHA256)])
@@ -299,16 +309,18 @@ def test_download_of_a_bad_file_leaves_nothing(monkeypatch, tmp_path, served):
     data_dir = tmp_path / "data"
     with serve(site) as url:
         monkeypatch.setenv("REPANALYSIS_MNIST_MIRRORS", url)
+        monkeypatch.setenv("REPANALYSIS_DATA", str(data_dir))
         with pytest.raises(UserError, match=f"could not download MNIST file {name}") as err:
-            load("mnist", data_dir=data_dir)
+            load("mnist")
     assert ("gzip" if served == "truncated" else "404") in str(err.value)
     assert "\n" not in str(err.value)
     assert list((data_dir / "mnist").iterdir()) == []
 
 
-def test_unreachable_mirror_gives_one_line_offline_error(tmp_path):
+def test_unreachable_mirror_gives_one_line_offline_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPANALYSIS_DATA", str(tmp_path))
     with pytest.raises(UserError) as err:
-        load("mnist", data_dir=tmp_path)
+        load("mnist")
     message = str(err.value)
     assert message.startswith("could not download MNIST file train-images-idx3-ubyte from any mirror")
     assert "last error" in message and "REPANALYSIS_DATA" in message and "--data-dir" in message

@@ -76,11 +76,34 @@ def test_kickback_signal_and_learning():
     # one output: the top hidden layer's outgoing weights are the head's, so kickback is exact there
     true = p.output_grad @ rule.network.head.weight
     torch.testing.assert_close(p.interface_grads[top], true)
-    below = p.output_grad * rule.network.blocks[top].linear.weight.sum(0)
+    active = (p.trace.hidden[top] > 0).float()
+    below = p.output_grad * (active @ rule.network.blocks[top].linear.weight)
     torch.testing.assert_close(p.interface_grads[top - 1], below)
     result = train(config, None, quiet=True, data=data)
     first = train(config.__class__(**{**config.__dict__, "steps": 1}), None, quiet=True, data=data)
     assert result.last_eval["test_loss"] < 0.5 * first.last_eval["test_loss"]
+
+
+def test_kickback_known_answer():
+    """Two hidden ReLU layers of two units, weights by hand; a unit's kickback counts its active children only."""
+    data = load("nonlinear-regression-2d")
+    config = small_config(rule="kickback", dataset="nonlinear-regression-2d", depth=2, width=2, batch_norm=False)
+    rule, _ = built(config, data)
+    net = rule.network
+    with torch.no_grad():
+        net.blocks[0].linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        net.blocks[0].linear.bias.zero_()
+        net.blocks[1].linear.weight.copy_(torch.tensor([[2.0, 3.0], [-1.0, 5.0]]))
+        net.blocks[1].linear.bias.copy_(torch.tensor([0.0, -100.0]))  # child 2 never active
+        net.head.weight.copy_(torch.tensor([[7.0, 11.0]]))
+        net.head.bias.zero_()
+    x, y = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0]])
+    p = rule.backward(x, y, into_parameters=False, interfaces=True)
+    # h1 = [1, 1], h2 = [5, 0], output 35, loss ½(35 - 0)², e = 35
+    torch.testing.assert_close(p.output_grad, torch.tensor([[35.0]]))
+    torch.testing.assert_close(p.interface_grads[1], torch.tensor([[35.0 * 7, 35.0 * 11]]))  # exact at the top
+    # only child 1 (weights 2 and 3 from h1's units) is active: [35·2, 35·3]; the old form gave [35·1, 35·8]
+    torch.testing.assert_close(p.interface_grads[0], torch.tensor([[70.0, 105.0]]))
 
 
 def test_error_conditioned_linear_sg_can_be_dfa_and_backprop(digits):

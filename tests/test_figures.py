@@ -115,7 +115,9 @@ def _line_colours(fig) -> dict[str, set[str]]:
 def test_every_rule_has_its_own_fixed_style():
     styles = [rule_style(rule) for rule in RULE_ORDER]
     assert len({s.color for s in styles}) == len(RULE_ORDER)
-    assert len({s.marker for s in styles}) == len({s.hatch for s in styles}) == len(RULE_ORDER)
+    assert len({s.marker for s in styles}) == len(RULE_ORDER)
+    fa, dfa = (np.array(mcolors.to_rgb(rule_style(r).color)) for r in ("fa", "dfa"))
+    assert np.abs(fa - dfa).sum() > 1.0  # not two similar blues (Okabe-Ito blue and sky blue: 0.81)
     assert rule_style("backprop") == rule_style("backprop")
     assert rule_style("no-such-rule").color == "#999999"
     assert "#f0e442" not in {s.color.lower() for s in styles}  # Okabe-Ito yellow: too faint on white
@@ -189,3 +191,63 @@ def test_bad_inputs_are_user_errors(tables, runs, tmp_path):
           other, device="cpu", quiet=True)
     with pytest.raises(UserError, match="several data sets"):
         draw_figures([*runs, other], tmp_path / "g")
+
+
+def _spread_table(measure: str, mean: float, spread: float) -> pd.DataFrame:
+    """``measure`` rows of two seeds at ``mean ± spread`` (per rule, layer and step)."""
+    rows = [_row(measure, f"{rule}_s{seed}", layer, step, mean + (spread if seed else -spread))
+            for rule, seed, layer, step in itertools.product(("sg", "fa"), SEEDS, LAYERS, STEPS)]
+    return pd.DataFrame(rows)
+
+
+def test_cosine_spread_stays_within_minus_one_and_one():
+    fig = training.gradient_alignment(_spread_table("grad_cosine", 0.9, 0.5))
+    for ax in fig.axes:
+        for band in ax.collections:
+            y = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+            assert y.max() <= 1.0 + 1e-12 and y.min() >= -1.0 - 1e-12
+    table = linear_table().assign(map_cosine=lambda t: np.where(t["seed"] == 0, 1.0, 0.5))
+    fig = linear.linear_problems(table)
+    for ax in fig.axes:
+        for container in ax.containers:
+            if isinstance(container, ErrorbarContainer) and container.lines[2]:
+                for segment in container.lines[2][0].get_segments():
+                    if ax.get_ylabel().startswith("cosine"):
+                        assert segment[:, 1].max() <= 1.0 + 1e-12
+
+
+def test_no_bars_on_a_log_axis_and_few_log_labels():
+    fig = linear.linear_problems(linear_table())
+    fig.canvas.draw()
+    logs = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+    assert logs
+    for ax in logs:
+        assert not any(isinstance(c, BarContainer) for c in ax.containers)
+        low, high = ax.get_ylim()
+        shown = [t for t in ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+                 if t.get_text() and low <= t.get_position()[1] <= high]
+        assert len(shown) <= 7 and (ax is not logs[0] or len(shown) >= 2), [t.get_text() for t in shown]
+    assert logs[0].get_ylim() == logs[1].get_ylim()  # the two models on one scale
+
+
+def test_one_seed_is_not_called_a_mean_and_probe_panels_share_a_scale():
+    one = probe_table()
+    one = one[one["seed"] == 0]
+    fig = layers.probe_accuracy(one)
+    title = fig.get_suptitle()
+    assert "1 seed" not in title and "one seed" in title and "Linear separability" not in title
+    a, b = fig.axes[:2]
+    assert a.get_ylim() == b.get_ylim() and a.get_title().startswith("linear") and "k-NN" in b.get_title()
+
+
+def test_figures_fit_their_titles_and_keep_a_readable_shape(runs, tmp_path):
+    from repanalysis.figures import rdms, spectra
+
+    fig = rdms.rdm_grid(runs)
+    fig.canvas.draw()
+    box = fig.get_suptitle() and fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # the title is not clipped
+    deep = tmp_path / "deep.h5"
+    train(TrainConfig(depth=5, width=8, steps=2, batch_size=32, probe_size=30), deep, quiet=True)
+    width, height = spectra.spectra([deep]).get_size_inches()
+    assert width / height < 2.5  # five layers in a grid, not a 1600 x 280 strip

@@ -193,3 +193,18 @@ def test_ill_conditioned_streaming_cca_has_the_documented_tolerance():
         rho = streaming_canonical_correlations(x, y, chunk_rows=100)
     assert rho.shape[0] == 6
     assert np.abs(rho - 1).max() < 1e-4
+
+
+def test_streaming_cca_warns_when_it_resolves_fewer_correlations():
+    from repanalysis.analysis._arrays import RepanalysisWarning
+    from repanalysis.analysis.streaming import streaming_cca
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 30))
+    x[:, 25:] = x[:, :5] + 1e-7 * rng.standard_normal((2000, 5))  # five nearly collinear columns
+    y = x @ rng.standard_normal((30, 30)) + rng.standard_normal((2000, 30))
+    with pytest.warns(RepanalysisWarning, match="only 25 of 30 canonical correlations"):
+        streaming_cca(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streaming_cca(x[:, :25], y)  # well-conditioned: silent

@@ -210,7 +210,7 @@ def test_unknown_format_version_is_refused(tmp_path, bn_run):
         RunFile(copy)
 
 
-def test_sigkill_leaves_a_readable_running_file(tmp_path):
+def test_sigkill_leaves_a_readable_running_file_that_plain_h5py_reads_live(tmp_path):
     out = tmp_path / "killed.h5"
     proc = subprocess.Popen(
         [sys.executable, "-m", "repanalysis.cli", "train", "--steps", "100000", "--record-every", "20",
@@ -229,6 +229,10 @@ def test_sigkill_leaves_a_readable_running_file(tmp_path):
                 pass
         else:
             pytest.fail("the run wrote no checkpoints in 60 s")
+        reader = ("import h5py\nwith h5py.File(%r, 'r') as f:\n"  # the README's snippet, in another process
+                  "    print(f.attrs['status'], f['layers/h2/activations'][-1].shape)") % str(out)
+        live = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0 and live.stdout.startswith("running"), live.stderr
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

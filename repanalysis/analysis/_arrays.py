@@ -14,6 +14,7 @@ is appended to its errors and warnings.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -95,6 +96,27 @@ def _TORCH_NUMPY_OK(t):
 
     return (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32,
             torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
+#: Largest magnitudes outside this range are brought near 1 by ``unit_scale`` (fourth powers
+#: of the data, as in CKA's ``||XᵀY||²``, must neither overflow nor underflow in float64).
+SAFE_MAGNITUDE = (2.0 ** -100, 2.0 ** 100)
+
+
+def unit_scale(arr: np.ndarray) -> np.ndarray:
+    """``arr`` times the power of two that brings its largest magnitude into ``[0.5, 1)``, when
+    that magnitude is outside ``SAFE_MAGNITUDE``; else ``arr`` itself (not copied).
+
+    For scale-invariant measures only. Multiplying by a power of two is exact, so
+    the measure is computed on the same numbers, in a range where it cannot
+    overflow or underflow. Non-finite data are returned as they are, to be reported.
+    """
+    if arr.size == 0 or arr.dtype.kind != "f":
+        return arr
+    top = max(abs(float(arr.max())), abs(float(arr.min())))
+    if not math.isfinite(top) or top == 0 or SAFE_MAGNITUDE[0] <= top <= SAFE_MAGNITUDE[1]:
+        return arr
+    return np.ldexp(arr.astype(np.float64), -math.frexp(top)[1])
 
 
 def input_eps(arr: np.ndarray) -> float:

@@ -25,6 +25,8 @@ def _rows(a, name: str, where: str | None) -> np.ndarray:
     if arr.ndim < 2:
         raise UserError(f"{name} must be [n_samples, n_features]; got shape "
                         f"{tuple(arr.shape)}{at(where)}")
+    if arr.shape[0] == 0:
+        raise UserError(f"{name} has no samples{at(where)}")
     return arr.reshape(arr.shape[0], -1)
 
 
@@ -73,8 +75,9 @@ def gradient_error(signal, true_grad, *, where: str | None = None) -> dict:
     np.clip(cosine, -1.0, 1.0, out=cosine)
     n_def = int(defined.sum())
     if n_def < n:
-        warn("gradient_error: rows with zero norm have an undefined (NaN) cosine and are left "
-             "out of mean_cosine (see n_zero_signal, n_zero_true)", where)
+        warn("gradient_error: rows with zero norm (a zero signal, as from a synthetic-gradient module "
+             "at initialisation, or a zero true gradient) have no cosine and are left out of the mean "
+             "cosine", where)
     diff = s - g
     dd = float(np.einsum("ij,ij->i", diff, diff).sum())
     g_tot = float(gg.sum())

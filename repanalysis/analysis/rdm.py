@@ -13,8 +13,9 @@ import numpy as np
 import scipy.stats
 
 from repanalysis.errors import UserError
+from repanalysis.memory import check_fits
 
-from ._arrays import as_float64, at, check_same_samples
+from ._arrays import as_float64, at, check_same_samples, unit_scale
 
 __all__ = ["rdm", "compare_rdms", "rsa"]
 
@@ -130,8 +131,11 @@ def rsa(X, Y, *, metric: str = "correlation", compare: str = "spearman",
     with one reference, compute the reference RDM once with :func:`rdm` and
     use :func:`compare_rdms`.
     """
-    x = as_float64(X, "X", where)
-    y = as_float64(Y, "Y", where)
+    n = len(X)
+    check_fits(4 * 8 * n * n, f"RSA of {n} samples (two {n}×{n} float64 RDMs and their ranked triangles)",
+               "compute it on a subset of the samples (RSA compares all n² pairs; there is no streaming form)")
+    x = unit_scale(as_float64(X, "X", where))  # RSA is scale-invariant: compute it where nothing overflows
+    y = unit_scale(as_float64(Y, "Y", where))
     check_same_samples(x, y, where)
     return compare_rdms(rdm(x, metric, where=where), rdm(y, metric, where=where),
                         compare=compare, where=where)

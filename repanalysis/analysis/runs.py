@@ -75,9 +75,7 @@ two-core machine.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 import warnings
 from functools import partial
 from pathlib import Path
@@ -88,6 +86,7 @@ import scipy.stats
 from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
+from ..outputs import write_atomically
 from ..progress import Progress
 from ..runfile import RunFile
 from . import similarity
@@ -451,15 +450,5 @@ def _per_run(run: _Run, wanted: set) -> list[tuple]:
 
 
 def write_table(table: pd.DataFrame, out_csv) -> None:
-    """Write ``table`` as CSV to ``out_csv`` atomically (a temporary file beside it, then ``os.replace``)."""
-    out = Path(out_csv)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            table.to_csv(f, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``table`` as CSV to ``out_csv`` atomically (see ``outputs.write_atomically``)."""
+    write_atomically(out_csv, lambda f: table.to_csv(f, index=False))

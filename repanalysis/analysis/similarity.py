@@ -39,9 +39,10 @@ import numpy as np
 import scipy.linalg as sla
 
 from repanalysis.errors import UserError
+from repanalysis.memory import check_fits
 
 from . import _linalg as la
-from ._arrays import Prepared, at, check_same_samples, prepare, warn
+from ._arrays import Prepared, as_array, at, check_same_samples, prepare, unit_scale, warn
 
 __all__ = [
     "canonical_correlations",
@@ -68,7 +69,10 @@ def _check_method(method: str, allowed=_METHODS) -> None:
         raise UserError(f"method must be one of {', '.join(allowed)}; got {method!r}")
 
 
-def _prepare_pair(X, Y, where, *, min_samples=2) -> tuple[Prepared, Prepared]:
+def _prepare_pair(X, Y, where, *, min_samples=2, rescale=True) -> tuple[Prepared, Prepared]:
+    """Both inputs validated; ``rescale`` (for scale-invariant measures): each through ``unit_scale``."""
+    if rescale:
+        X, Y = unit_scale(as_array(X, "X", where)), unit_scale(as_array(Y, "Y", where))
     px = prepare(X, "X", where, min_samples=min_samples)
     py = prepare(Y, "Y", where, min_samples=min_samples)
     check_same_samples(px.raw, py.raw, where)
@@ -357,7 +361,8 @@ def _cka_finish(st: la.CKAStats, debiased: bool, where: str | None, kind: str) -
             warn(
                 f"biased {kind} CKA with n={st.n} samples is inflated: independent data with these "
                 f"spectra would score about {chance:.2f} (effective dimensions {px:.0f} and "
-                f"{py:.0f}); use debiased=True", where)
+                f"{py:.0f}); use the debiased estimate (debiased=True; in analyze tables, "
+                f"linear_cka_debiased)", where)
     return float(value)
 
 
@@ -472,7 +477,9 @@ def rbf_cka(X, Y, *, sigma: float = 0.8, debiased: bool = False,
         bx, by = (bandwidth, bandwidth) if np.isscalar(bandwidth) else tuple(bandwidth)
         if not (bx > 0 and by > 0):
             raise UserError(f"bandwidth must be > 0; got {bandwidth}")
-    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2)
+    check_fits(4 * 8 * len(X) ** 2, f"rbf CKA of {len(X)} samples (four {len(X)}×{len(X)} float64 matrices)",
+               "use minibatch_cka (batches of the samples) or linear_cka (exact and streaming, from moments)")
+    px, py = _prepare_pair(X, Y, where, min_samples=4 if debiased else 2, rescale=bandwidth is None)
     k = rbf_gram(px.xc, sigma, where, "X", bx)
     l = rbf_gram(py.xc, sigma, where, "Y", by)
     return _cka_from_kernels(k, l, debiased, where, "rbf")

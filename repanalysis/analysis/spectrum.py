@@ -39,7 +39,7 @@ import scipy.linalg as sla
 
 from repanalysis.errors import UserError
 
-from ._arrays import as_array, at, input_eps, prepare, warn
+from ._arrays import as_array, at, input_eps, prepare, unit_scale, warn
 from ._linalg import centred_products, small_lapack
 
 __all__ = [
@@ -92,7 +92,10 @@ def spectrum(X, *, method: str = "auto", where: str | None = None) -> Spectrum:
     """
     if method not in ("auto", "svd", "gram"):
         raise UserError(f"method must be 'auto', 'svd' or 'gram'; got {method!r}")
-    p = prepare(X, "X", where, min_samples=1)
+    raw = as_array(X, "X", where)
+    scaled = unit_scale(raw)  # computed where nothing overflows; the values are scaled back below
+    factor = float(np.max(np.abs(raw)) / np.max(np.abs(scaled))) if scaled is not raw else 1.0
+    p = prepare(scaled, "X", where, min_samples=1)
     n, d = p.n, p.d
     m = min(n, d)
     vals = None
@@ -118,7 +121,7 @@ def spectrum(X, *, method: str = "auto", where: str | None = None) -> Spectrum:
                            lapack_driver="gesdd")
     out = np.zeros(m)
     k = min(m, vals.shape[0])
-    out[:k] = vals[:k]
+    out[:k] = vals[:k] * factor
     return Spectrum(values=out, n_samples=n, n_features=d, eps=p.eps, centred=True)
 
 

@@ -393,6 +393,12 @@ class Moments:
             _degenerate_guard(res.rank_x, res.rank_y, self.n, what, self.where)
         if res.rho.size == 0:
             raise UserError(f"{what}: zero variance{at(self.where)}")
+        full = min(sxx.shape[0], syy.shape[0], self.n - 1)
+        if ridge == 0 and res.rho.size < full:
+            warn(f"{what}: the moments resolve only {res.rho.size} of {full} canonical correlations (X or Y is "
+                 f"ill-conditioned: directions with σ/σ_max below {rtol or la.MOMENT_RTOL:.0e} "
+                 f"are dropped), so the result differs from in-memory CCA on all of them; compute it in "
+                 f"memory, or drop the nearly collinear features", self.where)
         return res
 
     def canonical_correlations(self, *, ridge: float = 0.0, allow_degenerate: bool = False,

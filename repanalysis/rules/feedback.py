@@ -9,8 +9,14 @@ error at the output (batch-mean units, ``[B, outputs]``):
   ``B_l`` in place of every transposed forward weight: ``δ̂i = g_{i+1} B_{i+1}``,
   with ``g_{i+1}`` the error at the next linear map's output;
 - ``dfa`` (Nøkland 2016): ``δ̂i = e R_i`` with one fixed random ``R_i`` per layer;
-- ``kickback`` (Balduzzi et al. 2015, one scalar output): ``δ̂i = e · Σ_k W_{i+1}[k, :]``,
-  the global error times the sum of each unit's outgoing weights.
+- ``kickback`` (Balduzzi et al. 2015, one scalar output): ``δ̂i[n, j] = e[n] · Σ_k
+  W_{i+1}[k, j] · 1[unit k of layer i+1 is active on sample n]``: the global error
+  times the unit's influence on its *active* children (its outgoing weights to the
+  units of the next layer whose rectified output is non-zero; the output unit is
+  linear, always active, so the top hidden layer gets the exact gradient). Units
+  here are the paper's positive rectilinear units (ReLU); the paper also allows
+  negative ones (``min(0, x)``), not built here, and proves that Kickback follows
+  the gradient when the network is *coherent*; coherence is not enforced.
 
 Random matrices are drawn from ``U(-s/√fan_in, s/√fan_in)`` of the forward
 layer they stand for (torch's default ``nn.Linear`` range, times ``s =
@@ -77,7 +83,7 @@ class DirectFeedbackAlignment(_FixedFeedback):
 
 
 class Kickback(Rule):
-    """``kickback``: the scalar output error, scaled by each unit's summed outgoing weights."""
+    """``kickback``: the scalar output error, times each unit's summed weights to its active children."""
 
     name = "kickback"
 
@@ -87,9 +93,15 @@ class Kickback(Rule):
                 f"kickback needs a model with one scalar output (a regression or binary task); "
                 f"this data set has {n_outputs} outputs"
             )
+        if any(block.activation not in ("relu", "identity") for block in network.blocks):
+            raise UserError("kickback is defined for rectilinear units: use --activation relu")
         super().__init__(network, task, n_outputs, config)
         self.cuts = tuple(range(network.followed_by_linear))
 
     def signal(self, i: int, p: Pass) -> torch.Tensor:
-        outgoing = self.network.linears()[i + 1].weight.detach()
-        return p.output_grad * outgoing.sum(0)
+        outgoing = self.network.linears()[i + 1].weight.detach()  # [children, units]
+        hidden = p.trace.hidden
+        if i + 1 == len(hidden):  # the children are the linear output unit(s): always active
+            return p.output_grad @ outgoing
+        active = (hidden[i + 1].detach() != 0).to(outgoing.dtype)  # [B, children]
+        return p.output_grad * (active @ outgoing)

@@ -1,0 +1,37 @@
+"""The README's "Using it" commands run as written, top to bottom, in an empty folder."""
+
+import shlex
+from pathlib import Path
+
+import torch
+
+from repanalysis.cli import main
+from repanalysis.runfile import RunFile
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def using_it() -> list[list[str]]:
+    """The command lines of the README's "Using it" code block, comments removed."""
+    text = README.read_text().split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line[4:] for line in text.splitlines() if line.startswith("    ")]
+    return [shlex.split(line, comments=True) for line in lines]
+
+
+def test_using_it_runs_as_written(tmp_path, monkeypatch):
+    commands = using_it()
+    assert [c[:2] for c in commands][3:] == [["repanalysis", "inspect"], ["repanalysis", "analyze"],
+                                             ["repanalysis", "probe"], ["repanalysis", "figures"]]
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for command in commands:
+            assert main(command[1:]) == 0, command
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("bp", "sg", "cdni"):
+        with RunFile(name + ".h5") as run:
+            assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85
+    assert (tmp_path / "analysis.csv").stat().st_size and (tmp_path / "probes.csv").stat().st_size
+    assert len(list((tmp_path / "figs").glob("*.png"))) >= 5

@@ -1,0 +1,169 @@
+"""Bad input never loses a file and never shows a traceback: one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from helpers import small_config
+
+from repanalysis.cli import main
+from repanalysis.datasets import load
+from repanalysis.runfile import RunFile
+from repanalysis.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "run.h5"
+    train(small_config(steps=4, record_every=2, eval_every=2, width=8, depth=2), path, quiet=True)
+    return path
+
+
+def _refused(capsys, *args, message: str) -> None:
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe"])
+def test_tables_refuse_an_existing_file_unless_overwrite(tmp_path, capsys, run, command):
+    out = tmp_path / "precious.csv"
+    out.write_text("keep me")
+    _refused(capsys, command, run, "--out", out, "--quiet", message="--overwrite")
+    assert out.read_text() == "keep me"
+    old = os.umask(0o022)
+    try:
+        assert main([command, str(run), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    finally:
+        os.umask(old)
+    assert out.read_text().count("\n") > 1 and stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.csv"]  # no temporary file left
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe"])
+def test_tables_refuse_bad_outputs_before_computing(tmp_path, capsys, run, monkeypatch, command):
+    import repanalysis.analysis.runs as runs
+    import repanalysis.probes as probes
+
+    def no(*args, **kwargs):
+        raise AssertionError("computed before checking the output")
+
+    monkeypatch.setattr(runs, "analyze", no)
+    monkeypatch.setattr(probes, "probe_runs", no)
+    (tmp_path / "folder").mkdir()
+    _refused(capsys, command, run, "--out", tmp_path / "missing" / "x.csv", message="does not exist")
+    _refused(capsys, command, run, "--out", tmp_path / "folder", "--overwrite", message="is a folder")
+    _refused(capsys, command, run, "--out", "/proc/x.csv", message="cannot write")
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--steps", "2", "--out", "/proc/x.h5"],
+    ["figures", "RUN", "--out", "/proc/figs"],
+    ["reproduce", "--quick", "--out", "/proc/repro"],
+])
+def test_unwritable_outputs_are_one_line(capsys, run, args):
+    _refused(capsys, *[str(run) if a == "RUN" else a for a in args], message="/proc")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", 2000], "larger than the training split"),
+    (["--width", 10_000_000], "GiB"),
+    (["--probe-size", 5], "cannot cover the 10 classes"),
+    (["--rule", "backprop", "--sg-at", 2], "--sg-at is for --rule sg only"),
+    (["--rule", "sg", "--sg-at", "2,2"], "h2 more than once"),
+    (["--rule", "sg", "--sg-at", 9], "h1..h4"),
+])
+def test_train_checks_everything_before_touching_the_output(tmp_path, capsys, run, args, message):
+    out = tmp_path / "good.h5"
+    out.write_bytes(run.read_bytes())
+    _refused(capsys, "train", *args, "--steps", 2, "--out", out, "--overwrite", "--quiet", message=message)
+    assert out.read_bytes() == run.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["good.h5"]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_under_way(tmp_path, capsys, run):
+    out = tmp_path / "good.h5"
+    out.write_bytes(run.read_bytes())
+    # a run that fails at its first step leaves the old file as it was
+    _refused(capsys, "train", "--dataset", "linear-regression-2d", "--optimizer", "sgd", "--lr", "1e30",
+             "--steps", 5, "--record-every", 5, "--out", out, "--overwrite", "--quiet", message="left as it was")
+    assert out.read_bytes() == run.read_bytes() and [p.name for p in tmp_path.iterdir()] == ["good.h5"]
+    # a run that gets going replaces it
+    assert main(["train", "--steps", "3", "--width", "8", "--out", str(out), "--overwrite", "--quiet"]) == 0
+    with RunFile(out) as new:
+        assert new.status == "complete" and list(new.steps) == [0, 1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["good.h5"]
+
+
+def test_probe_set_covers_every_class():
+    digits = load("digits")
+    assert set(digits.probe_labels(digits.probe_index(10))) == set(range(10))
+
+
+def test_command_line_basics(capsys):
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("repanalysis 0.")
+    _refused(capsys, "train", "--steps", "x", message="invalid int value")
+    assert "repanalysis train:" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 1000)" in text and "(default 0.001)" in text and "(default 64)" in text
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "linear_cka" in text and "--overwrite" in text
+
+
+def test_argparse_errors_have_one_prefix(capsys):
+    main(["train", "--steps", "x", "--out", "x.h5"])
+    err = capsys.readouterr().err
+    assert err.startswith("repanalysis: error: argument --steps") and err.count("repanalysis") == 2
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(run):
+    proc = subprocess.run(f"{sys.executable} -m repanalysis.cli inspect {run} {run} {run} | head -c 1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("measure, alternative", [("rbf_cka", "minibatch_cka"), ("rsa", "subset")])
+def test_n_by_n_measures_refuse_what_cannot_fit(measure, alternative):
+    import numpy as np
+
+    from repanalysis.analysis.rdm import rsa
+    from repanalysis.analysis.similarity import rbf_cka
+    from repanalysis.errors import UserError
+
+    fn = {"rbf_cka": rbf_cka, "rsa": rsa}[measure]
+    x = np.zeros((200_000, 2), np.float32)
+    with pytest.raises(UserError, match=rf"about 1,192\.1 GiB.*{alternative}"):
+        fn(x, x)
+
+
+def test_gradient_error_of_no_samples_is_a_user_error():
+    import numpy as np
+
+    from repanalysis.analysis.gradients import gradient_error
+    from repanalysis.errors import UserError
+
+    with pytest.raises(UserError, match="no samples"):
+        gradient_error(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_warnings_are_one_readable_line_per_kind(tmp_path, capsys, run):
+    sg = tmp_path / "sg.h5"
+    train(small_config(rule="sg", steps=4, record_every=2, eval_every=2, width=8, depth=2), sg, quiet=True)
+    assert main(["analyze", str(run), str(sg), "--out", str(tmp_path / "a.csv"), "--quiet"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert any("no cosine" in line for line in lines)  # the SG module predicts zero at step 0
+    assert all(line.startswith("repanalysis: warning: ") for line in lines), lines
+    assert not any(".py:" in line for line in lines)  # no source paths or lines
+    assert len(lines) == len(set(lines))
