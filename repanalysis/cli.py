@@ -175,6 +175,7 @@ def _cmd_reproduce(args) -> None:
     spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
+    spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
     check_folder(args.out)
     report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
                        quiet=args.quiet)
