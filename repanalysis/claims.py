@@ -32,6 +32,7 @@ Per-run quantities (``quantities``; one row per run and quantity, written to
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -237,6 +238,11 @@ def rule_value(quantity: str, rule: str) -> Callable[[Context], pd.DataFrame]:
 
 # -- judging -------------------------------------------------------------------------
 
+def _natural(text: str) -> tuple:
+    """Sort key that puts "depth 5" before "depth 10"."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text))
+
+
 def _claim_text(part: Part) -> str:
     sign = ">" if part.direction > 0 else "<"
     return f"effect {sign} {part.threshold:g}"
@@ -247,6 +253,7 @@ def judge(key: str, spec: ClaimSpec, context: Context) -> ClaimResult:
     results = []
     for part in spec.parts:
         values = part.values(context)
+        values = values.iloc[sorted(range(len(values)), key=lambda k: _natural(str(values["scope"].iloc[k])))]
         result = PartResult(part.label, _claim_text(part))
         for scope, group in values.groupby("scope", sort=False):
             effect = stats.paired_effect(group["value"], null=part.threshold)

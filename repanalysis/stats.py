@@ -12,8 +12,9 @@ possibly in several strata (the depths of a sweep). Conventions:
   times, from a generator seeded by ``seed`` (the same data give the same
   interval). With 3 seeds the bootstrap distribution has only 10 distinct
   values per stratum: the interval is coarse, and it excludes 0 exactly when
-  every seed agrees in sign. A single pair gives no interval (and no p-value):
-  its verdict is "inconclusive" whatever its sign.
+  every seed agrees in sign. A single pair, or a stratum of a single pair,
+  gives no interval (and no p-value): the verdict is "inconclusive" whatever
+  the sign.
 - **p-value**: two-sided sign-flip permutation test of the effect against a
   null value (0, or the claim's threshold: each difference's distance from it
   is as likely to have either sign); exact enumeration up to
@@ -59,7 +60,7 @@ class Effect:
             return "n/a"
         f = f"{{:+.{digits}f}}"
         if not np.isfinite(self.low):
-            return f"{f.format(self.mean)} [no interval from one pair]"
+            return f"{f.format(self.mean)} [no interval: one pair per stratum]"
         return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]"
 
 
@@ -100,8 +101,8 @@ def paired_effect(differences, strata=None, *, level: float = LEVEL, resamples: 
     groups = _strata(differences, strata)
     if not groups:
         return NO_EFFECT
-    if sum(map(len, groups)) < 2:  # one pair: a value, no interval and no test
-        return Effect(_stratified_mean(groups), math.nan, math.nan, math.nan, 1, level)
+    if min(map(len, groups)) < 2:  # a stratum of one pair has no spread to resample: a value, no interval
+        return Effect(_stratified_mean(groups), math.nan, math.nan, math.nan, sum(map(len, groups)), level)
     rng = np.random.default_rng(seed)
     boot = np.zeros(resamples)
     for g in groups:

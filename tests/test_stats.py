@@ -39,10 +39,10 @@ def test_three_agreeing_seeds_give_the_coarse_interval_and_p_a_quarter():
 
 
 def test_strata_weigh_each_stratum_alike_and_resample_within_it():
-    d = [1.0, 1.0, 1.0, 1.0, 3.0]
-    strata = ["a", "a", "a", "a", "b"]
+    d = [1.0, 1.0, 1.0, 1.0, 3.0, 3.0]
+    strata = ["a", "a", "a", "a", "b", "b"]
     effect = stats.paired_effect(d, strata)
-    assert effect.mean == pytest.approx(2.0)  # (mean of a + mean of b) / 2, not the pooled mean 1.4
+    assert effect.mean == pytest.approx(2.0)  # (mean of a + mean of b) / 2, not the pooled mean 1.67
     assert effect.low == pytest.approx(2.0) and effect.high == pytest.approx(2.0)  # no spread within strata
     with pytest.raises(UserError, match="stratum"):
         stats.paired_effect(d, strata[:-1])
@@ -70,3 +70,5 @@ def test_one_pair_gives_no_interval_and_no_verdict():
     effect = stats.paired_effect([0.7])
     assert effect.mean == 0.7 and effect.n == 1 and np.isnan(effect.low) and np.isnan(effect.p)
     assert stats.verdict(effect) == "inconclusive" and "no interval" in effect.text()
+    pooled = stats.paired_effect([0.7, 0.5], strata=["depth 5", "depth 50"])  # one seed per depth
+    assert pooled.mean == pytest.approx(0.6) and pooled.n == 2 and stats.verdict(pooled) == "inconclusive"
