@@ -8,6 +8,10 @@ Batches are drawn without replacement from a permutation of the training split
 that is redrawn each epoch (the incomplete last batch is dropped), from a
 generator seeded by the run's seed; the network and the rule's modules are
 initialised from torch's global RNG seeded by the same seed.
+
+``resume`` continues an interrupted run from its last complete checkpoint, with
+the state ``repanalysis.resume`` keeps at every checkpoint, to the file an
+uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -63,8 +67,8 @@ class Batches:
 
     def __init__(self, n: int, batch_size: int, seed: int):
         self.n, self.size, self.per_epoch = n, batch_size, n // batch_size
-        self.generator = torch.Generator()
-        self.restore(torch.Generator().manual_seed(seed).get_state(), 0)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.restore(self.generator.get_state(), 0)
 
     def __next__(self) -> torch.Tensor:
         if self.position == self.per_epoch:
