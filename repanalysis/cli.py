@@ -122,7 +122,7 @@ def _add_train(sub) -> None:
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
-    p.add_argument("--out", help="the run file to write (.h5)")
+    p.add_argument("--out", help="the run file to write (.h5); required unless --resume")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--resume", metavar="RUN.h5", help="continue this interrupted run in place, exactly, with the "
                    "settings stored in it (only --data-dir, --device and --quiet may be given with it)")
@@ -141,7 +141,7 @@ def _cmd_train(args) -> None:
     from .train import resume, train
 
     if args.resume:
-        others = [f"--{name.replace('_', '-')}" for name in args.given if name not in _WITH_RESUME]
+        others = [f"--{name.replace('_', '-')}" for name in dict.fromkeys(args.given) if name not in _WITH_RESUME]
         if others:
             raise UserError(f"--resume takes every setting from the run file; {', '.join(others)} cannot be given "
                             "with it (only --data-dir, --device and --quiet)")
