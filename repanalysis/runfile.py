@@ -145,7 +145,10 @@ class RunWriter:
         """
         writer = cls.__new__(cls)
         writer.path, writer._pending, writer._metrics, writer._resume_sets = Path(path), None, {}, {}
-        writer.file = f = h5py.File(path, "a", locking=False)
+        try:
+            writer.file = f = h5py.File(path, "a", locking=False)
+        except OSError as err:
+            raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
         try:
             newest = _newest_slot(f)
             if newest is None:
