@@ -36,6 +36,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own usage errors: one line, exit 2
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """Also set ``given``: the destinations of the options on the command line, a subcommand's included."""
+        self._given = []
+        namespace, rest = super().parse_known_args(args, namespace)
+        namespace.given = getattr(namespace, "given", []) + self._given
+        return namespace, rest
+
+    def _get_values(self, action, arg_strings):  # argparse calls this for every argument it takes
+        if action.option_strings:
+            self._given.append(action.dest)
+        return super()._get_values(action, arg_strings)
+
 
 def _interfaces(text: str) -> list[int]:
     try:
@@ -110,9 +122,14 @@ def _add_train(sub) -> None:
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
-    p.add_argument("--out", required=True, help="the run file to write (.h5)")
+    p.add_argument("--out", help="the run file to write (.h5); required unless --resume")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--resume", metavar="RUN.h5", help="continue this interrupted run in place, exactly, with the "
+                   "settings stored in it (only --data-dir, --device and --quiet may be given with it)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+_WITH_RESUME = {"resume", "data_dir", "device", "quiet"}
 
 
 def _config_from(args) -> TrainConfig:
@@ -121,8 +138,24 @@ def _config_from(args) -> TrainConfig:
 
 
 def _cmd_train(args) -> None:
-    from .train import train
+    from .train import resume, train
 
+    if args.resume:
+        others = [f"--{name.replace('_', '-')}" for name in dict.fromkeys(args.given) if name not in _WITH_RESUME]
+        if others:
+            raise UserError(f"--resume takes every setting from the run file; {', '.join(others)} cannot be given "
+                            "with it (only --data-dir, --device and --quiet)")
+        result = resume(args.resume, data_dir=args.data_dir, device=args.device, quiet=args.quiet)
+        if result is None:
+            print(f"{args.resume} is complete; nothing to resume")
+            return
+        e = result.last_eval
+        print(f"resumed {args.resume}: {result.steps_done} steps, test loss {e['test_loss']:.4f}, "
+              f"test accuracy {e['test_acc']:.4f}")
+        return
+    if args.out is None:
+        raise UserError("the following arguments are required: --out (or --resume RUN.h5) "
+                        "(see repanalysis train --help)")
     result = train(_config_from(args), args.out, data_dir=args.data_dir, device=args.device,
                    overwrite=args.overwrite, quiet=args.quiet)
     e = result.last_eval

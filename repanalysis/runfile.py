@@ -16,6 +16,8 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
     /params/<qualified>    [T, ...]       every parameter and buffer, per checkpoint
     /metrics/<name>        float64 [S]    per logged step (``step`` among them)
     /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
+    /resume/{0,1}/step     int64 []       checkpoint step whose resume state the slot holds (-1: being written)
+    /resume/{0,1}/<name>   [...]          that state (``repanalysis.resume``), overwritten in place
 
 Arrays grow along their first axis; each is chunked one checkpoint (one row
 block) at a time. Layer arrays are LZF-compressed (bundled with h5py; sparse
@@ -25,6 +27,12 @@ after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
 with ``status`` still "running". The writer takes no file lock, so a run can be
 read live, with plain h5py too, at any time between two flushes.
+
+The resume state of checkpoint ``k`` goes to slot ``k % 2``, so the other slot
+keeps the previous checkpoint's state while it is written: the slot is marked
+-1 and flushed, filled and flushed, then marked with its step and flushed. A
+run killed at any moment thus has at least one whole slot (from its second
+checkpoint on), and ``RunWriter.reopen`` continues from the newest one.
 """
 
 from __future__ import annotations
@@ -52,6 +60,10 @@ def _versions() -> str:
     return json.dumps(
         {"repanalysis": __version__, "torch": torch.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
     )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _append(group: h5py.Group, name: str, value: np.ndarray, compress: bool = False) -> None:
@@ -102,7 +114,7 @@ class RunWriter:
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
             "model": model, "dataset": dataset, "seed": seed, "config": config_json, "versions": _versions(),
             "task": task, "n_features": n_features, "n_outputs": n_outputs, "record_bn": record_bn,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": _now(),
         })
         f.create_dataset("probe/index", data=np.asarray(probe_index, dtype=np.int64))
         if probe_labels is not None:
@@ -116,10 +128,56 @@ class RunWriter:
         for group in ("params", "metrics", "eval"):
             f.create_group(group)
         self._metrics: dict[str, list[float]] = {}
+        self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
         f.flush()
 
-    def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray]) -> None:
-        """Append one checkpoint: per layer its arrays (``ARRAY_KINDS``), every parameter; then flush."""
+    @classmethod
+    def reopen(cls, path) -> tuple["RunWriter", int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Open an interrupted run to continue it from its newest whole resume slot.
+
+        Everything recorded after that checkpoint's step ``S`` is cut off: later
+        checkpoints, metrics of steps after ``S``, evaluations at ``S`` and after
+        (the caller evaluates again at ``S`` where one is due). Sets ``status``
+        back to "running", drops ``error`` and notes the resumption in the
+        ``resumed`` attribute (JSON list of ``[step, UTC time]``). Returns the
+        writer, ``S``, every parameter and buffer at ``S`` and the resume state.
+        Call it on a file ``RunFile`` has accepted.
+        """
+        writer = cls.__new__(cls)
+        writer.path, writer._pending, writer._metrics, writer._resume_sets = Path(path), None, {}, {}
+        try:
+            writer.file = f = h5py.File(path, "a", locking=False)
+        except OSError as err:
+            raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
+        try:
+            newest = _newest_slot(f)
+            if newest is None:
+                f.close()
+                raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
+                                "repanalysis wrote it); train it again with --overwrite")
+            step, state = newest
+            kept = np.flatnonzero(f["checkpoints/step"][:] == step)
+            if not len(kept):
+                raise ValueError(f"no checkpoint at step {step}")
+            _cut(f, ["checkpoints", "layers", "params"], int(kept[0]) + 1)
+            _cut(f, ["metrics"], int(np.sum(f["metrics/step"][:] <= step)) if "step" in f["metrics"] else 0)
+            _cut(f, ["eval"], int(np.sum(f["eval/step"][:] < step)) if "step" in f["eval"] else 0)
+            params = {name: ds[-1] for name, ds in _walk(f["params"]).items()}
+        except (KeyError, ValueError, OSError) as err:
+            f.close()
+            raise UserError(f"{path}: cannot be resumed: damaged run file ({err})") from None
+        resumed = json.loads(f.attrs.get("resumed", "[]")) + [[step, _now()]]
+        f.attrs.update(status="running", resumed=json.dumps(resumed))
+        f.attrs.pop("error", None)
+        f.flush()
+        return writer, step, params, state
+
+    def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],
+                   resume: dict[str, np.ndarray] | None = None) -> None:
+        """Append one checkpoint: per layer its arrays (``ARRAY_KINDS``), every parameter; then flush.
+
+        ``resume``: the state that continues training from here, written to its slot.
+        """
         f = self.file
         for name, arrays in layers.items():
             for kind, value in arrays.items():
@@ -127,7 +185,25 @@ class RunWriter:
         for name, value in params.items():
             _append(f["params"], name, value)
         _append(f["checkpoints"], "step", np.int64(step))
+        if resume is None:
+            self._flush_metrics()
+            return
+        k = (len(f["checkpoints/step"]) - 1) % 2
+        slot = f.require_group(f"resume/{k}")
+        mark = slot.require_dataset("step", shape=(), dtype=np.int64)
+        mark[()] = -1
         self._flush_metrics()
+        for name, value in resume.items():
+            value = np.asarray(value, order="C")
+            ds = self._resume_sets.get((k, name))
+            if ds is None:
+                ds = slot[name] if name in slot else slot.create_dataset(name, value.shape, value.dtype)
+                self._resume_sets[k, name] = ds
+            # h5py's ``ds[...] = value`` costs ~0.3 ms a call, and there are three per parameter
+            ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, value)
+        f.flush()
+        mark[()] = step
+        f.flush()
 
     def log(self, row: dict[str, float]) -> None:
         """Record one logged step's metrics (kept in memory until the next flush)."""
@@ -181,6 +257,24 @@ def _walk(group: h5py.Group, prefix: str = "") -> dict[str, h5py.Dataset]:
         else:
             out.update(_walk(item, f"{prefix}{key}/"))
     return out
+
+
+def _newest_slot(f: h5py.File) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The step and arrays of the newest whole resume slot (see the module docstring); None if there is none."""
+    slots = [g for g in f.get("resume", {}).values() if "step" in g and g["step"][()] >= 0]
+    if not slots:
+        return None
+    slot = max(slots, key=lambda g: g["step"][()])
+    return int(slot["step"][()]), {name: ds[()] for name, ds in slot.items() if name != "step"}
+
+
+def _cut(f: h5py.File, groups: list[str], rows: int) -> None:
+    """Shorten every dataset under ``groups`` to its first ``rows`` rows (refuse one that has fewer)."""
+    for group in groups:
+        for name, ds in _walk(f[group]).items():
+            if ds.shape[0] < rows:
+                raise ValueError(f"{group}/{name} has {ds.shape[0]} rows, expected at least {rows}")
+            ds.resize(rows, axis=0)
 
 
 class RunFile:

@@ -8,6 +8,10 @@ Batches are drawn without replacement from a permutation of the training split
 that is redrawn each epoch (the incomplete last batch is dropped), from a
 generator seeded by the run's seed; the network and the rule's modules are
 initialised from torch's global RNG seeded by the same seed.
+
+``resume`` continues an interrupted run from its last complete checkpoint, with
+the state ``repanalysis.resume`` keeps at every checkpoint, to the file an
+uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import resume as resume_state
 from . import tasks
 from .config import TrainConfig
 from .datasets import Dataset, load
@@ -28,6 +34,9 @@ from .outputs import check_file
 from .progress import Progress
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
+
+
+NON_FINITE = "the training loss became non-finite"  # how a run that failed on it begins its error
 
 
 @dataclass
@@ -49,12 +58,32 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless index batches: a fresh permutation each epoch, last incomplete batch dropped."""
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+class Batches:
+    """Endless index batches: a fresh permutation each epoch, the last incomplete batch dropped.
+
+    ``state()`` continues the stream exactly: the generator's state at the start
+    of the current epoch and how many batches were drawn from that epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.size, self.per_epoch = n, batch_size, n // batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.restore(self.generator.get_state(), 0)
+
+    def __next__(self) -> torch.Tensor:
+        if self.position == self.per_epoch:
+            self.restore(self.generator.get_state(), 0)
+        start = self.position * self.size
+        self.position += 1
+        return self._order[start : start + self.size]
+
+    def state(self) -> tuple[torch.Tensor, int]:
+        return self._epoch_start, self.position
+
+    def restore(self, epoch_start: torch.Tensor, position: int) -> None:
+        self.generator.set_state(epoch_start)
+        self._epoch_start, self.position = epoch_start, position
+        self._order = torch.randperm(self.n, generator=self.generator)
 
 
 def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int = 8192) -> dict[str, float]:
@@ -94,15 +123,26 @@ def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, devic
     return rule
 
 
-def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
-    """The network and rule of a recorded run, with every parameter and buffer as at ``checkpoint``."""
-    config = TrainConfig.from_json(run.file.attrs["config"]).resolved()
-    a = run.file.attrs
-    rule = build(config, str(a["task"]), int(a["n_features"]), int(a["n_outputs"]), device)
-    arrays = run.params(checkpoint)
+def load_arrays(rule: Rule, arrays: dict) -> None:
+    """Load what ``state_arrays`` returned into the rule's network and modules."""
     for prefix, module in (("model.", rule.network), ("rule.", rule.modules)):
         state = {k[len(prefix):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
         module.load_state_dict(state)
+
+
+def stored_config(run: RunFile) -> TrainConfig:
+    """The resolved config a run file was written with; a ``UserError`` if it cannot be rebuilt."""
+    try:
+        return TrainConfig.from_json(run.file.attrs["config"]).resolved()
+    except (KeyError, TypeError, ValueError, UserError) as err:
+        raise UserError(f"{run.path}: its config cannot be rebuilt ({err})") from None
+
+
+def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
+    """The network and rule of a recorded run, with every parameter and buffer as at ``checkpoint``."""
+    a = run.file.attrs
+    rule = build(stored_config(run), str(a["task"]), int(a["n_features"]), int(a["n_outputs"]), device)
+    load_arrays(rule, run.params(checkpoint))
     return rule
 
 
@@ -144,7 +184,6 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
-    probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
     writer = None
     if out is not None:
         writer = RunWriter(
@@ -156,13 +195,55 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
                     zip(rule.network.interfaces, rule.network.widths, rule.network.blocks)],
             overwrite=overwrite, record_bn=config.record_bn,
         )
+    stream = Batches(len(data.x_train), config.batch_size, config.seed)
+    return _run(config, rule, stream, data, index, dev, writer, 0, quiet)
+
+
+def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool = False,
+           data: Dataset | None = None) -> TrainResult | None:
+    """Continue the interrupted run in ``path`` from its last complete checkpoint, in place.
+
+    The config comes from the file; the finished file equals the one an
+    uninterrupted run writes (see ``RunWriter.reopen`` and ``repanalysis.resume``).
+    A complete run is left alone (returns None); a run that failed on a
+    non-finite loss is refused, since it would fail again.
+    """
+    with RunFile(path) as run:
+        if run.status == "complete":
+            return None
+        if run.status == "failed" and str(run.error).startswith(NON_FINITE):
+            raise UserError(f"{path} failed on a non-finite loss, and would fail again if resumed ({run.error})")
+        config = stored_config(run)
+        recorded_index = run.probe_index
+    data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
+    dev = choose_device(device)
+    check_sizes(config, data, dev)
+    index = data.probe_index(config.probe_size)
+    if not np.array_equal(index, recorded_index):
+        raise UserError(f"{path}: its probe set is not this {config.dataset} data set's; it cannot be resumed")
+    rule = build(config, data.task, data.n_features, data.n_outputs, dev)
+    stream = Batches(len(data.x_train), config.batch_size, config.seed)
+    writer, step, params, state = RunWriter.reopen(path)
+    try:
+        load_arrays(rule, params)
+        resume_state.restore(rule, stream, state, step)
+    except BaseException:
+        writer.file.close()
+        raise
+    return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)
+
+
+def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index, dev: torch.device,
+         writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
+    """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
+    probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
 
     def checkpoint(step: int) -> None:
         if writer is None:
             return
         probe = rule.probe(probe_x, probe_y)
         layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
-        writer.checkpoint(step, layers, state_arrays(rule))
+        writer.checkpoint(step, layers, state_arrays(rule), resume_state.capture(rule, stream))
         if step > 0:
             writer.commit()
 
@@ -173,15 +254,18 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
         if writer is not None:
             writer.evaluation(dict(last_eval))
 
-    gen = torch.Generator().manual_seed(config.seed)
-    stream = batches(len(data.x_train), config.batch_size, gen)
+    def due(step: int, every: int) -> bool:
+        return step % every == 0 or step == config.steps
+
     x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
     progress = Progress(config.steps, f"train {config.rule}", quiet=quiet)
-    step = 0
+    step = start
     try:
-        checkpoint(0)
-        evaluation(0)
-        for step in range(1, config.steps + 1):
+        if not resumed:
+            checkpoint(start)
+        if due(start, config.eval_every):
+            evaluation(start)
+        for step in range(start + 1, config.steps + 1):
             idx = next(stream).to(dev)
             metrics = rule.step(x_train[idx], y_train[idx])
             row = {"step": float(step), **{k: v.item() for k, v in metrics.items()}}
@@ -189,19 +273,19 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
                 raise FloatingPointError(step)
             if writer is not None:
                 writer.log(row)
-            if step % config.record_every == 0 or step == config.steps:
+            if due(step, config.record_every):
                 checkpoint(step)
-            if step % config.eval_every == 0 or step == config.steps:
+            if due(step, config.eval_every):
                 evaluation(step)
             progress.update(step, f"loss {row['train_loss']:.4f}")
     except FloatingPointError:
         progress.close()
-        message = f"the training loss became non-finite at step {step}; the run stopped there"
+        message = f"{NON_FINITE} at step {step}; the run stopped there"
         if writer is not None:
             kept = writer.replacing
             writer.close("failed", error=message)
-            message += (f" ({out} was left as it was)" if kept
-                        else f" ({out} keeps the checkpoints before it, status 'failed')")
+            message += (f" ({writer.path} was left as it was)" if kept
+                        else f" ({writer.path} keeps the checkpoints before it, status 'failed')")
         raise UserError(message) from None
     except BaseException as err:
         progress.close()

@@ -93,7 +93,8 @@ class Rule:
             for part in parts
             if any(True for _ in part.parameters())
         ]
-        self._coin = torch.Generator().manual_seed(config.seed + 7919)
+        self.module_optimizers: list[torch.optim.Optimizer] = []  # the rule's modules' (none by default)
+        self.coin = torch.Generator().manual_seed(config.seed + 7919)  # --update-prob's draws
         self.steps_done = 0
 
     # -- what subclasses change -------------------------------------------------
@@ -192,7 +193,7 @@ class Rule:
             if factor is not None:
                 for group in opt.param_groups:
                     group["lr"] = self.config.lr * factor
-            if (prob >= 1.0 or torch.rand((), generator=self._coin).item() < prob) and k >= held:
+            if (prob >= 1.0 or torch.rand((), generator=self.coin).item() < prob) and k >= held:
                 opt.step()
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
