@@ -98,8 +98,9 @@ def _quantity_figure(q: pd.DataFrame, panels, title: str):
         for c, activation in enumerate(activations):
             _draw_quantity(axes[r * len(activations) + c], q, name, label, activation)
     n = q.groupby(["rule", "scope"])["seed"].nunique()
-    fig.suptitle(f"{title}\n(mean over {n.min()}–{n.max()} seeds, 95% bootstrap interval)"
-                 if n.min() != n.max() else f"{title}\n(mean over {n.min()} seeds, 95% bootstrap interval)")
+    seeds = f"{n.min()}–{n.max()} seeds" if n.min() != n.max() else f"{n.min()} seeds"
+    fig.suptitle(f"{title}\n(one seed: no interval)" if n.max() == 1
+                 else f"{title}\n(mean over {seeds}, 95% bootstrap interval)")
     legend(fig, axes)
     return fig
 
