@@ -130,7 +130,9 @@ def _summary_rows(results: dict[str, list[ClaimResult]]) -> list[list]:
             for part in claim.parts:
                 for scope, effect, verdict in part.pooled or part.rows:
                     cells = [(c, v) for c, _, v in part.rows if part.pool_of.get(c) == scope]
-                    per_cell = "; ".join(f"{c.split(', ')[0]}: {v}" for c, v in cells)
+                    shared = set(scope.split(", "))
+                    per_cell = "; ".join(f"{', '.join(w for w in c.split(', ') if w not in shared)}: {v}"
+                                         for c, v in cells)
                     rows.append([claim.spec.number, experiment, part.label, f"{part.claim}", scope,
                                  effect.text(_digits(claim, part)), _p(effect.p), f"**{verdict}**", per_cell])
     return rows
