@@ -211,7 +211,8 @@ def _settings_lines(spec, runs, failed: dict[str, str]) -> list[str]:
 
 
 CAPTIONS = {
-    "learning_curves": "Training loss (batch loss, smoothed), test loss and test accuracy against step.",
+    "learning_curves": "Training loss (batch loss, smoothed), test loss and, for classification, test accuracy "
+                       "against step.",
     "similarity_to_backprop": "Linear CKA and SVCCA of each layer with the same layer of the backprop run of the "
                               "same seed, last checkpoint; the backprop line is backprop against other seeds (the "
                               "ceiling). Same-seed runs share their initial weights, which lifts every other line "
