@@ -144,7 +144,7 @@ def _wait_for_checkpoints(path, n: int, proc: subprocess.Popen) -> None:
 
 
 # a small run whose checkpoints (every 2 steps) take most of its time, so that kills land in them too
-KICKBACK = dict(rule="kickback", dataset="nonlinear-regression-2d", depth=3, width=16, steps=150, batch_size=32,
+KICKBACK = dict(rule="kickback", dataset="nonlinear-regression-2d", depth=3, width=16, steps=600, batch_size=32,
                 record_every=2, eval_every=25, probe_size=50, seed=3)
 
 
@@ -172,7 +172,7 @@ def test_killed_with_sigkill_then_stopped_with_sigint_resumes_exactly(tmp_path, 
     with RunFile(path) as run:
         assert run.status == "failed" and run.error.endswith(": KeyboardInterrupt")
     assert main(["train", "--resume", str(path), "--quiet"]) == 0
-    assert capsys.readouterr().out.startswith(f"resumed {path}: 150 steps")
+    assert capsys.readouterr().out.startswith(f"resumed {path}: 600 steps")
     assert_same_file(path, tmp_path / "reference.h5")
     with h5py.File(path, "r") as f:
         assert len(json.loads(f.attrs["resumed"])) == 2
