@@ -125,8 +125,10 @@ def test_a_slot_caught_mid_write_is_passed_over(tmp_path, data, monkeypatch):
 
 def _cli(*args, **popen) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    # a shell that starts jobs in the background makes them ignore SIGINT, and so would the child: restore it
     return subprocess.Popen([sys.executable, "-m", "repanalysis.cli", "train", *map(str, args), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def _wait_for_checkpoints(path, n: int, proc: subprocess.Popen) -> None:
