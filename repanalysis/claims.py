@@ -124,8 +124,13 @@ def _measure(analysis: pd.DataFrame | None, name: str) -> pd.DataFrame:
     return rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"))
 
 
-def _slope(positions: np.ndarray, values: np.ndarray) -> float:
-    return float(np.polyfit(positions, values, 1)[0]) if len(values) >= 2 else math.nan
+def _slope_over_layers(rows: pd.DataFrame) -> float:
+    """Least-squares slope of ``value`` against layer position (``layer_a`` = ``h<k>``) scaled to [0, 1]."""
+    positions = rows["layer_a"].str[1:].astype(int).to_numpy()
+    if len(positions) < 2:
+        return math.nan
+    scaled = (positions - positions.min()) / max(1, positions.max() - positions.min())
+    return float(np.polyfit(scaled, rows["value"].to_numpy(), 1)[0])
 
 
 def _final_test_acc(path) -> float:
@@ -185,11 +190,9 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
     if not relative.empty:
         relative = relative[relative["step_a"] == relative.groupby("run_a")["step_a"].transform("max")]
         for run, group in relative.groupby("run_a"):
-            group = group[group["layer_a"] != "h1"]
-            positions = group["layer_a"].str[1:].astype(int).to_numpy()
-            if len(positions) >= 2:
-                scaled = (positions - positions.min()) / max(1, positions.max() - positions.min())
-                per_run.setdefault(str(run), {})["weight_norm_slope"] = _slope(scaled, group["value"].to_numpy())
+            slope = _slope_over_layers(group[group["layer_a"] != "h1"])
+            if np.isfinite(slope):
+                per_run.setdefault(str(run), {})["weight_norm_slope"] = slope
     cells: dict[tuple, dict[str, dict[int, Path]]] = {}
     for planned, path in context.runs.items():
         cells.setdefault(planned.cell, {}).setdefault(planned.config.rule, {})[planned.config.seed] = path
@@ -324,10 +327,8 @@ def _closer_is_better(context: Context) -> pd.DataFrame:
         rows = corr[corr["run_a"] == str(path)]
         rows = rows[rows["step_a"] == rows["step_a"].max()] if not rows.empty else rows
         if len(rows) >= 2:
-            positions = rows["layer_a"].str[1:].astype(int).to_numpy()
-            scaled = (positions - positions.min()) / max(1, positions.max() - positions.min())
             out.append((scope_label(planned.cell), pool_label(planned.cell), planned.config.seed,
-                        _slope(scaled, rows["value"].to_numpy())))
+                        _slope_over_layers(rows)))
     return _frame(out)
 
 

@@ -246,6 +246,39 @@ def _slug(cell) -> str:
     return "_".join(str(v) if k == "activation" else f"{k[0]}{v}" for k, v in cell)
 
 
+def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned: list[PlannedRun],
+             files: list[Path], made: dict[str, Path], q_path: Path, quantities, analysis, paths: dict,
+             quiet: bool) -> list[Path]:
+    """The figure sets ``exp.figures`` asks for (see the module docstring), each reused when fresh."""
+    from .figures import draw_figures
+    from .figures.depth import draw_depth_figures
+
+    name, figures = exp.name, []
+    cells = _cells(planned)
+    if "standard" in exp.figures:
+        for cell, cell_runs in cells.items():
+            cell_files = [out / "runs" / r.name for r in cell_runs]
+            tag = None if index == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
+            inputs = list(made.values()) + cell_files
+            figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
+                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag))
+    if "tables" in exp.figures:
+        shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
+        tag = name if shared else None
+        tables_only = list(made.values())
+        figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
+                         lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag))
+    if "depth" in exp.figures:
+        inputs = [q_path] + list(made.values()) + files
+        depths = sorted({r.config.depth for r in planned})
+        chosen = [d for d in exp.rdm_depths if d in depths] or sorted({depths[0], depths[-1]})
+        tag = None if index == 0 else name
+        figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
+                         lambda: draw_depth_figures(quantities, analysis, paths, out / "figures",
+                                                    rdm_depths=chosen, tag=tag))
+    return figures
+
+
 def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
                quiet: bool) -> Path:
     """The stages of ``reproduce``: train, tables, claims, figures, report."""
@@ -253,8 +286,6 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
 
     from . import claims as claims_module
     from .analysis.runs import analyze, write_table
-    from .figures import draw_figures
-    from .figures.depth import draw_depth_figures
     from .probes import probe_runs
     from .report import linear_table, write_report
 
@@ -301,27 +332,8 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
                        lambda: claims_module.quantities(context, cka=need_cka), need_cka)
         context.quantities = quantities[name] = pd.read_csv(q_path)
         results[name] = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
-        if "standard" in exp.figures:
-            for cell, cell_runs in cells.items():
-                cell_files = [out / "runs" / r.name for r in cell_runs]
-                tag = None if i == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
-                inputs = list(made.values()) + cell_files
-                figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
-                                 lambda: draw_figures(inputs, out / "figures", quiet, tag=tag))
-        if "tables" in exp.figures:
-            shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
-            tag = name if shared else None
-            tables_only = list(made.values())
-            figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
-                             lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag))
-        if "depth" in exp.figures:
-            inputs = [q_path] + list(made.values()) + files
-            depths = sorted({r.config.depth for r in planned})
-            chosen = [d for d in exp.rdm_depths if d in depths] or sorted({depths[0], depths[-1]})
-            tag = None if i == 0 else name
-            figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
-                             lambda: draw_depth_figures(quantities[name], frames.get("analysis"), paths[name],
-                                                        out / "figures", rdm_depths=chosen, tag=tag))
+        figures += _figures(out, manifest, spec, i, exp, planned, files, made, q_path, quantities[name],
+                            frames.get("analysis"), paths[name], quiet)
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed=failed, figures=figures, command=command, quick=quick)
 
