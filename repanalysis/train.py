@@ -17,6 +17,8 @@ uninterrupted run would have written.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +169,37 @@ def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> Non
                f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
 
 
+class BetweenSteps:
+    """Ctrl-C (SIGINT) during training takes effect between steps, never inside a step or a file write.
+
+    A first SIGINT is noted and raised as ``KeyboardInterrupt`` at the start of
+    the next step; a second one raises at once. Only where Python's own
+    handler is in place (in the main thread, not replaced by the caller);
+    elsewhere SIGINT keeps whatever it was. ``close()`` puts the handler back.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
           overwrite: bool = False, quiet: bool = False, data: Dataset | None = None) -> TrainResult:
     """Train ``config``; record to ``out`` unless it is None. A non-finite loss stops the run.
@@ -260,12 +293,14 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
     x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
     progress = Progress(config.steps, f"train {config.rule}", quiet=quiet)
     step = start
+    interrupts = BetweenSteps()
     try:
         if not resumed:
             checkpoint(start)
         if due(start, config.eval_every):
             evaluation(start)
         for step in range(start + 1, config.steps + 1):
+            interrupts.check()
             idx = next(stream).to(dev)
             metrics = rule.step(x_train[idx], y_train[idx])
             row = {"step": float(step), **{k: v.item() for k, v in metrics.items()}}
@@ -292,6 +327,8 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
         if writer is not None:
             writer.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
         raise
+    finally:
+        interrupts.close()
     progress.close()
     if writer is not None:
         writer.close("complete")

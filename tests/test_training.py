@@ -244,3 +244,20 @@ def test_sigkill_leaves_a_readable_running_file_that_plain_h5py_reads_live(tmp_p
             assert run.array(name, "activations").shape[0] >= n
             assert np.isfinite(run.activations(name, n - 1)).all()
     assert main(["inspect", str(out)]) == 0
+
+
+def test_ctrl_c_takes_effect_between_steps_and_the_handler_is_put_back(tmp_path, digits, monkeypatch):
+    import repanalysis.train as train_module
+
+    def update(self, done, note=""):
+        if done == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during step 5's bookkeeping
+
+    monkeypatch.setattr(train_module.Progress, "update", update)
+    path = tmp_path / "stopped.h5"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(steps=20, record_every=2), path, quiet=True, data=digits)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with RunFile(path) as run:
+        assert run.status == "failed" and run.error == "stopped at step 6: KeyboardInterrupt"
+        assert list(run.steps) == [0, 2, 4]  # step 5 finished whole; step 6 never began
