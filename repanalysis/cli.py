@@ -15,7 +15,7 @@ import warnings
 from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
-from .models import ACTIVATIONS, MODELS
+from .models import ACTIVATIONS, INITS, MODELS
 from .outputs import check_file, check_folder
 
 
@@ -87,6 +87,12 @@ def _add_train(sub) -> None:
     p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm before each activation (default on)")
+    p.add_argument("--init", choices=INITS, default=d.init,
+                   help="the hidden blocks' weights: default (PyTorch's) or orthogonal")
+    p.add_argument("--bn-gamma-init", type=float, default=d.bn_gamma_init,
+                   help="batch norm's initial scale (default %(default)s)")
+    p.add_argument("--bn-beta-init", type=float, default=d.bn_beta_init,
+                   help="batch norm's initial shift (default %(default)s); 2 starts ReLU in its linear part")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps (updates)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training inputs per step")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from .errors import UserError
+from .models import INITS
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback")
 OPTIMIZERS = ("adam", "sgd")
@@ -32,6 +34,9 @@ class TrainConfig:
     width: int = 64
     activation: str = "relu"
     batch_norm: bool = True  # as in both DNI papers; without it dni does not learn on digits
+    init: str = "default"  # or "orthogonal" (models.build_network)
+    bn_gamma_init: float = 1.0
+    bn_beta_init: float = 0.0
     steps: int = 1000
     batch_size: int = 64
     optimizer: str = "adam"
@@ -70,6 +75,10 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
         _check_choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
         _check_choice("record-bn", c.record_bn, RECORD_BN)
+        _check_choice("init", c.init, INITS)
+        for name in ("bn_gamma_init", "bn_beta_init"):
+            if not math.isfinite(getattr(c, name)):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}")
         for name in ("warmup_steps", "sg_warmup"):
             if getattr(c, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(c, name)}")

@@ -31,6 +31,7 @@ ACTIVATIONS = {
     "identity": lambda u: u,
 }
 MODELS = ("mlp", "linear", "deeplinear")
+INITS = ("default", "orthogonal")
 MAX_DEPTH = 200
 
 
@@ -148,10 +149,23 @@ def build_network(
     width: int = 64,
     activation: str = "relu",
     batch_norm: bool = False,
+    init: str = "default",
+    bn_gamma_init: float = 1.0,
+    bn_beta_init: float = 0.0,
 ) -> Network:
-    """Build one of ``MODELS``; parameters come from torch's global RNG (seed it first)."""
+    """Build one of ``MODELS``; parameters come from torch's global RNG (seed it first).
+
+    Initialisation: ``init="default"`` is PyTorch's for ``nn.Linear`` (uniform in
+    ``±1/sqrt(fan_in)``); ``"orthogonal"`` redraws the hidden blocks' weight
+    matrices as (semi-)orthogonal, gain 1 (the head and all biases keep the
+    default). Batch norm's scale and shift start at ``bn_gamma_init`` and
+    ``bn_beta_init`` (PyTorch: 1 and 0). Together they decide how much of the
+    input survives a deep stack at step 0 (README, "Training deep stacks").
+    """
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if init not in INITS:
+        raise UserError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if activation not in ACTIVATIONS:
         raise UserError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if model == "linear":
@@ -164,4 +178,10 @@ def build_network(
         activation, batch_norm = "identity", False
     sizes = [n_features] + [width] * depth
     blocks = [Block(sizes[i], sizes[i + 1], activation, batch_norm) for i in range(depth)]
+    for block in blocks:
+        if init == "orthogonal":
+            nn.init.orthogonal_(block.linear.weight)
+        if batch_norm:
+            nn.init.constant_(block.norm.weight, bn_gamma_init)
+            nn.init.constant_(block.norm.bias, bn_beta_init)
     return Network(blocks, nn.Linear(width, n_outputs), model)

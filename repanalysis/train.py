@@ -118,7 +118,8 @@ def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, devic
     torch.manual_seed(config.seed)
     network = build_network(
         config.model, n_features, n_outputs, depth=config.depth, width=config.width,
-        activation=config.activation, batch_norm=config.batch_norm,
+        activation=config.activation, batch_norm=config.batch_norm, init=config.init,
+        bn_gamma_init=config.bn_gamma_init, bn_beta_init=config.bn_beta_init,
     ).to(device)
     rule = make_rule(config, network, task, n_outputs)
     rule.modules.to(device)

@@ -55,8 +55,35 @@ def test_overrides_replace_grid_axes_and_quick_shrinks():
         spec.runs(overrides=Overrides(seeds=0))
 
 
+BY = """
+[experiments.a]
+settings = { steps = 10, bn_gamma_init = 0.9 }
+grid = { rule = ["backprop"], depth = [2, 50], activation = ["relu", "tanh"] }
+quick = { steps = 3 }
+[experiments.a.by.activation]
+relu = { bn_beta_init = 2.0 }
+tanh = { bn_gamma_init = 0.5 }
+[experiments.a.by.depth]
+50 = { steps = 20 }
+"""
+
+
+def test_by_brings_settings_with_one_grid_value_and_the_command_line_still_wins():
+    runs = {(r.config.depth, r.config.activation): r.config for r in parse(BY, "by.toml").runs()}
+    assert (runs[2, "relu"].bn_beta_init, runs[2, "relu"].bn_gamma_init) == (2.0, 0.9)  # shared gamma kept
+    assert (runs[2, "tanh"].bn_beta_init, runs[2, "tanh"].bn_gamma_init) == (0.0, 0.5)  # by beats shared
+    assert runs[50, "tanh"].steps == 20 and runs[2, "tanh"].steps == 10
+    assert {r.config.steps for r in parse(BY, "by.toml").runs(quick=True)} == {3}  # --quick beats by
+    sliced = parse(BY, "by.toml").runs(overrides=Overrides(depths=[50], activations=["sigmoid"], steps=7))
+    assert {(r.config.steps, r.config.bn_beta_init, r.config.bn_gamma_init) for r in sliced} == {(7, 0.0, 0.9)}
+
+
 @pytest.mark.parametrize("text, message", [
     ("name = 'x'", "no \\[experiments"),
+    ("[experiments.a]\ngrid = { rule = ['sg'] }\nby = { width = { 8 = { lr = 1.0 } } }", "by.width: 'width' is not an axis"),
+    ("[experiments.a]\ngrid = { rule = ['sg'], depth = [2] }\nby = { depth = { 2 = { rule = 'fa' } } }", "by.depth.2 sets rule"),
+    ("[experiments.a]\ngrid = { rule = ['sg'], depth = [2] }\nby = { depth = { 2 = { lrr = 1 } } }", "unknown setting\\(s\\) lrr"),
+    ("[experiments.a]\ngrid = { rule = ['sg'], depth = [2] }\nby = { depth = 3 }", "by must be a table of tables"),
     ("nme = 'x'\n[experiments.a]\ngrid = { rule = ['sg'] }", "unknown key\\(s\\) nme"),
     ("[experiments.a]\ngrid = { rule = ['sg'], depht = [2] }", "unknown setting\\(s\\) depht"),
     ("[experiments.a]\ngrid = { rule = 'sg' }", "grid.rule must be a non-empty list"),
@@ -79,6 +106,9 @@ def test_the_presets_plan_the_runs_they_promise():
     assert {r.config.depth for r in runs} == {5, 10, 20, 50} and {r.config.activation for r in runs} == {"relu", "tanh"}
     assert {r.config.rule for r in runs} == {"backprop", "sg"} and {r.config.seed for r in runs} == {0, 1, 2}
     assert all(r.config.dataset == "mnist" and r.config.width == 256 and r.config.batch_norm for r in runs)
+    assert all(r.config.init == "orthogonal" for r in runs)  # the stabilisers of README "Training deep stacks"
+    assert {(r.config.activation, r.config.bn_gamma_init, r.config.bn_beta_init) for r in runs} == {
+        ("relu", 1.0, 2.0), ("tanh", 0.5, 0.0)}
     sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seeds=1))
     assert [r.name for r in sliced] == ["depth_mnist_mlp_d50_relu_backprop_s0.h5", "depth_mnist_mlp_d50_relu_sg_s0.h5"]
     assert {r.name for r in sliced} <= {r.name for r in runs}  # a slice reuses the full preset's runs

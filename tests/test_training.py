@@ -140,6 +140,31 @@ def test_models_depths_and_interfaces():
         build_network("mlp", 10, 3, depth=0)
 
 
+@pytest.mark.parametrize("activation, shaping", [("relu", {"bn_beta_init": 2.0}), ("tanh", {"bn_gamma_init": 0.5})])
+def test_shaped_initialisation_keeps_the_input_alive_through_fifty_blocks(digits, activation, shaping):
+    """At depth 50 with batch norm the default start forgets the input; orthogonal weights and an
+    activation started in its near-linear part keep it (linear CKA of the input with h50)."""
+    from repanalysis.analysis.similarity import linear_cka
+
+    x = torch.as_tensor(digits.x_train[:600], dtype=torch.float32)
+    cka = {}
+    for name, kw in (("default", {}), ("shaped", {"init": "orthogonal", **shaping})):
+        torch.manual_seed(0)
+        net = build_network("mlp", x.shape[1], 10, depth=50, width=64, activation=activation, batch_norm=True, **kw)
+        with torch.no_grad():
+            cka[name] = linear_cka(x, net.trace(x).hidden[-1])
+    assert cka["default"] < 0.1 and cka["shaped"] > 0.3
+    torch.manual_seed(0)
+    net = build_network("mlp", 20, 3, depth=3, width=16, activation=activation, batch_norm=True,
+                        init="orthogonal", bn_gamma_init=0.7, bn_beta_init=-0.3)
+    for block in net.blocks:
+        w = block.linear.weight.detach()
+        assert torch.allclose(w @ w.T, torch.eye(16), atol=1e-5)  # rows orthonormal (16 <= fan-in)
+        assert torch.equal(block.norm.weight, torch.full((16,), 0.7)) and torch.equal(block.norm.bias, torch.full((16,), -0.3))
+    with pytest.raises(UserError, match="unknown init 'he'"):
+        build_network("mlp", 10, 3, init="he")
+
+
 def _cli(*args) -> int:
     return main([str(a) for a in args])
 

@@ -15,8 +15,13 @@ A spec has a ``name``, a ``description``, a default ``dataset``, the number of
     grid = { rule = ["backprop", "sg"], depth = [5, 50], activation = ["relu", "tanh"] }
     quick = { steps = 60, depth = [3, 6] }     # what --quick changes (a list replaces a grid axis)
 
+    [experiments.depth.by.activation]          # settings that go with one value of a grid axis
+    relu = { bn_beta_init = 2.0 }
+    tanh = { bn_gamma_init = 0.5 }
+
 The runs of an experiment are every combination of its grid's axes (and the
-seeds), each with the shared settings. Command-line overrides (``Overrides``)
+seeds), each with the shared settings and those its grid values bring
+(``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``). Command-line overrides (``Overrides``)
 replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
 every experiment whose grid has that axis (an override no grid has is an
 error); ``--seeds N`` and ``--steps N`` apply to every experiment.
@@ -38,7 +43,7 @@ FIGURE_SETS = ("standard", "tables", "depth")
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
-                    "quick", "probe_folds"}
+                    "quick", "probe_folds", "by"}
 #: Short forms of grid axes in run-file names.
 _NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
 
@@ -80,6 +85,14 @@ class Experiment:
     rdm_depths: tuple[int, ...] = ()
     probe_folds: int = 5
     quick: dict = field(default_factory=dict)
+    by: dict[str, dict[str, dict]] = field(default_factory=dict)
+
+    def settings_for(self, axes: tuple[tuple[str, object], ...]) -> dict:
+        """The shared settings with those that the grid values ``axes`` bring (``by``)."""
+        out = dict(self.settings)
+        for axis, value in axes:
+            out.update(self.by.get(axis, {}).get(str(value).lower() if isinstance(value, bool) else str(value), {}))
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ class Spec:
             for exp in spec.experiments.values():
                 for values in itertools.product(*exp.grid.values()):
                     axes = tuple(zip(exp.grid, values))
-                    fields = {"dataset": spec.dataset, **exp.settings, **dict(axes), "seed": seed}
+                    fields = {"dataset": spec.dataset, **exp.settings_for(axes), **dict(axes), "seed": seed}
                     planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
         names = [r.name for r in planned]
         if len(set(names)) != len(names):
@@ -129,16 +142,20 @@ class Spec:
         experiments = {}
         for name, exp in self.experiments.items():
             settings, grid = dict(exp.settings), dict(exp.grid)
+            fixed = {}  # settings that --quick or the command line decide, over by-values too
             for key, value in (exp.quick if quick else {}).items():
                 if key in grid:
                     grid[key] = _list(value, f"quick.{key}", f"{self.source}: experiments.{name}")
                 else:
-                    settings[key] = value
+                    fixed[key] = value
             grid.update({k: v for k, v in overrides.axes().items() if k in grid})
             if overrides.steps is not None:
-                settings["steps"] = overrides.steps
+                fixed["steps"] = overrides.steps
                 grid.pop("steps", None)
-            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid)
+            settings.update(fixed)
+            by = {axis: {value: {k: v for k, v in keys.items() if k not in fixed} for value, keys in values.items()}
+                  for axis, values in exp.by.items() if axis in grid}
+            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid, by=by)
         unused = [k for k in overrides.axes() if not any(k in e.grid for e in experiments.values())]
         if unused:
             raise UserError(f"--{unused[0]}s: no experiment of the spec {self.name!r} varies {unused[0]} "
@@ -188,6 +205,21 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
     if "seed" in grid or "seed" in settings:
         raise UserError(f"{where}: seeds are set by the spec's 'seeds' (and --seeds), not per experiment")
     grid = {k: _list(v, f"grid.{k}", where) for k, v in grid.items()}
+    by = table.get("by", {})
+    if not isinstance(by, dict) or not all(isinstance(v, dict) for v in by.values()):
+        raise UserError(f"{where}: by must be a table of tables, e.g. [experiments.{name}.by.activation] "
+                        "with relu = {{ bn_beta_init = 2.0 }}")
+    for axis, values in by.items():
+        if axis not in grid:
+            raise UserError(f"{where}: by.{axis}: {axis!r} is not an axis of the grid "
+                            f"({', '.join(grid) or 'none'})")
+        for value, keys in values.items():
+            if not isinstance(keys, dict):
+                raise UserError(f"{where}: by.{axis}.{value} must be a table of settings")
+            _check_fields(keys, f"{where}.by.{axis}.{value}")
+            clash = sorted(set(keys) & (set(grid) | {"seed"}))
+            if clash:
+                raise UserError(f"{where}: by.{axis}.{value} sets {', '.join(clash)}, which the grid varies")
     if "rule" not in grid and "rule" not in settings:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
@@ -199,7 +231,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         tuple(table.get("tables", ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
         tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
-        int(table.get("probe_folds", 5)), quick,
+        int(table.get("probe_folds", 5)), quick, by,
     )
 
 
