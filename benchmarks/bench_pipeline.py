@@ -33,7 +33,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import ROOT, parser  # noqa: F401  (ROOT: repository on the path)
+from common import parser
 
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
