@@ -126,6 +126,10 @@ def _add_train(sub) -> None:
     g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
                    help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="stages, each in its own process, cut at the modules: update-unlocked training (sg, dni, cdni)")
+    g.add_argument("--sync", action="store_true",
+                   help="with --workers: stages in lock-step, equal to the in-process rule (the check of the machinery)")
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
     p.add_argument("--out", help="the run file to write (.h5); required unless --resume")

@@ -64,6 +64,9 @@ class TrainConfig:
     update_prob: float = 1.0
     # fixed feedback (fa, dfa)
     feedback_scale: float = 1.0
+    # stages in separate processes (repanalysis.pipeline): sg, dni, cdni
+    workers: int = 1
+    sync: bool = False
 
     def resolved(self) -> "TrainConfig":
         """A copy with every default filled in and every setting checked."""
@@ -113,6 +116,13 @@ class TrainConfig:
             c.sg_lr = c.lr
         if not 0.0 < c.update_prob <= 1.0:
             raise UserError(f"--update-prob must be in (0, 1], got {c.update_prob}")
+        if c.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {c.workers}")
+        if c.sync and c.workers == 1:
+            raise UserError("--sync is for --workers K > 1 (stages in separate processes in lock-step)")
+        if c.workers > 1 and c.rule not in ("sg", "dni", "cdni"):
+            raise UserError(f"--workers splits the network at its synthetic-gradient modules; "
+                            f"{c.rule} has none (use sg, dni or cdni)")
         return c
 
     def to_json(self) -> str:

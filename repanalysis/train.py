@@ -214,10 +214,17 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     if out is not None:
         check_file(out, overwrite)
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
-    dev = choose_device(device)
+    if config.workers > 1:
+        from . import pipeline
+
+        dev = pipeline.stage_device(device)
+    else:
+        dev = choose_device(device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
+    if config.workers > 1:
+        pipeline.check(rule)
     writer = None
     if out is not None:
         writer = RunWriter(
@@ -229,6 +236,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
                     zip(rule.network.interfaces, rule.network.widths, rule.network.blocks)],
             overwrite=overwrite, record_bn=config.record_bn,
         )
+    if config.workers > 1:
+        return pipeline.run(config, rule, data, index, writer, quiet)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     return _run(config, rule, stream, data, index, dev, writer, 0, quiet)
 
@@ -249,6 +258,9 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
             raise UserError(f"{path} failed on a non-finite loss, and would fail again if resumed ({run.error})")
         config = stored_config(run)
         recorded_index = run.probe_index
+    if config.workers > 1:
+        raise UserError(f"{path} was trained in {config.workers} processes (--workers); such a run cannot be "
+                        "resumed yet; train it again with --overwrite")
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
     dev = choose_device(device)
     check_sizes(config, data, dev)
@@ -267,19 +279,35 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
     return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)
 
 
+def record(writer: RunWriter, rule: Rule, probe_x, probe_y, step: int, resume: dict | None = None) -> None:
+    """Write the checkpoint at ``step``: the shadow pass on the probe set and every parameter and buffer;
+    a checkpoint after step 0 puts the run at its final path (see ``RunWriter.commit``)."""
+    probe = rule.probe(probe_x, probe_y)
+    layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
+    writer.checkpoint(step, layers, state_arrays(rule), resume)
+    if step > 0:
+        writer.commit()
+
+
+def non_finite(writer: RunWriter | None, step: int) -> UserError:
+    """Close the run as failed on a non-finite loss at ``step``; the error to raise."""
+    message = f"{NON_FINITE} at step {step}; the run stopped there"
+    if writer is not None:
+        kept = writer.replacing
+        writer.close("failed", error=message)
+        message += (f" ({writer.path} was left as it was)" if kept
+                    else f" ({writer.path} keeps the checkpoints before it, status 'failed')")
+    return UserError(message)
+
+
 def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index, dev: torch.device,
          writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
     """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
     probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
 
     def checkpoint(step: int) -> None:
-        if writer is None:
-            return
-        probe = rule.probe(probe_x, probe_y)
-        layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
-        writer.checkpoint(step, layers, state_arrays(rule), resume_state.capture(rule, stream))
-        if step > 0:
-            writer.commit()
+        if writer is not None:
+            record(writer, rule, probe_x, probe_y, step, resume_state.capture(rule, stream))
 
     last_eval: dict[str, float] = {}
 
@@ -316,13 +344,7 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
             progress.update(step, f"loss {row['train_loss']:.4f}")
     except FloatingPointError:
         progress.close()
-        message = f"{NON_FINITE} at step {step}; the run stopped there"
-        if writer is not None:
-            kept = writer.replacing
-            writer.close("failed", error=message)
-            message += (f" ({writer.path} was left as it was)" if kept
-                        else f" ({writer.path} keeps the checkpoints before it, status 'failed')")
-        raise UserError(message) from None
+        raise non_finite(writer, step) from None
     except BaseException as err:
         progress.close()
         if writer is not None:

@@ -119,13 +119,17 @@ class SyntheticGradients(Rule):
         return out
 
     def learn(self, p: Pass) -> dict[str, torch.Tensor]:
+        return self.regress(p.predictions, self.targets(p))
+
+    def regress(self, predictions: dict[int, torch.Tensor], targets: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser step of the modules at the cuts in ``targets``: ``predictions`` (attached
+        to the modules) regress the per-sample ``targets``. Modules not named keep still."""
         metrics = {}
-        targets = self.targets(p)
         for opt in self.module_optimizers:
             opt.zero_grad(set_to_none=True)
         total = 0.0
         for i, target in targets.items():
-            loss = (p.predictions[i] - target.detach()).pow(2).sum(1).mean()
+            loss = (predictions[i] - target.detach()).pow(2).sum(1).mean()
             metrics[f"sg_loss/{self.network.interfaces[i]}"] = loss.detach()
             total = total + self.config.sg_loss_weight * loss
         total.backward()

@@ -1,0 +1,172 @@
+"""A synthetic-gradient rule's network cut into contiguous stages, and one stage's training step.
+
+The stack is split only where the rule has a module (a *cut*), so that a stage
+never needs a gradient from the stage above to update its blocks: the module at
+its top interface (the *boundary*) supplies it at once. What crosses a
+boundary: the activations and the labels going up; the gradient that arrived at
+the upper stage's input (the boundary module's regression target, in batch-mean
+units) going down.
+
+A ``Stage`` runs on a whole ``SyntheticGradients`` rule (every process builds
+the same seeded rule) but touches only its own blocks, modules and optimisers,
+so its arithmetic is the in-process rule's: in lock-step, stages give the
+in-process parameters (tested). Every target here is ``arriving · B`` (the
+gradient that reached the cut from the segment above, per sample): that is the
+in-process target at the top module and wherever ``--sg-lambda`` is 0, which
+``check`` requires of every other module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import tasks
+from ..errors import UserError
+from ..models import Network, Trace
+from ..rules import SyntheticGradients
+from ..train import state_arrays
+
+
+def partition(n_blocks: int, cuts: list[int], k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous block ranges ``(first, last)`` (0-based, inclusive), split only after blocks in ``cuts``.
+
+    The top block is never a boundary (the top stage keeps a block besides the
+    head). Each boundary is the usable cut nearest to an equal share of blocks.
+    """
+    usable = sorted(c for c in set(cuts) if c < n_blocks - 1)
+    if k - 1 > len(usable):
+        raise UserError(f"--workers {k} needs {k - 1} interface(s) with a module below the top block to split "
+                        f"at; this network and rule have {len(usable)}")
+    bounds: list[int] = []
+    start = 0
+    for j in range(1, k):
+        ideal = j * n_blocks / k - 1
+        options = usable[start : len(usable) - (k - 1 - j)]
+        best = min(range(len(options)), key=lambda m: (abs(options[m] - ideal), m))
+        bounds.append(options[best])
+        start += best + 1
+    firsts = [0] + [b + 1 for b in bounds]
+    lasts = bounds + [n_blocks - 1]
+    return list(zip(firsts, lasts))
+
+
+def check(rule: SyntheticGradients) -> None:
+    """Refuse what a stage cannot do without waiting for the stages above it."""
+    config = rule.config
+    if config.sg_condition == "error":
+        raise UserError("--sg-condition error conditions every module on the output error, which a stage would "
+                        "have to wait for; use label or none with --workers")
+    if config.sg_lambda > 0 and len(rule.cuts) > 1:
+        raise UserError(f"--sg-lambda {config.sg_lambda} mixes the true gradient into lower modules' targets, "
+                        "which a stage would have to wait for; use --sg-lambda 0 with --workers and several modules")
+
+
+@dataclass
+class Backward:
+    """What a stage's backward pass produced: the gradient at its input (to send down; None on the
+    bottom stage), the per-sample targets of its own modules below the boundary, and its metrics."""
+
+    input_grad: torch.Tensor | None
+    targets: dict[int, torch.Tensor]
+    predictions: dict[int, torch.Tensor]
+    metrics: dict[str, torch.Tensor]
+
+
+class Stage:
+    """Blocks ``first..last`` of ``rule.network`` (and the head on the top stage) with the modules at their cuts."""
+
+    def __init__(self, rule: SyntheticGradients, first: int, last: int):
+        net = rule.network
+        self.rule, self.first, self.last = rule, first, last
+        self.top = last == len(net.blocks) - 1
+        self.cuts = [c for c in sorted(rule.cuts) if first <= c <= last]
+        self.boundary = None if self.top else last  # its module's target comes from the stage above
+        if not self.top and last not in rule.cuts:
+            raise ValueError(f"a stage must end at a cut; block {last} has no module")
+        self.blocks = list(net.blocks[first : last + 1])
+        self.view = Network(self.blocks, net.head if self.top else nn.Identity(), net.model)
+        names = [f"model.blocks.{i}." for i in range(first, last + 1)] + [f"rule.{net.interfaces[c]}." for c in self.cuts]
+        self.prefixes = tuple(names + (["model.head."] if self.top else []))
+
+    @property
+    def name(self) -> str:
+        """E.g. ``h1-h2`` or ``h3-h4 and the head``."""
+        names = self.rule.network.interfaces
+        span = names[self.first] + ("" if self.first == self.last else f"-{names[self.last]}")
+        return span + (" and the head" if self.top else "")
+
+    def forward(self, x: torch.Tensor) -> tuple[Trace, torch.Tensor]:
+        """Zero the gradients and run the stage's blocks on ``x``, cut at its modules; returns the
+        trace and the input leaf (which gathers the gradient to send down on stages above the first)."""
+        for opt in self.rule.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.rule.network.train()
+        self.rule.modules.train()
+        x = x.detach().requires_grad_(self.first > 0)
+        return self.view.trace(x, [c - self.first for c in self.cuts]), x
+
+    def backward(self, trace: Trace, x: torch.Tensor, y: torch.Tensor) -> Backward:
+        """Backpropagate each segment from the top down: the loss on the top stage, else the boundary
+        module's prediction; below each module, its prediction. Gradients go into the blocks' ``.grad``."""
+        rule, first, batch = self.rule, self.first, len(y)
+        local = [c - first for c in self.cuts]
+        segments = []  # (node, its gradient, blocks from..to (local, inclusive))
+        metrics: dict[str, torch.Tensor] = {}
+        predictions: dict[int, torch.Tensor] = {}
+        top = len(self.blocks) - 1
+        if self.top:
+            loss = tasks.loss(rule.task, trace.output, y)
+            metrics["train_loss"] = loss.detach()
+            hits = tasks.correct(rule.task, trace.output.detach(), y)
+            if hits is not None:
+                metrics["train_acc"] = hits / batch
+            segments.append((loss, None, (local[-1] + 1 if local else 0), top))
+        for j in range(len(local) - 1, -1, -1):
+            c = local[j]
+            predictions[c + first] = rule.predict(c + first, trace.hidden[c], y, None)
+            segments.append((trace.hidden[c], predictions[c + first].detach() / batch, local[j - 1] + 1 if j else 0, c))
+        arriving: dict[int, torch.Tensor] = {}
+        for node, grad, low, high in segments:
+            parts = self.blocks[low : high + 1] + ([rule.network.head] if grad is None else [])
+            params = [q for part in parts for q in part.parameters()]
+            leaf = trace.inputs[low - 1] if low else (x if first > 0 else None)
+            wanted = ([leaf] if leaf is not None else []) + params
+            grads = list(torch.autograd.grad(node, wanted, grad, allow_unused=True))
+            if leaf is not None:
+                arriving[low - 1] = grads.pop(0)
+            for q, g in zip(params, grads):
+                if g is not None:
+                    q.grad = g if q.grad is None else q.grad + g
+        targets = {c + first: arriving[c] * batch for c in local if c in arriving}
+        return Backward(arriving.get(-1), targets, predictions, metrics)
+
+    def learn(self, backward: Backward) -> dict[str, torch.Tensor]:
+        """Train the modules below the boundary on their targets from this stage's own pass."""
+        if not backward.targets:
+            return {}
+        return self.rule.regress(backward.predictions, backward.targets)
+
+    def learn_boundary(self, h: torch.Tensor, y: torch.Tensor, arrived: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Train the boundary module on the gradient ``arrived`` from above for the batch ``(h, y)``,
+        predicting with its current parameters."""
+        b = self.boundary
+        prediction = self.rule.predict(b, h, y, None)
+        return self.rule.regress({b: prediction}, {b: arrived * len(y)})
+
+    def update(self, step: int) -> None:
+        """Step this stage's blocks' optimisers as the in-process rule would at ``step`` (1-based).
+
+        The rule's update draws every block's coin (``--update-prob``) in order and
+        sets every rate; only this stage's blocks have gradients, so only they move.
+        """
+        self.rule.steps_done = step
+        self.rule._update()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of this stage's parameters and buffers, named as in ``/params`` (copies: they are sent
+        while training goes on)."""
+        return {k: v.copy() for k, v in state_arrays(self.rule).items() if k.startswith(self.prefixes)}

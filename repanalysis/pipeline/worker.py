@@ -1,0 +1,257 @@
+"""One stage in its own process: receive a batch's activations, train, pass them on; never wait for a gradient.
+
+Stage ``r`` of ``K`` (rank ``r`` of a torch.distributed gloo group, joined
+through a file store, so no port is ever chosen; gloo itself listens on
+ephemeral loopback ports). Per step ``t`` (1-based):
+
+1. the bottom stage draws batch ``t`` (the in-process batch stream); any other
+   stage receives its activations and labels from the stage below;
+2. it runs its blocks and sends the boundary activations and labels up at once;
+3. it backpropagates: the boundary module's prediction (or the loss, on the top
+   stage) and its other modules' predictions train its blocks; the gradient that
+   reached its input is sent down (the regression target of the module below);
+4. it updates its own modules and blocks;
+5. it trains its boundary module on whatever targets have arrived from above
+   (asynchronous), or waits for batch ``t``'s target (``--sync``, lock-step:
+   the in-process rule's arithmetic). A target for batch ``t'`` used at step
+   ``t`` has *staleness* ``t - t'``, logged as ``staleness/<interface>``.
+
+A stage runs at most ``WINDOW`` batches ahead of the stage above: its oldest
+unfinished send is waited for first (back-pressure on activations, never a
+wait for a gradient). After its last step a stage still receives the targets in
+flight (unused) so that every send completes. Every blocking wait has a time
+limit; a lost peer is reported as such, so the parent can name the stage that
+failed first.
+
+Messages to the parent (a multiprocessing queue): ``("row", rank, step, metrics)``
+every step; ``("state", rank, step, arrays)`` at every checkpoint or evaluation
+step; ``("nonfinite", rank, step)``; ``("error", rank, step, text, lost_peer)``;
+``("done", rank)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import signal
+import socket
+import queue as queues
+import sys
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..config import TrainConfig
+from ..train import Batches, build
+from .stages import Stage
+
+WINDOW = 2  # batches a stage may run ahead of the stage above it
+TAG_H, TAG_Y, TAG_TARGET = 1, 2, 3
+
+
+class PeerLost(RuntimeError):
+    """A message to or from a neighbouring stage failed (it died, or timed out)."""
+
+
+@dataclass
+class StageSpec:
+    """Everything one stage process needs (pickled to it at spawn)."""
+
+    rank: int
+    ranges: list[tuple[int, int]]
+    config: TrainConfig
+    task: str
+    n_features: int
+    n_outputs: int
+    store: str  # the file store's path
+    threads: int
+    timeout_s: float
+    due: set[int]  # steps whose state the parent needs (checkpoints and evaluations)
+    label_shape: tuple[int, ...]  # one label's shape and dtype, for receiving
+    label_dtype: torch.dtype
+    x_train: torch.Tensor | None = None  # the bottom stage only
+    y_train: torch.Tensor | None = None
+
+
+def main(spec: StageSpec, queue) -> None:
+    """Process entry point: run the stage, report to ``queue``, exit 1 on any failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    worker = None
+    try:
+        torch.set_num_threads(spec.threads)
+        loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+        if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback
+        store = dist.FileStore(spec.store, len(spec.ranges))
+        dist.init_process_group("gloo", store=store, rank=spec.rank, world_size=len(spec.ranges),
+                                timeout=datetime.timedelta(seconds=spec.timeout_s))
+        worker = _Worker(spec, queue)
+        worker.run()
+        queue.put(("done", spec.rank))
+    except FloatingPointError as err:
+        queue.put(("nonfinite", spec.rank, err.args[0]))
+        sys.exit(1)
+    except BaseException as err:
+        traceback.print_exc()
+        step = worker.step if worker is not None else 0
+        queue.put(("error", spec.rank, step, f"{type(err).__name__}: {err}", isinstance(err, PeerLost)))
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _Sends:
+    """Sends to one peer in flight, kept alive (with their tensors); at most ``limit`` messages, the
+    oldest waited for first (gloo completes a send only in ``wait``)."""
+
+    def __init__(self, peer: int, timeout: datetime.timedelta, limit: int, group=None):
+        self.peer, self.timeout, self.limit, self.group, self.works = peer, timeout, limit, group, deque()
+
+    def send(self, tag: int, *tensors: torch.Tensor) -> None:
+        while len(self.works) + len(tensors) > self.limit:
+            _wait(self.works.popleft()[0], self.peer, self.timeout)
+        for t in tensors:
+            t = t.contiguous()
+            self.works.append((_call(self.peer, dist.isend, t, self.peer, group=self.group, tag=tag), t))
+            tag += 1
+
+    def wait_all(self) -> None:
+        while self.works:
+            _wait(self.works.popleft()[0], self.peer, self.timeout)
+
+
+def _call(peer: int, op, *args, **kwargs):
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as err:
+        raise PeerLost(f"lost contact with stage {peer + 1} ({str(err).splitlines()[0]})") from None
+
+
+def _wait(work, peer: int, timeout: datetime.timedelta) -> None:
+    try:
+        work.wait(timeout)
+    except RuntimeError as err:
+        raise PeerLost(f"lost contact with stage {peer + 1} ({str(err).splitlines()[0]})") from None
+
+
+class _Worker:
+    def __init__(self, spec: StageSpec, queue):
+        self.spec, self.queue, self.config = spec, queue, spec.config
+        rule = build(spec.config, spec.task, spec.n_features, spec.n_outputs)
+        first, last = spec.ranges[spec.rank]
+        self.stage = Stage(rule, first, last)
+        self.timeout = datetime.timedelta(seconds=spec.timeout_s)
+        k = len(spec.ranges)
+        self.below = spec.rank - 1 if spec.rank > 0 else None
+        self.above = spec.rank + 1 if spec.rank < k - 1 else None
+        # targets travel in a group of their own, received by a thread that always waits for the next one
+        targets = dist.new_group(backend="gloo", timeout=self.timeout)
+        self.up = _Sends(self.above, self.timeout, 2 * WINDOW) if self.above is not None else None
+        self.down = _Sends(self.below, self.timeout, 2, targets) if self.below is not None else None
+        self.width_in = rule.network.blocks[first].linear.in_features
+        self.waiting: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batches whose boundary target is due
+        self.next_target = 1
+        self.inbox: queues.Queue = queues.Queue()
+        self.receiver = None
+        if self.above is not None:
+            self.receiver = threading.Thread(target=self._receive_targets, args=(targets, rule.network.widths[last]),
+                                             daemon=True)
+            self.receiver.start()
+        self.step = 0
+
+    def run(self) -> None:
+        config, spec = self.config, self.spec
+        stream = Batches(len(spec.x_train), config.batch_size, config.seed) if self.below is None else None
+        boundary = self.stage.boundary
+        names = self.stage.rule.network.interfaces
+        for step in range(1, config.steps + 1):
+            self.step = step
+            if stream is not None:
+                idx = next(stream)
+                x, y = spec.x_train[idx], spec.y_train[idx]
+            else:
+                x, y = self._receive_batch()
+            trace, leaf = self.stage.forward(x)
+            if self.up is not None:
+                h = trace.hidden[-1].detach()
+                self.up.send(TAG_H, h, y)
+                self.waiting[step] = (h, y)
+            back = self.stage.backward(trace, leaf, y)
+            if self.down is not None:
+                self.down.send(TAG_TARGET, back.input_grad.detach())
+            metrics = dict(back.metrics)
+            if "train_loss" in metrics and not math.isfinite(metrics["train_loss"].item()):
+                raise FloatingPointError(step)
+            learned = self.stage.learn(back)
+            metrics.update(learned)
+            metrics.update({f"staleness/{names[c]}": torch.tensor(0.0) for c in back.targets})
+            self.stage.update(step)
+            if boundary is not None:
+                metrics.update(self._learn_boundary(step, names[boundary]))
+            self.queue.put(("row", spec.rank, step, {k: float(v) for k, v in metrics.items()}))
+            if step in spec.due:
+                self.queue.put(("state", spec.rank, step, self.stage.state()))
+        for sends in (self.up, self.down):
+            if sends is not None:
+                sends.wait_all()
+        if self.receiver is not None:  # it takes the targets still in flight (unused), so every send completes
+            self.receiver.join(self.spec.timeout_s)
+            if self.receiver.is_alive():
+                raise PeerLost(f"stage {self.above + 1} sent no target for {self.spec.timeout_s:.0f} s")
+
+    def _receive_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.spec
+        x = torch.empty(self.config.batch_size, self.width_in)
+        y = torch.empty((self.config.batch_size, *spec.label_shape), dtype=spec.label_dtype)
+        works = [_call(self.below, dist.irecv, x, self.below, tag=TAG_H),
+                 _call(self.below, dist.irecv, y, self.below, tag=TAG_Y)]
+        for work in works:
+            _wait(work, self.below, self.timeout)
+        return x, y
+
+    def _receive_targets(self, group, width: int) -> None:
+        """The receiver thread: every batch's boundary target, in order, into ``inbox`` (an error ends it)."""
+        try:
+            for t in range(1, self.config.steps + 1):
+                buffer = torch.empty(self.config.batch_size, width)
+                _wait(_call(self.above, dist.irecv, buffer, self.above, group=group, tag=TAG_TARGET),
+                      self.above, self.timeout)
+                self.inbox.put((t, buffer))
+        except BaseException as err:
+            self.inbox.put((None, err))
+
+    def _take_target(self, block: bool) -> tuple[int, torch.Tensor] | None:
+        """The next boundary target ``(step, gradient)`` if it has arrived (or, with ``block``, when it does)."""
+        try:
+            t, target = self.inbox.get(timeout=self.spec.timeout_s) if block else self.inbox.get_nowait()
+        except queues.Empty:
+            if block:
+                raise PeerLost(f"stage {self.above + 1} sent no target for {self.spec.timeout_s:.0f} s") from None
+            return None
+        if t is None:
+            raise target
+        self.next_target = t + 1
+        return t, target
+
+    def _learn_boundary(self, step: int, name: str) -> dict[str, float]:
+        """Train the boundary module on the targets that have arrived (in ``--sync``: batch ``step``'s)."""
+        losses, ages = [], []
+        while True:
+            got = self._take_target(block=self.config.sync and self.next_target <= step)
+            if got is None:
+                break
+            t, target = got
+            h, y = self.waiting.pop(t)
+            losses.append(self.stage.learn_boundary(h, y, target)[f"sg_loss/{name}"].item())
+            ages.append(step - t)
+            if self.config.sync or self.next_target > step:
+                break
+        if not losses:
+            return {f"sg_loss/{name}": math.nan, f"staleness/{name}": math.nan}
+        return {f"sg_loss/{name}": sum(losses) / len(losses), f"staleness/{name}": sum(ages) / len(ages)}

@@ -1,0 +1,185 @@
+"""Stages in separate processes (``train --workers K``): lock-step equals the in-process rule; asynchronous
+training learns and records staleness; a stage that dies ends the run with an error naming it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+from helpers import built, small_config
+
+from repanalysis.datasets import load
+from repanalysis.errors import UserError
+from repanalysis.pipeline import check
+from repanalysis.pipeline.stages import partition
+from repanalysis.pipeline.launch import stages
+from repanalysis.runfile import RunFile
+from repanalysis.train import Batches, resume, state_arrays, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load("digits")
+
+
+def test_partition_splits_at_the_usable_cut_nearest_an_equal_share():
+    assert partition(4, [0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
+    assert partition(6, [0, 1, 2, 3, 4, 5], 3) == [(0, 1), (2, 3), (4, 5)]
+    assert partition(5, [0, 1, 2, 3, 4], 2) == [(0, 1), (2, 4)]  # ideal boundary after 1.5 blocks: h2 (tie: lower)
+    assert partition(4, [2], 2) == [(0, 2), (3, 3)]  # sg: the only module
+    assert partition(8, [0, 1, 2, 7], 3) == [(0, 1), (2, 2), (3, 7)]  # too few cuts high up: the last usable
+    with pytest.raises(UserError, match="--workers 2 needs 1 interface"):
+        partition(4, [3], 2)  # a module on the top block only
+
+
+@pytest.mark.parametrize("rule,k,extra", [("dni", 3, dict(update_prob=0.6, lr_schedule="cosine")),
+                                          ("cdni", 2, dict(sg_hidden=1, sg_width=8)),
+                                          ("sg", 2, {})])
+def test_stages_chained_in_one_process_are_the_in_process_rule_bit_for_bit(data, rule, k, extra):
+    """The stages' arithmetic, run in lock-step order without processes: every parameter and buffer equal."""
+    config = small_config(rule=rule, depth=5, steps=12, **extra)
+    reference, _ = built(config, data)
+    stream = Batches(len(data.x_train), config.batch_size, config.seed)
+    for _ in range(config.steps):
+        idx = next(stream)
+        reference.step(data.x_train[idx], data.y_train[idx])
+    staged = small_config(rule=rule, depth=5, steps=12, workers=k, **extra)
+    parts = [stages(built(staged, data)[0])[rank] for rank in range(k)]  # one rule per "process"
+    stream = Batches(len(data.x_train), config.batch_size, config.seed)
+    for step in range(1, config.steps + 1):
+        idx = next(stream)
+        x, y = data.x_train[idx], data.y_train[idx]
+        sent = []
+        for part in parts:
+            trace, leaf = part.forward(x)
+            back = part.backward(trace, leaf, y)
+            part.learn(back)
+            part.update(step)
+            sent.append((x, back.input_grad))
+            x = trace.hidden[-1].detach()
+        for below, (h, grad) in zip(parts, sent[1:]):  # each target reaches the stage below
+            below.learn_boundary(h, y, grad)
+    expected = state_arrays(reference)
+    got = {k: v for part in parts for k, v in part.state().items()}
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return out
+
+
+def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
+    config = small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12)
+    train(config, tmp_path / "one.h5", data=data, quiet=True)
+    result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, workers=2, sync=True),
+                   tmp_path / "two.h5", data=data, quiet=True)
+    one, two = _arrays(tmp_path / "one.h5"), _arrays(tmp_path / "two.h5")
+    assert result.steps_done == 24 and list(two["checkpoints/step"]) == [0, 8, 16, 24]
+    stale = {k for k in two if k.startswith("metrics/staleness/")}
+    assert stale == {f"metrics/staleness/h{i}" for i in range(1, 5)}
+    for k in stale:
+        np.testing.assert_array_equal(two[k], np.zeros(24))  # every target used at its own step
+    assert {k for k in one if not k.startswith("resume/")} == set(two) - stale  # the same schema otherwise
+    for k in set(two) - stale:
+        np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
+    with RunFile(tmp_path / "two.h5") as run:
+        assert run.status == "complete"
+
+
+def test_asynchronous_stages_learn_and_record_the_staleness_of_each_target(tmp_path, data):
+    config = small_config(rule="cdni", depth=4, width=32, steps=160, record_every=80, eval_every=160, workers=2)
+    result = train(config, tmp_path / "async.h5", data=data, quiet=True)
+    assert result.last_eval["test_acc"] > 0.6  # chance is 0.1; in-process cdni: 0.8-0.9 here
+    m = _arrays(tmp_path / "async.h5")
+    boundary = m["metrics/staleness/h2"]  # the top module of the bottom stage: targets from the other process
+    used = boundary[np.isfinite(boundary)]
+    assert len(used) > 80 and used.min() >= 0 and used.max() <= 8
+    assert np.isfinite(m["metrics/sg_loss/h2"]).sum() == len(used)
+    for inner in ("h1", "h3", "h4"):
+        np.testing.assert_array_equal(m[f"metrics/staleness/{inner}"], np.zeros(160))
+    # the boundary module learned: its weights left zero, where they start
+    assert np.abs(m["params/rule.h2.out.weight"][-1]).max() > 0
+
+
+def _checkpoints(path) -> int:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return len(f["checkpoints/step"])
+    except (OSError, KeyError):
+        return 0
+
+
+def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
+    config = small_config(rule="dni", depth=4, steps=100000, record_every=20, eval_every=100000, workers=2)
+    out = tmp_path / "run.h5"
+
+    def kill_stage_2():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stage = [p for p in multiprocessing.active_children() if p.name == "repanalysis-stage-2"]
+            if stage and _checkpoints(out) >= 2:  # training is under way
+                os.kill(stage[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_stage_2, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"stage 2 of 2 \(h3-h4 and the head\) died during step \d+ "
+                                        r"\(killed by signal 9\)"):
+        train(config, out, data=data, quiet=True)
+    assert time.monotonic() - started < 90
+    killer.join(1)
+    with RunFile(out) as run:
+        assert run.status == "failed" and "stage 2 of 2" in run.error
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("repanalysis-stage")]
+
+
+def test_a_non_finite_loss_in_the_top_stage_stops_the_run_as_in_process(tmp_path, data):
+    config = small_config(rule="dni", depth=4, lr=1e30, sg_lr=1e30, workers=2, steps=50)
+    with pytest.raises(UserError, match=r"non-finite at step \d+; the run stopped there"):
+        train(config, tmp_path / "nan.h5", data=data, quiet=True)
+    with RunFile(tmp_path / "nan.h5") as run:
+        assert run.status == "failed"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(sync=True), "--sync is for --workers K > 1"),
+    (dict(rule="backprop", workers=2), "backprop has none"),
+    (dict(rule="sg", sg_at=[1, 2], workers=2), "--sg-lambda 1.0 mixes the true gradient"),
+    (dict(rule="cdni", sg_condition="error", workers=2), "--sg-condition error"),
+    (dict(rule="dni", workers=4), "--workers 4 needs 3 interface"),
+    (dict(rule="dni", workers=0), "--workers must be at least 1"),
+])
+def test_what_stages_cannot_do_is_refused_before_any_file(tmp_path, data, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train(small_config(**overrides), tmp_path / "x.h5", data=data, quiet=True)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_stages_refuse_cuda_and_their_runs_refuse_resume(tmp_path, data):
+    with pytest.raises(UserError, match="--device cuda is not supported"):
+        train(small_config(rule="dni", workers=2), tmp_path / "x.h5", data=data, device="cuda", quiet=True)
+    run = tmp_path / "run.h5"  # a stopped run whose config says --workers 2
+    train(small_config(rule="dni", steps=4), run, data=data, quiet=True)
+    with h5py.File(run, "a") as f:
+        f.attrs.update(status="failed", config=small_config(rule="dni", steps=4, workers=2).to_json())
+    with pytest.raises(UserError, match="trained in 2 processes"):
+        resume(run, data=data, quiet=True)
+
+
+def test_check_accepts_what_the_stages_can_run(data):
+    rule, _ = built(small_config(rule="sg", depth=4, workers=2), data)
+    check(rule)  # one module, true-gradient target: two stages
+    assert [s.name for s in stages(rule)] == ["h1-h2", "h3-h4 and the head"]
