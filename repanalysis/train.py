@@ -17,8 +17,6 @@ uninterrupted run would have written.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +28,12 @@ from . import tasks
 from .config import TrainConfig
 from .datasets import Dataset, load
 from .errors import UserError
+from .interrupts import BetweenSteps
 from .memory import check_fits
 from .models import build_network
 from .outputs import check_file
 from .progress import Progress
+from .recorder import Recorder, model_state
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
 
@@ -108,9 +108,7 @@ def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int = 8192)
 
 def state_arrays(rule: Rule) -> dict[str, "torch.Tensor"]:
     """Every parameter and buffer of the network (``model.*``) and of the rule (``rule.*``)."""
-    out = {f"model.{k}": v for k, v in rule.network.state_dict().items()}
-    out.update({f"rule.{k}": v for k, v in rule.modules.state_dict().items()})
-    return {k: v.detach().cpu().numpy() for k, v in out.items()}
+    return {**model_state(rule.network), **model_state(rule.modules, "rule.")}
 
 
 def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, device="cpu") -> Rule:
@@ -167,37 +165,6 @@ def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> Non
     check_fits(memory_estimate(config, data.n_features, data.n_outputs),
                f"training this network (--width {config.width}, --depth {config.depth}, "
                f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
-
-
-class BetweenSteps:
-    """Ctrl-C (SIGINT) during training takes effect between steps, never inside a step or a file write.
-
-    A first SIGINT is noted and raised as ``KeyboardInterrupt`` at the start of
-    the next step; a second one raises at once. Only where Python's own
-    handler is in place (in the main thread, not replaced by the caller);
-    elsewhere SIGINT keeps whatever it was. ``close()`` puts the handler back.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._note)
-
-    def _note(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
@@ -270,22 +237,20 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
          writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
     """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
     probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
+    recorder = None if writer is None else Recorder.attach(
+        writer, lambda: rule.probe(probe_x, probe_y), lambda: state_arrays(rule),
+        lambda: resume_state.capture(rule, stream))
 
     def checkpoint(step: int) -> None:
-        if writer is None:
-            return
-        probe = rule.probe(probe_x, probe_y)
-        layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
-        writer.checkpoint(step, layers, state_arrays(rule), resume_state.capture(rule, stream))
-        if step > 0:
-            writer.commit()
+        if recorder is not None:
+            recorder.checkpoint(step)
 
     last_eval: dict[str, float] = {}
 
     def evaluation(step: int) -> None:
         last_eval.update(step=step, **evaluate(rule, data, dev))
-        if writer is not None:
-            writer.evaluation(dict(last_eval))
+        if recorder is not None:
+            recorder.evaluation(**last_eval)
 
     def due(step: int, every: int) -> bool:
         return step % every == 0 or step == config.steps
@@ -303,11 +268,11 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
             interrupts.check()
             idx = next(stream).to(dev)
             metrics = rule.step(x_train[idx], y_train[idx])
-            row = {"step": float(step), **{k: v.item() for k, v in metrics.items()}}
+            row = {k: v.item() for k, v in metrics.items()}
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(step)
-            if writer is not None:
-                writer.log(row)
+            if recorder is not None:
+                recorder.log(step, **row)
             if due(step, config.record_every):
                 checkpoint(step)
             if due(step, config.eval_every):
@@ -316,20 +281,20 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
     except FloatingPointError:
         progress.close()
         message = f"{NON_FINITE} at step {step}; the run stopped there"
-        if writer is not None:
-            kept = writer.replacing
-            writer.close("failed", error=message)
-            message += (f" ({writer.path} was left as it was)" if kept
-                        else f" ({writer.path} keeps the checkpoints before it, status 'failed')")
+        if recorder is not None:
+            kept = recorder.replacing
+            recorder.close("failed", error=message)
+            message += (f" ({recorder.path} was left as it was)" if kept
+                        else f" ({recorder.path} keeps the checkpoints before it, status 'failed')")
         raise UserError(message) from None
     except BaseException as err:
         progress.close()
-        if writer is not None:
-            writer.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
+        if recorder is not None:
+            recorder.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
         raise
     finally:
         interrupts.close()
     progress.close()
-    if writer is not None:
-        writer.close("complete")
+    if recorder is not None:
+        recorder.close("complete")
     return TrainResult(rule, "complete", config.steps, last_eval)
