@@ -15,7 +15,7 @@ import warnings
 from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
-from .models import ACTIVATIONS, MODELS
+from .models import ACTIVATIONS, MODELS, POOLING
 from .outputs import check_file, check_folder
 
 
@@ -82,8 +82,11 @@ def _add_train(sub) -> None:
     p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
     p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
-    p.add_argument("--depth", type=int, default=d.depth, help="hidden blocks (default %(default)s)")
-    p.add_argument("--width", type=int, default=d.width, help="units per hidden block (default %(default)s)")
+    p.add_argument("--depth", type=int, default=d.depth, help="hidden (or convolutional) blocks (default %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="units per hidden block, mlp (default %(default)s)")
+    p.add_argument("--channels", type=int, default=d.channels, help="kernels per convolution, cnn")
+    p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="side of the square kernels (odd), cnn")
+    p.add_argument("--pool", choices=POOLING, default=d.pool, help="2x2 max pooling after each block, or none; cnn")
     p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm before each activation (default on)")

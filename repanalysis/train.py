@@ -26,7 +26,7 @@ import torch
 from . import resume as resume_state
 from . import tasks
 from .config import TrainConfig
-from .datasets import Dataset, load
+from .datasets import IMAGES, Dataset, load
 from .errors import UserError
 from .interrupts import BetweenSteps
 from .memory import check_fits
@@ -111,13 +111,18 @@ def state_arrays(rule: Rule) -> dict[str, "torch.Tensor"]:
     return {**model_state(rule.network), **model_state(rule.modules, "rule.")}
 
 
+def _network(config: TrainConfig, n_features: int, n_outputs: int):
+    return build_network(
+        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
+        activation=config.activation, batch_norm=config.batch_norm, channels=config.channels,
+        kernel_size=config.kernel_size, pool=config.pool, input_shape=IMAGES.get(config.dataset),
+    )
+
+
 def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, device="cpu") -> Rule:
     """The seeded network and rule for ``config`` (already resolved)."""
     torch.manual_seed(config.seed)
-    network = build_network(
-        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
-        activation=config.activation, batch_norm=config.batch_norm,
-    ).to(device)
+    network = _network(config, n_features, n_outputs).to(device)
     rule = make_rule(config, network, task, n_outputs)
     rule.modules.to(device)
     return rule
@@ -149,12 +154,14 @@ def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
 def memory_estimate(config: TrainConfig, n_features: int, n_outputs: int) -> int:
     """Bytes a training step needs, roughly: float32 weights four times over (value, gradient,
     Adam's two moments), twice for rules with a module or feedback matrix per layer, plus the
-    batch's activations (forward and backward) at every layer."""
-    widths = [n_features] + ([config.width] * config.depth if config.model == "mlp" else []) + [n_outputs]
-    weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    batch's values (forward and backward) at the input, every interface and the output. The
+    network is built on torch's meta device to count them, without memory."""
+    with torch.device("meta"):
+        network = _network(config, n_features, n_outputs)
+    weights = sum(p.numel() for p in network.parameters())
     if config.rule not in ("backprop", "kickback"):
         weights *= 2
-    return 4 * (4 * weights + 2 * config.batch_size * sum(widths))
+    return 4 * (4 * weights + 2 * config.batch_size * (n_features + sum(network.widths) + n_outputs))
 
 
 def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> None:
@@ -163,8 +170,14 @@ def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> Non
     if config.batch_size > n:
         raise UserError(f"--batch-size {config.batch_size} is larger than the training split ({n} samples)")
     check_fits(memory_estimate(config, data.n_features, data.n_outputs),
-               f"training this network (--width {config.width}, --depth {config.depth}, "
-               f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
+               f"training this network ({_size_options(config)}, --batch-size {config.batch_size})",
+               f"use a smaller {_size_options(config, values=False)} or --batch-size", device)
+
+
+def _size_options(config: TrainConfig, values: bool = True) -> str:
+    """The options that set the network's size, for messages (with their values)."""
+    names = ("channels", "kernel_size", "depth") if config.model == "cnn" else ("width", "depth")
+    return ", ".join(f"--{n.replace('_', '-')}" + (f" {getattr(config, n)}" if values else "") for n in names)
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
