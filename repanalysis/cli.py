@@ -17,6 +17,7 @@ from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, S
 from .errors import UserError
 from .models import ACTIVATIONS, MODELS, POOLING
 from .outputs import check_file, check_folder
+from .runfile import MAPS
 
 
 class _Help(argparse.HelpFormatter):
@@ -179,7 +180,7 @@ def _cmd_analyze(args) -> None:
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     check_file(args.out, args.overwrite)
-    table = analyze(args.runs, reference=args.reference, measures=args.measures, quiet=args.quiet)
+    table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps, quiet=args.quiet)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -189,7 +190,7 @@ def _cmd_probe(args) -> None:
 
     check_file(args.out, args.overwrite)
     table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
-                       quiet=args.quiet)
+                       maps=args.maps, quiet=args.quiet)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -218,6 +219,12 @@ def _cmd_reproduce(args) -> None:
     print(f"wrote {report}")
 
 
+def _add_maps(p) -> None:
+    p.add_argument("--maps", choices=MAPS, default="flatten",
+                   help="feature maps' activations read as every value (flatten, the default) or as each channel's "
+                   "mean over its positions (channels); gradients are always flattened")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .analysis.runs import MEASURES
 
@@ -234,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
     p.add_argument("--measures", nargs="+", metavar="NAME",
                    help=f"only these measures (default: all that apply): {', '.join(MEASURES)}")
+    _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
@@ -243,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default %(default)s)")
     p.add_argument("--checkpoints", choices=("all", "last"), default="all", help="probe every checkpoint or the last")
+    _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")

@@ -16,7 +16,7 @@ from torch import nn
 from repanalysis import Recorder, tasks
 from repanalysis.datasets import load
 from repanalysis.models import build_network
-from repanalysis.runfile import RunFile
+from repanalysis.runfile import RunFile, as_rows
 from repanalysis.train import Batches, train
 
 
@@ -76,14 +76,15 @@ def _SmallCNN() -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Dropout(0.3), nn.Flatten(), nn.Linear(64, 10))
 
 
-def _train_cnn(digits, path, steps=6, seed=0, lr=1e-2):
+def _train_cnn(digits, path, steps=6, seed=0, lr=1e-2, rule="mine"):
     """A few steps of a small CNN with Adam; recorded to ``path`` every 2 steps unless it is None."""
     torch.manual_seed(seed)
     model = _SmallCNN()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    probe = (digits.x_test[:40], digits.y_test[:40])
+    index = digits.probe_index(60)  # 6 per class
+    probe = (digits.x_test[index], digits.y_test[index])
     rec = None if path is None else Recorder(path, model, {"input": model[0], "conv": model[3], "fc": "7"},
-                                             probe, F.cross_entropy, rule="mine", seed=seed)
+                                             probe, F.cross_entropy, rule=rule, seed=0, probe_index=index)
     for step in range(steps):
         if rec is not None and step % 2 == 0:
             rec.checkpoint(step)
@@ -113,8 +114,8 @@ def test_the_shadow_pass_changes_nothing(tmp_path, digits):
             assert torch.equal(value, plain[1].state_dict()["state"][pid][key]), (pid, key)
     with RunFile(tmp_path / "cnn.h5") as run:
         assert run.layers == ["input", "conv", "fc"] and list(run.steps) == [0, 2, 4, 6]
-        assert run.array("conv", "activations").shape == (4, 40, 4, 8, 8)
-        assert run.array("input", "true_grad").shape == (4, 40, 1, 8, 8)
+        assert run.array("conv", "activations").shape == (4, 60, 4, 8, 8)
+        assert run.array("input", "true_grad").shape == (4, 60, 1, 8, 8)
         assert run.layer_info("conv")["width"] == 256 and run.layer_info("conv")["kind"] == "ReLU"
         assert (run.activations("conv", 1) >= 0).all()  # recorded after the in-place ReLU, not changed by it
         assert len(run.metrics["train_loss"]) == 6 and len(run.evals["test_acc"]) == 6
@@ -131,8 +132,9 @@ def test_true_gradient_is_that_of_the_probe_mean_loss(tmp_path, digits):
     out = model[2:](conv)
     (expected,) = torch.autograd.grad(F.cross_entropy(out, y), conv)
     with RunFile(path) as run:
-        np.testing.assert_array_equal(run.activations("conv", 0), conv.detach().numpy())
-        np.testing.assert_allclose(run.true_grad("conv", 0), expected.numpy(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(run.stored("conv", "activations", 0), conv.detach().numpy())
+        np.testing.assert_allclose(run.stored("conv", "true_grad", 0), expected.numpy(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(run.true_grad("conv", 0), run.stored("conv", "true_grad", 0).reshape(40, -1))
 
 
 def test_ctrl_c_during_a_checkpoint_lands_after_it(tmp_path, digits, monkeypatch):
@@ -166,3 +168,68 @@ def test_bad_recorder_arguments_are_user_errors(tmp_path, digits, layers, probe,
     with pytest.raises(UserError, match=message):
         Recorder(tmp_path / "x.h5", model, layers, probe or (digits.x_test[:20], digits.y_test[:20]), F.cross_entropy)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_feature_maps_read_as_rows_flattened_or_pooled_per_channel():
+    maps = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    assert np.array_equal(as_rows(maps), maps.reshape(2, 12)) and as_rows(maps)[0, 4] == maps[0, 1, 0, 0]
+    np.testing.assert_array_equal(as_rows(maps, "channels"), [[1.5, 5.5, 9.5], [13.5, 17.5, 21.5]])
+    vectors = np.ones((4, 5), np.float32)
+    assert as_rows(vectors, "channels") is vectors
+
+
+def _cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA written out: ‖XcᵀYc‖²_F / (‖XcᵀXc‖_F ‖YcᵀYc‖_F)."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float(np.linalg.norm(x.T @ y) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+@pytest.fixture(scope="module")
+def two_conv_runs(tmp_path_factory, digits):
+    folder = tmp_path_factory.mktemp("conv")
+    _train_cnn(digits, folder / "bp.h5", seed=0, rule="backprop")
+    _train_cnn(digits, folder / "mine.h5", seed=1, rule="mine")
+    return folder / "bp.h5", folder / "mine.h5"
+
+
+@pytest.mark.parametrize("maps", ["flatten", "channels"])
+def test_analyze_two_recorder_files_of_a_conv_net(two_conv_runs, monkeypatch, maps):
+    import repanalysis.analysis.runs as runs_module
+    import repanalysis.analysis.streaming as streaming_module
+    from repanalysis.analysis.runs import analyze
+
+    bp, mine = two_conv_runs
+    with RunFile(bp) as a, RunFile(mine) as b:
+        expected = _cka(a.activations("conv", -1, maps).astype(np.float64),
+                        b.activations("conv", -1, maps).astype(np.float64))
+        pooled = a.activations("conv", -1, "channels")
+        assert pooled.shape == (60, 4)
+        np.testing.assert_allclose(pooled, a.stored("conv", "activations", -1).mean((2, 3)), rtol=1e-6)
+    measures = ["linear_cka", "effective_rank", "rsa"]
+    table = analyze([bp, mine], measures=measures, maps=maps, quiet=True)
+    row = table[(table.measure == "linear_cka") & (table.layer_a == "conv") & (table.run_a == str(mine))
+                & (table.run_b == str(bp)) & (table.step_a == 6)]
+    assert len(row) == 1 and row.value.iloc[0] == pytest.approx(expected, rel=1e-9)
+    assert {"effective_rank", "rsa"} <= set(table.measure)
+    monkeypatch.setattr(runs_module, "STREAM_ABOVE", 100)  # every map is streamed ...
+    monkeypatch.setattr(streaming_module, "CHUNK_BYTES", 3000)  # ... a few samples at a time
+    streamed = analyze([bp, mine], measures=measures[:2], maps=maps, quiet=True)
+    merged = table.merge(streamed, on=[c for c in table.columns if c != "value"])
+    assert len(merged) == len(streamed) > 10
+    # streamed spectra come from the d x d moments (256 x 256 at rank 59 when flattened): tiny singular values differ
+    np.testing.assert_allclose(merged.value_x, merged.value_y, rtol=1e-6)
+
+
+def test_probe_two_recorder_files_of_a_conv_net(two_conv_runs):
+    from repanalysis.probes import probe_runs
+    from repanalysis.probes.folds import make_folds
+    from repanalysis.probes.linear import linear_accuracy
+
+    bp, mine = two_conv_runs
+    table = probe_runs([bp, mine], checkpoints="last", maps="channels", folds=2, quiet=True)
+    assert len(table) == 2 * 3 * 2 and set(table.layer) == {"input", "conv", "fc"}
+    with RunFile(mine) as run:
+        x, labels = run.stored("conv", "activations", -1).mean((2, 3), dtype=np.float64), run.probe_labels
+    scores = [linear_accuracy(x[tr], labels[tr], x[te], labels[te], seed=0) for tr, te in make_folds(labels, 2, 0)]
+    row = table[(table.run == str(mine)) & (table.layer == "conv") & (table.probe == "linear")]
+    assert row.accuracy.iloc[0] == pytest.approx(np.mean(scores))
