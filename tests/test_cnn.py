@@ -146,3 +146,28 @@ def test_cli_trains_a_cnn_and_refuses_vectors(tmp_path, capsys):
     with RunFile(tmp_path / "c.h5") as run:
         assert run.config["channels"] == 4 and run.layer_info("h2")["kind"] == "conv+batchnorm+relu+maxpool"
         assert np.isfinite(run.evals["test_acc"]).all()
+
+
+def test_synthetic_loss_of_a_conv_module_is_its_exact_path_integral(tmp_path, digits):
+    """A conv module with no hidden layer is affine in the map, so the trapezoid rule is exact along a path."""
+    from repanalysis.analysis.synthetic_loss import path_ends, synthetic_losses
+    from repanalysis.train import rebuild
+
+    path = tmp_path / "cdni.h5"
+    train(cnn_config(rule="cdni", steps=8, record_every=8, sg_lr=0.05), path, quiet=True, data=digits)
+    with RunFile(path) as run:
+        result = synthetic_losses(run, -1, ["h2"], points=3)["h2"]
+        rule = rebuild(run, -1)
+        h0 = torch.from_numpy(run.stored("h2", "activations", -1)).double()
+        labels = torch.from_numpy(run.probe_labels)
+    assert result["method"] == "gauss-legendre" and result["synthetic"].shape == (50, 3)
+    rule.network.double().eval()
+    rule.modules.double().eval()
+    d = path_ends(h0, "classification", labels) - h0
+    with torch.no_grad():
+        m = lambda h: rule.predict(1, h, labels, None)  # noqa: E731
+        assert m(h0).abs().max() > 0
+        for k, t in enumerate(result["t"]):
+            integral = t * ((m(h0) * d).sum((1, 2, 3)) + (m(h0 + t * d) * d).sum((1, 2, 3))) / 2
+            np.testing.assert_allclose(result["synthetic"][:, k], result["anchor"] + integral.numpy(), rtol=1e-9,
+                                       atol=1e-12)
