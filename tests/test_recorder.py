@@ -233,3 +233,28 @@ def test_probe_two_recorder_files_of_a_conv_net(two_conv_runs):
     scores = [linear_accuracy(x[tr], labels[tr], x[te], labels[te], seed=0) for tr, te in make_folds(labels, 2, 0)]
     row = table[(table.run == str(mine)) & (table.layer == "conv") & (table.probe == "linear")]
     assert row.accuracy.iloc[0] == pytest.approx(np.mean(scores))
+
+
+def test_an_existing_file_is_replaced_only_once_the_new_run_is_under_way(tmp_path, digits):
+    model = _SmallCNN()
+    probe = (digits.x_test[:20], digits.y_test[:20])
+    path = tmp_path / "precious.h5"
+    path.write_bytes(b"old")
+    from repanalysis.errors import UserError
+
+    with pytest.raises(UserError, match="exists"):
+        Recorder(path, model, {"conv": "1"}, probe, F.cross_entropy)
+    with pytest.raises(RuntimeError):
+        with Recorder(path, model, {"conv": "1"}, probe, F.cross_entropy, overwrite=True) as rec:
+            rec.checkpoint(0)
+            raise RuntimeError("the user's loop failed")
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]  # kept; the temporary file is gone
+    rec = Recorder(path, model, {"conv": "1"}, probe, F.cross_entropy, overwrite=True)
+    rec.checkpoint(0)
+    assert path.read_bytes() == b"old"
+    rec.checkpoint(1)
+    with RunFile(path) as run:
+        assert run.status == "running" and list(run.steps) == [0, 1]
+    rec.close()
+    with RunFile(path) as run:
+        assert run.status == "complete"
