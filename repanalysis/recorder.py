@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
 from .outputs import check_file
@@ -148,8 +149,8 @@ class Recorder:
                  dataset: str = "external", seed: int | None = None, probe_index=None,
                  record_bn: str = "batch", config: dict | None = None, overwrite: bool = False):
         check_file(path, overwrite, option="path")
-        if record_bn not in ("batch", "eval"):
-            raise UserError(f"record_bn must be 'batch' or 'eval', got {record_bn!r}")
+        if record_bn not in RECORD_BN:
+            raise UserError(f"record_bn must be one of {', '.join(RECORD_BN)}, got {record_bn!r}")
         modules = _layer_modules(model, layers)
         try:
             x, y = probe
