@@ -13,8 +13,11 @@ from . import digits, mnist, toy
 from .base import Dataset
 
 DATASETS = ("digits", "mnist", *toy.NAMES)
+IMAGES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
+"""The data sets whose inputs are images: their shape ``[channels, height, width]``
+(``x`` rows hold the pixels flat, row-major)."""
 
-__all__ = ["DATASETS", "Dataset", "load"]
+__all__ = ["DATASETS", "IMAGES", "Dataset", "load"]
 
 
 def load(

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from repanalysis.errors import UserError
 from repanalysis.outputs import write_atomically
 from repanalysis.progress import Progress
-from repanalysis.runfile import RunFile
+from repanalysis.runfile import MAPS, RunFile
 
 from .folds import make_folds
 from .knn import knn_accuracy
@@ -65,25 +65,30 @@ def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, int
     return first_labels, counts
 
 
-def _activations(paths: list[str], chosen: list[range]):
+def _activations(paths: list[str], chosen: list[range], maps: str):
     """Yield ``(path, rule, seed, layer, step, activations)`` for the ``chosen`` checkpoints of each run.
 
-    Activations come as float64 ``[N, D]``; non-finite values are refused with where they are.
+    Activations come as float64 ``[N, D]`` (feature maps read by ``maps``, ``runfile.as_rows``); non-finite
+    values are refused with where they are.
     """
     for path, indices in zip(paths, chosen):
         with RunFile(path) as run:
             for layer in run.layers:
                 for i in indices:
                     step = int(run.steps[i])
-                    x = run.activations(layer, i).astype(np.float64)
+                    x = run.activations(layer, i, maps).astype(np.float64)
                     if not np.isfinite(x).all():
                         raise UserError(f"{path}: non-finite activations in layer {layer} at step {step}")
                     yield path, run.rule, run.seed, layer, step, x
 
 
 def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5,
-               checkpoints: str = "all", quiet: bool = False) -> pd.DataFrame:
-    """The tidy table of ``probes`` on every layer of every run, at every (``"all"``) or the last checkpoint."""
+               checkpoints: str = "all", maps: str = "flatten", quiet: bool = False) -> pd.DataFrame:
+    """The tidy table of ``probes`` on every layer of every run, at every (``"all"``) or the last checkpoint.
+
+    ``maps``: feature maps are probed flattened (``"flatten"``: every position of every channel a feature)
+    or as their channels' means over positions (``"channels"``).
+    """
     paths = [str(p) for p in paths]
     probes = tuple(probes)
     if not paths:
@@ -91,6 +96,8 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
     unknown = [p for p in probes if p not in PROBES]
     if unknown or not probes:
         raise UserError(f"unknown probe(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROBES)}")
+    if maps not in MAPS:
+        raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
     if checkpoints not in CHECKPOINTS:
         raise UserError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
     labels, counts = _shared_probe_set(paths)
@@ -103,7 +110,7 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
     rows = []
     try:
         with threadpool_limits(limits=1):
-            for done, (path, rule, run_seed, layer, step, x) in enumerate(_activations(paths, chosen), 1):
+            for done, (path, rule, run_seed, layer, step, x) in enumerate(_activations(paths, chosen, maps), 1):
                 for name in probes:
                     scores = [scorers[name](x[tr], labels[tr], x[te], labels[te]) for tr, te in splits]
                     rows.append([path, rule, run_seed, layer, step, name,

@@ -15,8 +15,9 @@ import warnings
 from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
-from .models import ACTIVATIONS, INITS, MODELS
+from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .outputs import check_file, check_folder
+from .runfile import MAPS
 
 
 class _Help(argparse.HelpFormatter):
@@ -82,8 +83,11 @@ def _add_train(sub) -> None:
     p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
     p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
-    p.add_argument("--depth", type=int, default=d.depth, help="hidden blocks (default %(default)s)")
-    p.add_argument("--width", type=int, default=d.width, help="units per hidden block (default %(default)s)")
+    p.add_argument("--depth", type=int, default=d.depth, help="hidden (or convolutional) blocks (default %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="units per hidden block, mlp (default %(default)s)")
+    p.add_argument("--channels", type=int, default=d.channels, help="kernels per convolution, cnn")
+    p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="side of the square kernels (odd), cnn")
+    p.add_argument("--pool", choices=POOLING, default=d.pool, help="2x2 max pooling after each block, or none; cnn")
     p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm before each activation (default on)")
@@ -186,7 +190,7 @@ def _cmd_analyze(args) -> None:
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     check_file(args.out, args.overwrite)
-    table = analyze(args.runs, reference=args.reference, measures=args.measures, quiet=args.quiet)
+    table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps, quiet=args.quiet)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -196,7 +200,7 @@ def _cmd_probe(args) -> None:
 
     check_file(args.out, args.overwrite)
     table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
-                       quiet=args.quiet)
+                       maps=args.maps, quiet=args.quiet)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -225,6 +229,12 @@ def _cmd_reproduce(args) -> None:
     print(f"wrote {report}")
 
 
+def _add_maps(p) -> None:
+    p.add_argument("--maps", choices=MAPS, default="flatten",
+                   help="feature maps' activations read as every value (flatten, the default) or as each channel's "
+                   "mean over its positions (channels); gradients are always flattened")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .analysis.runs import MEASURES
 
@@ -241,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
     p.add_argument("--measures", nargs="+", metavar="NAME",
                    help=f"only these measures (default: all that apply): {', '.join(MEASURES)}")
+    _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
@@ -250,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default %(default)s)")
     p.add_argument("--checkpoints", choices=("all", "last"), default="all", help="probe every checkpoint or the last")
+    _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")

@@ -32,6 +32,9 @@ class TrainConfig:
     model: str = "mlp"
     depth: int = 4
     width: int = 64
+    channels: int = 32  # cnn: kernels per convolution
+    kernel_size: int = 3  # cnn
+    pool: str = "max"  # cnn: 2x2 max pooling after each block, or none
     activation: str = "relu"
     batch_norm: bool = True  # as in both DNI papers; without it dni does not learn on digits
     init: str = "default"  # or "orthogonal" (models.build_network)

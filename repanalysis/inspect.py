@@ -18,7 +18,7 @@ def summary(path) -> str:
         lines = [
             f"{path}",
             f"  status      {run.status}" + (f" ({run.error})" if run.error else ""),
-            f"  rule        {run.rule}    model {run.model} (depth {cfg.get('depth')}, width {cfg.get('width')})"
+            f"  rule        {run.rule}    model {run.model} ({_model_size(cfg)})"
             f"    data set {run.dataset}    seed {run.seed}",
             f"  created     {run.created}    versions "
             + ", ".join(f"{k} {v}" for k, v in run.versions.items()),
@@ -40,6 +40,14 @@ def summary(path) -> str:
             last = ", ".join(f"{k} {_fmt(v[-1])}" for k, v in evals.items() if k != "step")
             lines.append(f"  last evaluation (step {int(evals['step'][-1])}): {last}")
     return "\n".join(lines)
+
+
+def _model_size(cfg: dict) -> str:
+    if cfg.get("external"):
+        return "recorded with Recorder"
+    if cfg.get("model") == "cnn":
+        return f"depth {cfg.get('depth')}, channels {cfg.get('channels')}, kernel {cfg.get('kernel_size')}"
+    return f"depth {cfg.get('depth')}, width {cfg.get('width')}"
 
 
 def _steps(steps) -> str:

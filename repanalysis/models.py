@@ -12,14 +12,23 @@ Models (``build_network``):
 - ``mlp``: ``depth`` hidden blocks of ``width`` units, then a linear head;
 - ``deeplinear``: the same with identity activations and no batch norm;
 - ``linear``: one linear block straight to the outputs (linear or logistic
-  regression, by the task's loss); its interface ``h1`` is the output itself.
+  regression, by the task's loss); its interface ``h1`` is the output itself;
+- ``cnn``: ``depth`` convolutional blocks (``ConvBlock``: convolution of
+  ``channels`` kernels of ``kernel_size``², stride 1, "same" zero padding, a
+  bias only without batch norm ->
+  (batch norm) -> activation -> (2x2 max pooling, stride 2, a last odd row or
+  column pooled alone)), then a linear head on the flattened last map. The
+  inputs are the data set's images (``input_shape``), read from its flat rows;
+  interfaces ``h1..hN`` are the blocks' outputs, ``[B, C, H, W]``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -30,7 +39,8 @@ ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "identity": lambda u: u,
 }
-MODELS = ("mlp", "linear", "deeplinear")
+MODELS = ("mlp", "linear", "deeplinear", "cnn")
+POOLING = ("max", "none")
 INITS = ("default", "orthogonal")
 MAX_DEPTH = 200
 
@@ -60,6 +70,36 @@ def linear(layer: nn.Linear, x: torch.Tensor, feedback: torch.Tensor | None = No
     return _FeedbackLinear.apply(x, layer.weight, layer.bias, feedback)
 
 
+class _FeedbackConv2d(torch.autograd.Function):
+    """``conv2d(x, W) + b`` (``b`` may be None) whose backward sends the error to ``x`` through the kernels
+    ``B`` instead of ``W``.
+
+    ``B`` has the shape of ``W`` (``[out, in, k, k]``); the weight and bias
+    gradients are the usual ones. With ``B = W`` this is exactly the convolution.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, padding):
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, feedback = ctx.saved_tensors
+        grad_x = torch.nn.grad.conv2d_input(x.shape, feedback, grad_out, padding=ctx.padding)
+        grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=ctx.padding)
+        grad_b = None if not ctx.needs_input_grad[2] else grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def convolve(layer: nn.Conv2d, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``layer`` (stride 1); with ``feedback`` the input gradient goes through it (Feedback Alignment)."""
+    if feedback is None:
+        return layer(x)
+    return _FeedbackConv2d.apply(x, layer.weight, layer.bias, feedback, layer.padding)
+
+
 class Block(nn.Module):
     """``activation(norm(linear(x)))``: one layer of the stack; its output is an interface."""
 
@@ -70,8 +110,40 @@ class Block(nn.Module):
         self.activation = activation
         self.kind = "+".join(["linear"] + (["batchnorm"] if batch_norm else []) + [activation])
 
+        self.out_shape = (d_out,)
+
+    @property
+    def weighted(self) -> nn.Linear:
+        """The block's weighted map."""
+        return self.linear
+
     def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
         return ACTIVATIONS[self.activation](self.norm(linear(self.linear, x, feedback)))
+
+
+class ConvBlock(nn.Module):
+    """``pool(activation(norm(conv(x))))``: one convolutional stage; its output is an interface."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: int, kernel_size: int, activation: str,
+                 batch_norm: bool, pool: str):
+        super().__init__()
+        # no bias before batch norm: it would be removed by the normalisation, and its gradient is rounding noise
+        self.conv = nn.Conv2d(in_shape[0], channels, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+        self.norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        self.activation, self.pool = activation, pool
+        self.kind = "+".join(["conv"] + (["batchnorm"] if batch_norm else []) + [activation]
+                             + (["maxpool"] if pool == "max" else []))
+        side = (lambda n: (n + 1) // 2) if pool == "max" else (lambda n: n)
+        self.out_shape = (channels, side(in_shape[1]), side(in_shape[2]))
+
+    @property
+    def weighted(self) -> nn.Conv2d:
+        """The block's weighted map."""
+        return self.conv
+
+    def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
+        h = ACTIVATIONS[self.activation](self.norm(convolve(self.conv, x, feedback)))
+        return F.max_pool2d(h, 2, ceil_mode=True) if self.pool == "max" else h
 
 
 @dataclass
@@ -92,28 +164,37 @@ class Trace:
 class Network(nn.Module):
     """A stack of blocks and a head; ``interfaces`` names the blocks' outputs."""
 
-    def __init__(self, blocks: list[Block], head: nn.Module, model: str):
+    def __init__(self, blocks: list[nn.Module], head: nn.Module, model: str,
+                 input_shape: tuple[int, ...] | None = None):
+        """``input_shape``: the shape each flat input row is read as (images), or None to keep rows as they are."""
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.head = head
         self.model = model
+        self.input_shape = input_shape
 
     @property
     def interfaces(self) -> list[str]:
         return [f"h{i + 1}" for i in range(len(self.blocks))]
 
     @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each interface's shape per sample: ``(units,)``, or ``(channels, height, width)`` for a feature map."""
+        return [block.out_shape for block in self.blocks]
+
+    @property
     def widths(self) -> list[int]:
-        return [block.linear.out_features for block in self.blocks]
+        """Each interface's number of values per sample."""
+        return [math.prod(shape) for shape in self.shapes]
 
     @property
     def followed_by_linear(self) -> int:
-        """How many interfaces feed a linear map above them (all but the linear model's output)."""
+        """How many interfaces feed a weighted map above them (all but the linear model's output)."""
         return len(self.linears()) - 1
 
-    def linears(self) -> list[nn.Linear]:
-        """Every linear map from bottom to top: the blocks' and the head's (if any)."""
-        layers = [block.linear for block in self.blocks]
+    def linears(self) -> list[nn.Module]:
+        """Every weighted map from bottom to top: the blocks' (linear maps or convolutions) and the head's (if any)."""
+        layers = [block.weighted for block in self.blocks]
         return layers + ([self.head] if isinstance(self.head, nn.Linear) else [])
 
     def trace(self, x: torch.Tensor, cuts=(), feedback: list[torch.Tensor] | None = None) -> Trace:
@@ -123,7 +204,7 @@ class Network(nn.Module):
         map's transposed weight in the backward pass.
         """
         hidden, inputs = [], []
-        h = x
+        h = x if self.input_shape is None else x.reshape(len(x), *self.input_shape)
         for i, block in enumerate(self.blocks):
             h = block(h, None if feedback is None else feedback[i])
             hidden.append(h)
@@ -131,7 +212,7 @@ class Network(nn.Module):
                 h = h.detach().requires_grad_(True)
             inputs.append(h)
         if isinstance(self.head, nn.Linear):
-            out = linear(self.head, h, None if feedback is None else feedback[-1])
+            out = linear(self.head, h.flatten(1), None if feedback is None else feedback[-1])
         else:
             out = self.head(h)
         return Trace(hidden, inputs, out)
@@ -149,18 +230,26 @@ def build_network(
     width: int = 64,
     activation: str = "relu",
     batch_norm: bool = False,
+    channels: int = 32,
+    kernel_size: int = 3,
+    pool: str = "max",
+    input_shape: tuple[int, int, int] | None = None,
     init: str = "default",
     bn_gamma_init: float = 1.0,
     bn_beta_init: float = 0.0,
 ) -> Network:
     """Build one of ``MODELS``; parameters come from torch's global RNG (seed it first).
 
-    Initialisation: ``init="default"`` is PyTorch's for ``nn.Linear`` (uniform in
-    ``±1/sqrt(fan_in)``); ``"orthogonal"`` redraws the hidden blocks' weight
-    matrices as (semi-)orthogonal, gain 1 (the head and all biases keep the
-    default). Batch norm's scale and shift start at ``bn_gamma_init`` and
-    ``bn_beta_init`` (PyTorch: 1 and 0). Together they decide how much of the
-    input survives a deep stack at step 0 (README, "Training deep stacks").
+    ``channels``, ``kernel_size``, ``pool`` and ``input_shape`` (the images'
+    ``[channels, height, width]``) are for ``cnn``; ``width`` is for the others.
+
+    Initialisation: ``init="default"`` is PyTorch's (uniform in
+    ``±1/sqrt(fan_in)``); ``"orthogonal"`` redraws the hidden blocks' weights
+    as (semi-)orthogonal matrices ``[out, in]`` (a kernel as ``[out, in·k·k]``),
+    gain 1; the head and all biases keep the default. Batch norm's scale and
+    shift start at ``bn_gamma_init`` and ``bn_beta_init`` (PyTorch: 1 and 0).
+    Together they decide how much of the input survives a deep stack at step
+    0 (README, "Training deep stacks").
     """
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -172,16 +261,36 @@ def build_network(
         return Network([Block(n_features, n_outputs, "identity", False)], nn.Identity(), model)
     if not 1 <= depth <= MAX_DEPTH:
         raise UserError(f"--depth must be between 1 and {MAX_DEPTH}, got {depth}")
-    if width < 1:
-        raise UserError(f"--width must be at least 1, got {width}")
-    if model == "deeplinear":
-        activation, batch_norm = "identity", False
-    sizes = [n_features] + [width] * depth
-    blocks = [Block(sizes[i], sizes[i + 1], activation, batch_norm) for i in range(depth)]
-    for block in blocks:
+    if model == "cnn":
+        network = _cnn(n_features, n_outputs, depth, channels, kernel_size, activation, batch_norm, pool, input_shape)
+    else:
+        if width < 1:
+            raise UserError(f"--width must be at least 1, got {width}")
+        if model == "deeplinear":
+            activation, batch_norm = "identity", False
+        sizes = [n_features] + [width] * depth
+        blocks = [Block(sizes[i], sizes[i + 1], activation, batch_norm) for i in range(depth)]
+        network = Network(blocks, nn.Linear(width, n_outputs), model)
+    for block in network.blocks:
         if init == "orthogonal":
-            nn.init.orthogonal_(block.linear.weight)
+            nn.init.orthogonal_(block.weighted.weight)
         if batch_norm:
             nn.init.constant_(block.norm.weight, bn_gamma_init)
             nn.init.constant_(block.norm.bias, bn_beta_init)
-    return Network(blocks, nn.Linear(width, n_outputs), model)
+    return network
+
+
+def _cnn(n_features, n_outputs, depth, channels, kernel_size, activation, batch_norm, pool, input_shape) -> Network:
+    if input_shape is None or math.prod(input_shape) != n_features:
+        raise UserError("--model cnn needs a data set of images (digits or mnist)")
+    if channels < 1:
+        raise UserError(f"--channels must be at least 1, got {channels}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise UserError(f"--kernel-size must be odd and positive (the maps keep their size), got {kernel_size}")
+    if pool not in POOLING:
+        raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
+    blocks, shape = [], tuple(input_shape)
+    for _ in range(depth):
+        blocks.append(ConvBlock(shape, channels, kernel_size, activation, batch_norm, pool))
+        shape = blocks[-1].out_shape
+    return Network(blocks, nn.Linear(math.prod(shape), n_outputs), "cnn", tuple(input_shape))

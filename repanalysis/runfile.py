@@ -9,10 +9,10 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
     /probe/labels          int64 [N]      (classification and binary tasks)
     /probe/targets         float32 [N, k] (regression tasks)
     /checkpoints/step      int64 [T]
-    /layers/<name>/        attrs: position, width, kind
-        activations        float32 [T, N, D]
-        true_grad          float32 [T, N, D]
-        signal             float32 [T, N, D]  (only where the rule's error is not the true gradient)
+    /layers/<name>/        attrs: position, width (values per sample), kind
+        activations        float32 [T, N, D], or [T, N, C, H, W] for a feature map
+        true_grad          float32, the same shape
+        signal             float32, the same shape (only where the rule's error is not the true gradient)
     /params/<qualified>    [T, ...]       every parameter and buffer, per checkpoint
     /metrics/<name>        float64 [S]    per logged step (``step`` among them)
     /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
@@ -27,6 +27,12 @@ after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
 with ``status`` still "running". The writer takes no file lock, so a run can be
 read live, with plain h5py too, at any time between two flushes.
+
+Feature maps are read as rows ``[N, D]`` by one of ``MAPS`` (``as_rows``):
+``flatten`` (every value, ``D = C·H·W``, row-major: channel, row, column) or
+``channels`` (each channel's mean over its positions, ``D = C``). The
+readers apply it to activations; gradients and signals are always read
+flattened, since the error at every position is what a rule delivers.
 
 The resume state of checkpoint ``k`` goes to slot ``k % 2``, so the other slot
 keeps the previous checkpoint's state while it is written: the slot is marked
@@ -49,9 +55,21 @@ from . import __version__
 from .errors import UserError
 from .outputs import check_file, temporary_beside
 
+MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
 FORMAT_VERSION = 1
 ARRAY_KINDS = ("activations", "true_grad", "signal")
+
+
+def as_rows(values: np.ndarray, maps: str = "flatten") -> np.ndarray:
+    """``[N, ...]`` as ``[N, D]``: vectors as they are; feature maps ``[N, C, H, W]`` by ``maps`` (module docstring)."""
+    if maps not in MAPS:
+        raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
+    if values.ndim <= 2:
+        return values
+    if maps == "channels":
+        return values.reshape(values.shape[0], values.shape[1], -1).mean(2, dtype=np.float64)
+    return values.reshape(values.shape[0], -1)
 
 
 def _versions() -> str:
@@ -361,9 +379,11 @@ class RunFile:
         return list(self._layers)
 
     def layer_info(self, name: str) -> dict:
+        """Name, position, width (values per sample), kind, and ``shape`` per sample (``(C, H, W)`` for a map)."""
         g = self._layer(name)
+        shape = tuple(g["activations"].shape[2:]) if "activations" in g else (int(g.attrs["width"]),)
         return {"name": name, "position": int(g.attrs["position"]), "width": int(g.attrs["width"]),
-                "kind": str(g.attrs["kind"])}
+                "kind": str(g.attrs["kind"]), "shape": shape}
 
     def _layer(self, name: str) -> h5py.Group:
         if name not in self._layers:
@@ -374,28 +394,31 @@ class RunFile:
         return kind in self._layer(layer)
 
     def array(self, layer: str, kind: str) -> h5py.Dataset:
-        """The whole ``[T, N, D]`` dataset of one layer (sliced lazily by h5py)."""
+        """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer (sliced lazily by h5py)."""
         g = self._layer(layer)
         if kind not in g:
             raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
         return g[kind]
 
-    def _at(self, layer: str, kind: str, checkpoint: int) -> np.ndarray:
+    def stored(self, layer: str, kind: str, checkpoint: int = -1) -> np.ndarray:
+        """One checkpoint of one layer's array as recorded: ``[N, D]`` or ``[N, C, H, W]``."""
         ds = self.array(layer, kind)
         n = min(ds.shape[0], len(self.steps))
         if not -n <= checkpoint < n:
             raise UserError(f"{self.path}: checkpoint {checkpoint} out of range; the run has {n}")
         return ds[checkpoint % n]
 
-    def activations(self, layer: str, checkpoint: int = -1) -> np.ndarray:
-        return self._at(layer, "activations", checkpoint)
+    def activations(self, layer: str, checkpoint: int = -1, maps: str = "flatten") -> np.ndarray:
+        """``[N, D]``: feature maps read by ``maps`` (see the module docstring)."""
+        return as_rows(self.stored(layer, "activations", checkpoint), maps)
 
     def true_grad(self, layer: str, checkpoint: int = -1) -> np.ndarray:
-        return self._at(layer, "true_grad", checkpoint)
+        """``[N, D]``, feature maps flattened."""
+        return as_rows(self.stored(layer, "true_grad", checkpoint))
 
     def signal(self, layer: str, checkpoint: int = -1) -> np.ndarray | None:
-        """The rule's error signal, or None where the rule used the true gradient."""
-        return self._at(layer, "signal", checkpoint) if self.has(layer, "signal") else None
+        """The rule's error signal ``[N, D]`` (feature maps flattened), or None where the rule used the true gradient."""
+        return as_rows(self.stored(layer, "signal", checkpoint)) if self.has(layer, "signal") else None
 
     def checkpoint_index(self, step: int) -> int:
         hits = np.flatnonzero(self.steps == step)

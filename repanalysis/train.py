@@ -17,8 +17,6 @@ uninterrupted run would have written.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +26,14 @@ import torch
 from . import resume as resume_state
 from . import tasks
 from .config import TrainConfig
-from .datasets import Dataset, load
+from .datasets import IMAGES, Dataset, load
 from .errors import UserError
+from .interrupts import BetweenSteps
 from .memory import check_fits
 from .models import build_network
 from .outputs import check_file
 from .progress import Progress
+from .recorder import Recorder, model_state
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
 
@@ -108,19 +108,22 @@ def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int = 8192)
 
 def state_arrays(rule: Rule) -> dict[str, "torch.Tensor"]:
     """Every parameter and buffer of the network (``model.*``) and of the rule (``rule.*``)."""
-    out = {f"model.{k}": v for k, v in rule.network.state_dict().items()}
-    out.update({f"rule.{k}": v for k, v in rule.modules.state_dict().items()})
-    return {k: v.detach().cpu().numpy() for k, v in out.items()}
+    return {**model_state(rule.network), **model_state(rule.modules, "rule.")}
+
+
+def _network(config: TrainConfig, n_features: int, n_outputs: int):
+    return build_network(
+        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
+        activation=config.activation, batch_norm=config.batch_norm, channels=config.channels,
+        kernel_size=config.kernel_size, pool=config.pool, input_shape=IMAGES.get(config.dataset),
+        init=config.init, bn_gamma_init=config.bn_gamma_init, bn_beta_init=config.bn_beta_init,
+    )
 
 
 def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, device="cpu") -> Rule:
     """The seeded network and rule for ``config`` (already resolved)."""
     torch.manual_seed(config.seed)
-    network = build_network(
-        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
-        activation=config.activation, batch_norm=config.batch_norm, init=config.init,
-        bn_gamma_init=config.bn_gamma_init, bn_beta_init=config.bn_beta_init,
-    ).to(device)
+    network = _network(config, n_features, n_outputs).to(device)
     rule = make_rule(config, network, task, n_outputs)
     rule.modules.to(device)
     return rule
@@ -152,12 +155,14 @@ def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
 def memory_estimate(config: TrainConfig, n_features: int, n_outputs: int) -> int:
     """Bytes a training step needs, roughly: float32 weights four times over (value, gradient,
     Adam's two moments), twice for rules with a module or feedback matrix per layer, plus the
-    batch's activations (forward and backward) at every layer."""
-    widths = [n_features] + ([config.width] * config.depth if config.model == "mlp" else []) + [n_outputs]
-    weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    batch's values (forward and backward) at the input, every interface and the output. The
+    network is built on torch's meta device to count them, without memory."""
+    with torch.device("meta"):
+        network = _network(config, n_features, n_outputs)
+    weights = sum(p.numel() for p in network.parameters())
     if config.rule not in ("backprop", "kickback"):
         weights *= 2
-    return 4 * (4 * weights + 2 * config.batch_size * sum(widths))
+    return 4 * (4 * weights + 2 * config.batch_size * (n_features + sum(network.widths) + n_outputs))
 
 
 def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> None:
@@ -166,39 +171,14 @@ def check_sizes(config: TrainConfig, data: Dataset, device: torch.device) -> Non
     if config.batch_size > n:
         raise UserError(f"--batch-size {config.batch_size} is larger than the training split ({n} samples)")
     check_fits(memory_estimate(config, data.n_features, data.n_outputs),
-               f"training this network (--width {config.width}, --depth {config.depth}, "
-               f"--batch-size {config.batch_size})", "use a smaller --width, --depth or --batch-size", device)
+               f"training this network ({_size_options(config)}, --batch-size {config.batch_size})",
+               f"use a smaller {_size_options(config, values=False)} or --batch-size", device)
 
 
-class BetweenSteps:
-    """Ctrl-C (SIGINT) during training takes effect between steps, never inside a step or a file write.
-
-    A first SIGINT is noted and raised as ``KeyboardInterrupt`` at the start of
-    the next step; a second one raises at once. Only where Python's own
-    handler is in place (in the main thread, not replaced by the caller);
-    elsewhere SIGINT keeps whatever it was. ``close()`` puts the handler back.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._note)
-
-    def _note(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+def _size_options(config: TrainConfig, values: bool = True) -> str:
+    """The options that set the network's size, for messages (with their values)."""
+    names = ("channels", "kernel_size", "depth") if config.model == "cnn" else ("width", "depth")
+    return ", ".join(f"--{n.replace('_', '-')}" + (f" {getattr(config, n)}" if values else "") for n in names)
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
@@ -279,24 +259,23 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
     return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)
 
 
-def record(writer: RunWriter, rule: Rule, probe_x, probe_y, step: int, resume: dict | None = None) -> None:
-    """Write the checkpoint at ``step``: the shadow pass on the probe set and every parameter and buffer;
-    a checkpoint after step 0 puts the run at its final path (see ``RunWriter.commit``)."""
-    probe = rule.probe(probe_x, probe_y)
-    layers = {name: {k: v.cpu().numpy() for k, v in arrays.items()} for name, arrays in probe.items()}
-    writer.checkpoint(step, layers, state_arrays(rule), resume)
-    if step > 0:
-        writer.commit()
+def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, stream: Batches | None = None):
+    """The ``Recorder`` of a run of ``rule`` on ``writer`` (None: nothing is recorded); with ``stream``
+    its checkpoints keep what ``resume`` needs."""
+    if writer is None:
+        return None
+    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_arrays(rule),
+                           None if stream is None else lambda: resume_state.capture(rule, stream))
 
 
-def non_finite(writer: RunWriter | None, step: int) -> UserError:
+def non_finite(recorder: Recorder | None, step: int) -> UserError:
     """Close the run as failed on a non-finite loss at ``step``; the error to raise."""
     message = f"{NON_FINITE} at step {step}; the run stopped there"
-    if writer is not None:
-        kept = writer.replacing
-        writer.close("failed", error=message)
-        message += (f" ({writer.path} was left as it was)" if kept
-                    else f" ({writer.path} keeps the checkpoints before it, status 'failed')")
+    if recorder is not None:
+        kept = recorder.replacing
+        recorder.close("failed", error=message)
+        message += (f" ({recorder.path} was left as it was)" if kept
+                    else f" ({recorder.path} keeps the checkpoints before it, status 'failed')")
     return UserError(message)
 
 
@@ -304,17 +283,18 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
          writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
     """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
     probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
+    recording = recorder(writer, rule, probe_x, probe_y, stream)
 
     def checkpoint(step: int) -> None:
-        if writer is not None:
-            record(writer, rule, probe_x, probe_y, step, resume_state.capture(rule, stream))
+        if recording is not None:
+            recording.checkpoint(step)
 
     last_eval: dict[str, float] = {}
 
     def evaluation(step: int) -> None:
         last_eval.update(step=step, **evaluate(rule, data, dev))
-        if writer is not None:
-            writer.evaluation(dict(last_eval))
+        if recording is not None:
+            recording.evaluation(**last_eval)
 
     def due(step: int, every: int) -> bool:
         return step % every == 0 or step == config.steps
@@ -332,11 +312,11 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
             interrupts.check()
             idx = next(stream).to(dev)
             metrics = rule.step(x_train[idx], y_train[idx])
-            row = {"step": float(step), **{k: v.item() for k, v in metrics.items()}}
+            row = {k: v.item() for k, v in metrics.items()}
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(step)
-            if writer is not None:
-                writer.log(row)
+            if recording is not None:
+                recording.log(step, **row)
             if due(step, config.record_every):
                 checkpoint(step)
             if due(step, config.eval_every):
@@ -344,15 +324,15 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
             progress.update(step, f"loss {row['train_loss']:.4f}")
     except FloatingPointError:
         progress.close()
-        raise non_finite(writer, step) from None
+        raise non_finite(recording, step) from None
     except BaseException as err:
         progress.close()
-        if writer is not None:
-            writer.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
+        if recording is not None:
+            recording.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
         raise
     finally:
         interrupts.close()
     progress.close()
-    if writer is not None:
-        writer.close("complete")
+    if recording is not None:
+        recording.close("complete")
     return TrainResult(rule, "complete", config.steps, last_eval)

@@ -1,4 +1,4 @@
-"""The README's "Using it" commands run as written, top to bottom, in an empty folder."""
+"""The README's "Using it" commands and its "Your own model" example run as written, in an empty folder."""
 
 import shlex
 from pathlib import Path
@@ -35,3 +35,39 @@ def test_using_it_runs_as_written(tmp_path, monkeypatch):
             assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85
     assert (tmp_path / "analysis.csv").stat().st_size and (tmp_path / "probes.csv").stat().st_size
     assert len(list((tmp_path / "figs").glob("*.png"))) >= 5
+
+
+def your_own_model() -> tuple[str, list[list[str]]]:
+    """The README's "Your own model" example: its Python code, and the command lines after it."""
+    text = README.read_text().split("\n## Your own model\n", 1)[1].split("\n## ", 1)[0]
+    blocks, block = [], []
+    for line in text.splitlines() + ["end"]:
+        if line.startswith("    ") or (block and not line):
+            block.append(line[4:])
+        elif block:
+            blocks.append("\n".join(block).strip())
+            block = []
+    code, commands = blocks[0], blocks[1]
+    return code, [shlex.split(line, comments=True) for line in commands.splitlines()]
+
+
+def test_your_own_model_runs_as_written(tmp_path, monkeypatch, capsys):
+    code, commands = your_own_model()
+    assert "from repanalysis import Recorder" in code and [c[:2] for c in commands] == [
+        ["repanalysis", "inspect"], ["repanalysis", "analyze"], ["repanalysis", "probe"], ["repanalysis", "figures"]]
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "mine.py", "exec"), {"__name__": "__main__"})
+        for command in commands:
+            assert main(command[1:]) == 0, command
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        with RunFile(f"mine{seed}.h5") as run:
+            assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85
+            assert run.array("conv1", "activations").shape == (4, 200, 16, 4, 4)
+    assert "model Sequential" in capsys.readouterr().out
+    assert (tmp_path / "mine_analysis.csv").stat().st_size and (tmp_path / "mine_probes.csv").stat().st_size
+    assert len(list((tmp_path / "mine_figs").glob("*.png"))) >= 5

@@ -180,7 +180,7 @@ def test_cli_train_and_inspect(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--rule", "nope"], "unknown rule"),
-    (["--model", "cnn"], "unknown model"),
+    (["--model", "resnet"], "unknown model"),
     (["--dataset", "cifar"], "unknown data set"),
     (["--depth", "0"], "depth"),
     (["--probe-size", "100000"], "test split"),

@@ -7,7 +7,9 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
 - per run, layer and checkpoint: ``effective_rank``, ``stable_rank``,
   ``participation_ratio``, ``numerical_rank`` (one spectrum of the centred
   activations, ``spectrum.spectrum``); ``weight_frobenius``, ``weight_spectral``
-  (the linear weight *feeding* the layer, ``model.blocks.<k>.linear.weight``);
+  (the weight *feeding* the layer, ``model.blocks.<k>.linear.weight``, or
+  ``model.blocks.<k>.conv.weight`` read as the ``[out, in·k·k]`` matrix that
+  acts on each input patch; none for runs recorded from other models);
   where the layer has a ``signal``: ``grad_cosine`` (mean per-sample cosine),
   ``grad_rel_error``, ``grad_sign_agreement``, ``grad_regression_loss``, from
   ``gradients.gradient_error`` on ``N·signal`` and ``N·true_grad`` (per-sample
@@ -49,6 +51,13 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
   ``linear_cka_to_first``, ``linear_cka_to_last`` (1 at the first, or last,
   checkpoint itself).
 
+Feature maps (``[N, C, H, W]`` per checkpoint): every activation measure
+reads them as rows by ``maps`` (``runfile.as_rows``): ``flatten`` (default;
+each position of each channel is a feature, ``D = C·H·W``) or ``channels``
+(each channel's mean over its positions, ``D = C``); the gradient measures
+always compare the flattened maps (the error at every position). ``N·D`` is
+counted on the stored map, so a large map is streamed, pooled block by block.
+
 Undefined values get no row. A measure that refuses degenerate data (CCA
 with ``rank X + rank Y >= N``, zero variance, a constant sample in a
 correlation RDM) and the measures' warnings are gathered and reported as one
@@ -88,7 +97,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import UserError
 from ..outputs import write_atomically
 from ..progress import Progress
-from ..runfile import RunFile
+from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
 from ._arrays import RepanalysisWarning, as_float64, at, warn
 from .gradients import gradient_error
@@ -124,10 +133,10 @@ _NO_SIDE = (None, None, None, None, None)
 
 
 class _Run:
-    """One opened run file, under the name it was given."""
+    """One opened run file, under the name it was given; feature maps read by ``maps``."""
 
-    def __init__(self, name, file: RunFile):
-        self.name, self.file = str(name), file
+    def __init__(self, name, file: RunFile, maps: str = "flatten"):
+        self.name, self.file, self.maps = str(name), file, maps
         self.key = str(Path(name).resolve())
         self.rule, self.seed = file.rule, file.seed
         self.steps = [int(s) for s in file.steps]
@@ -141,11 +150,20 @@ class _Run:
         return f"{self.name}, layer {layer}, step {self.steps[c]}"
 
     def load(self, layer: str, c: int, kind: str = "activations", *, stream: bool | None = None):
-        """Checkpoint ``c`` as finite float64 ``[N, D]``, or a ``RowView`` of the file when streamed."""
+        """Checkpoint ``c`` as finite float64 ``[N, D]``, or a ``RowView`` of the file when streamed.
+
+        Feature maps: activations by ``maps``, gradients flattened (``runfile.as_rows``)."""
         ds = self.file.array(layer, kind)
-        if stream or (stream is None and ds.shape[1] * ds.shape[2] > STREAM_ABOVE):
-            return RowView(ds, c)
-        return as_float64(ds[c], kind, self.where(layer, c))
+        rows = partial(as_rows, maps=self.maps if kind == "activations" else "flatten")
+        if stream or (stream is None and np.prod(ds.shape[1:]) > STREAM_ABOVE):
+            return RowView(ds, c, rows if ds.ndim > 3 else None)
+        return as_float64(rows(ds[c]), kind, self.where(layer, c))
+
+    def weight(self, layer: str) -> str | None:
+        """The name in ``/params`` of the weight feeding ``layer`` (a linear map's or a convolution's), if any."""
+        prefix = f"model.blocks.{self.file.layer_info(layer)['position']}."
+        names = self.file.param_names
+        return next((prefix + w for w in ("linear.weight", "conv.weight") if prefix + w in names), None)
 
 
 class _Notes:
@@ -275,33 +293,37 @@ def _check_measures(measures) -> set[str]:
     return wanted
 
 
-def _open(stack: contextlib.ExitStack, path) -> _Run:
-    run = _Run(path, stack.enter_context(RunFile(path)))
+def _open(stack: contextlib.ExitStack, path, maps: str) -> _Run:
+    run = _Run(path, stack.enter_context(RunFile(path)), maps)
     if run.file.status != "complete":
         warn(f"{run.name}: status {run.file.status!r}; analysing the {len(run.steps)} checkpoint(s) it has")
     return run
 
 
-def analyze(runs, *, reference=None, measures=None, quiet: bool = False) -> pd.DataFrame:
+def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet: bool = False) -> pd.DataFrame:
     """The tidy table of ``measures`` (default: all of ``MEASURES`` that apply) over run files.
 
     ``runs``: run-file paths; ``reference``: the run every run is compared with
-    (default: the backprop run with the same seed). See the module docstring.
+    (default: the backprop run with the same seed); ``maps``: how feature maps'
+    activations are read (``runfile.MAPS``). See the module docstring.
     """
     wanted = _check_measures(measures)
+    if maps not in MAPS:
+        raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
     if not runs:
         raise UserError("analyze needs at least one run file")
     rows: list[tuple] = []
     notes = _Notes()
     with contextlib.ExitStack() as stack:
         stack.enter_context(threadpool_limits(1))
-        opened = [_open(stack, path) for path in runs]
-        ref = _open(stack, reference) if reference is not None else None
+        opened = [_open(stack, path, maps) for path in runs]
+        ref = _open(stack, reference, maps) if reference is not None else None
         pairs = _pairs(opened, ref) if wanted & set(ACROSS) else []
         for a, b in pairs:
             _check_comparable(a, b)
         layers = list(dict.fromkeys(layer for run in opened for layer in run.file.layers))
-        sg_runs = [run for run in opened if run.rule in SG_RULES] if wanted & set(SYNTHETIC) else []
+        sg_runs = ([run for run in opened if run.rule in SG_RULES and not run.file.config.get("external")]
+                   if wanted & set(SYNTHETIC) else [])
         slots = {layer: sorted({s for run in opened + [b for _, b in pairs] if layer in run.file.layers
                                 for s in run.steps}) for layer in layers}
         progress = Progress(sum(map(len, slots.values())) + len(opened) + sum(len(r.steps) for r in sg_runs),
@@ -373,8 +395,8 @@ def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> l
     values: dict[str, float] = {}
     if wanted & set(SPECTRUM):
         values.update(_spectrum_values(notes, wanted, get(run, c), where))
-    if wanted & (set(WEIGHTS) | {"weight_frobenius_relative"}):
-        name = f"model.blocks.{run.file.layer_info(layer)['position']}.linear.weight"
+    name = run.weight(layer) if wanted & (set(WEIGHTS) | {"weight_frobenius_relative"}) else None
+    if name is not None:
         norms = notes.call("weight norms", where, weight_norms, run.file.param(name, c), where=where) or {}
         values.update({m: norms.get(k) for m, k in WEIGHTS.items() if m in wanted})
         if "weight_frobenius_relative" in wanted and norms:

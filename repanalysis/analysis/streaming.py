@@ -69,20 +69,34 @@ class RowView:
     """Rows ``[N, D]`` of one leading index of a larger array-like, read lazily.
 
     ``RowView(f["layers/h3/activations"], t)`` streams checkpoint ``t`` of a
-    run file's ``[T, N, D]`` dataset without loading it.
+    run file's ``[T, N, D]`` dataset without loading it. ``rows`` turns each
+    block of stored samples ``[r, ...]`` into rows ``[r, D]`` (e.g.
+    ``runfile.as_rows`` for feature maps ``[T, N, C, H, W]``); a slice is then
+    read in blocks of at most ``CHUNK_BYTES`` of stored values, so the memory
+    a read takes is bounded by its output, not by the stored samples.
     """
 
-    def __init__(self, source, index: int):
+    def __init__(self, source, index: int, rows=None):
         self.source = source
         self.index = index
-        self.shape = tuple(source.shape[1:])
+        self.rows = rows
+        stored = tuple(source.shape[1:])
+        self.shape = stored if rows is None else (stored[0],) + rows(source[index, :1]).shape[1:]
         self.dtype = getattr(source, "dtype", None)
+        self._block = max(1, CHUNK_BYTES // (8 * max(1, int(np.prod(stored[1:])))))
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows):
-        return self.source[self.index, rows]
+        if self.rows is None:
+            return self.source[self.index, rows]
+        start, stop, step = rows.indices(self.shape[0]) if isinstance(rows, slice) else (None, None, None)
+        if step != 1:
+            return self.rows(self.source[self.index, rows])
+        return np.concatenate([self.rows(self.source[self.index, a:min(a + self._block, stop)])
+                               for a in range(start, max(start, stop), self._block)]
+                              or [np.zeros((0,) + self.shape[1:])])
 
 
 def _is_sliceable(src) -> bool:

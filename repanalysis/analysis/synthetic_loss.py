@@ -13,8 +13,8 @@ by the batch size).
 
 Conventions:
 
-- ``h0``: the recorded probe activations at the checkpoint (the probe inputs
-  themselves are not in the run file); ``m``: the mean activation of the
+- ``h0``: the recorded probe activations at the checkpoint, as stored
+  (feature maps too; the probe inputs themselves are not in the run file); ``m``: the mean activation of the
   sample's class over the probe set (classification), or of the whole probe set
   (binary and regression tasks);
 - ``t`` takes ``points`` equally spaced values in ``(0, 1]``; ``t = 0`` is left
@@ -52,7 +52,7 @@ Gradient = Callable[[torch.Tensor], torch.Tensor]
 def path_integral(grad: Gradient, h0: torch.Tensor, direction: torch.Tensor, ts, order: int = 4) -> torch.Tensor:
     """``[n, len(ts)]``: ``∫_0^t grad(h0 + s·d)·d ds`` per sample, for each ``t`` in ``ts``.
 
-    ``grad(h)`` maps ``[n, D]`` points to ``[n, D]`` gradients, row by row.
+    ``grad(h)`` maps ``[n, ...]`` points (vectors or feature maps) to gradients of the same shape, sample by sample.
     ``ts`` must be increasing and non-negative. Composite Gauss–Legendre with
     ``order`` nodes on ``[0, t_1], [t_1, t_2], ...``, summed cumulatively.
     """
@@ -65,7 +65,8 @@ def path_integral(grad: Gradient, h0: torch.Tensor, direction: torch.Tensor, ts,
     for a, b in zip(edges[:-1], edges[1:]):
         half = (b - a) / 2
         at = [a + half * (x + 1) for x in nodes]
-        pieces.append(half * sum(w * (grad(h0 + s * direction) * direction).sum(1) for s, w in zip(at, weights)))
+        pieces.append(half * sum(w * (grad(h0 + s * direction) * direction).flatten(1).sum(1)
+                                 for s, w in zip(at, weights)))
     return torch.stack(pieces, 1).cumsum(1)
 
 
@@ -87,9 +88,9 @@ def linear_path_integral(grad: Gradient, module: SyntheticGradientModule, h0: to
     return first[:, None] * ts + 0.5 * second[:, None] * ts**2
 
 
-def is_affine(module: SyntheticGradientModule) -> bool:
-    """Whether ``M(h, c)`` is affine in ``h`` (no hidden layer, linear output)."""
-    return len(module.hidden) == 0 and module.output == "linear"
+def is_affine(module) -> bool:
+    """Whether ``M(h, c)`` is a linear module, affine in ``h`` (vector module, no hidden layer, linear output)."""
+    return isinstance(module, SyntheticGradientModule) and len(module.hidden) == 0 and module.output == "linear"
 
 
 def output_error(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,7 @@ def forward_above(rule: SyntheticGradients, i: int, h: torch.Tensor) -> torch.Te
     """The network's output from interface ``i``'s value ``h`` (the blocks above it, then the head)."""
     for block in rule.network.blocks[i + 1:]:
         h = block(h)
-    return rule.network.head(h)
+    return rule.network.head(h.flatten(1))  # a feature map is flattened for the head, as in Network.trace
 
 
 def module_gradient(rule: SyntheticGradients, i: int, target: torch.Tensor) -> Gradient:
@@ -126,13 +127,13 @@ def probe_target(run: RunFile, task: str) -> torch.Tensor:
 
 
 def path_ends(h0: torch.Tensor, task: str, labels: torch.Tensor) -> torch.Tensor:
-    """``[n, D]``: each path's end, its class mean (classification) or the overall mean."""
+    """``h0``'s shape: each path's end, its class mean (classification) or the overall mean."""
     if task != "classification":
         return h0.mean(0, keepdim=True).expand_as(h0)
     classes, inverse = torch.unique(labels, return_inverse=True)
-    sums = h0.new_zeros(len(classes), h0.shape[1]).index_add_(0, inverse, h0)
+    sums = h0.new_zeros(len(classes), *h0.shape[1:]).index_add_(0, inverse, h0)
     counts = torch.bincount(inverse, minlength=len(classes)).to(h0.dtype)
-    return (sums / counts[:, None])[inverse]
+    return (sums / counts.reshape(-1, *[1] * (h0.ndim - 1)))[inverse]
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -192,7 +193,8 @@ def synthetic_losses(run: RunFile, checkpoint: int = -1, layers: list[str] | Non
     out = {}
     with evaluating(rule.network, rule.modules), torch.no_grad():
         for name in layers or names:
-            h0 = as_float64(run.activations(name, checkpoint), "activations", f"{run.path}, layer {name}, step {step}")
+            h0 = as_float64(run.stored(name, "activations", checkpoint), "activations",
+                            f"{run.path}, layer {name}, step {step}", ndim=None)
             true, synthetic, method = losses_along_path(rule, names[name], torch.from_numpy(h0), target, ts, order)
             anchor = tasks.per_sample_loss(rule.task, forward_above(rule, names[name], torch.from_numpy(h0)),
                                            target).numpy()[:, None]

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..progress import Progress
 from ..rules import SyntheticGradients
 from ..runfile import RunWriter
-from ..train import TrainResult, evaluate, load_arrays, non_finite, record
+from ..train import TrainResult, evaluate, load_arrays, non_finite, recorder
 from .stages import Stage, partition
 from .worker import StageSpec, main
 
@@ -69,14 +69,15 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     last_eval: dict[str, float] = {}
     progress = Progress(steps, f"train {config.rule} ({k} stages{', sync' if config.sync else ''})", quiet=quiet)
     assembly = _Assembly(k)
+    recording = recorder(writer, rule, probe_x, probe_y)
     try:
         for proc in procs:
             proc.start()
-        if writer is not None:
-            record(writer, rule, probe_x, probe_y, 0)
+        if recording is not None:
+            recording.checkpoint(0)
         last_eval.update(step=0, **evaluate(rule, data, torch.device("cpu")))
-        if writer is not None:
-            writer.evaluation(dict(last_eval))
+        if recording is not None:
+            recording.evaluation(**last_eval)
         finished: set[int] = set()
         heard = time.monotonic()
         while assembly.next <= steps or len(finished) < k:
@@ -100,38 +101,38 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             else:
                 raise _failure(parts, procs, reports, assembly, finished, message)
             for step, row, state in assembly.ready(due_record | due_eval):
-                if writer is not None:
-                    writer.log(row)
+                if recording is not None:
+                    recording.log(step, **{k: v for k, v in row.items() if k != "step"})
                 if state is not None:
                     load_arrays(rule, state)
-                    if writer is not None and step in due_record:
-                        record(writer, rule, probe_x, probe_y, step)
+                    if recording is not None and step in due_record:
+                        recording.checkpoint(step)
                     if step in due_eval:
                         last_eval.update(step=step, **evaluate(rule, data, torch.device("cpu")))
-                        if writer is not None:
-                            writer.evaluation(dict(last_eval))
+                        if recording is not None:
+                            recording.evaluation(**last_eval)
                 progress.update(step, f"loss {row.get('train_loss', math.nan):.4f}")
     except _NonFinite as err:
         _stop(procs)
         progress.close()
-        raise non_finite(writer, err.args[0]) from None
+        raise non_finite(recording, err.args[0]) from None
     except _StageFailed as err:
         progress.close()
-        if writer is not None:
-            writer.close("failed", error=str(err))
+        if recording is not None:
+            recording.close("failed", error=str(err))
         raise UserError(str(err)) from None
     except BaseException as err:
         _stop(procs)
         progress.close()
-        if writer is not None:
-            writer.close("failed", error=f"stopped at step {assembly.next - 1}: {type(err).__name__}")
+        if recording is not None:
+            recording.close("failed", error=f"stopped at step {assembly.next - 1}: {type(err).__name__}")
         raise
     finally:
         _stop(procs)
         shutil.rmtree(folder, ignore_errors=True)
     progress.close()
-    if writer is not None:
-        writer.close("complete")
+    if recording is not None:
+        recording.close("complete")
     return TrainResult(rule, "complete", steps, last_eval)
 
 

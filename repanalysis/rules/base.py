@@ -243,17 +243,17 @@ def evaluating(*modules: nn.Module):
 
 @contextlib.contextmanager
 def batch_statistics(*modules: nn.Module):
-    """Run ``modules`` in training mode, then restore each one's mode and every batch-norm buffer.
+    """Run ``modules`` in training mode, then restore each one's mode and every buffer.
 
     Batch norm then normalises with the batch's own statistics; the running
-    statistics it updates meanwhile (and its step counter) are put back exactly.
+    statistics it updates meanwhile (and its step counter), like any other
+    buffer, are put back exactly.
     """
-    norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    buffers = [b for module in modules for b in module.buffers()]
+    saved = [b.clone() for b in buffers]
     try:
         with _in_mode(True, *modules):
             yield
     finally:
-        for m, buffers in zip(norms, saved):
-            for k, b in m.named_buffers(recurse=False):
-                b.copy_(buffers[k])
+        for b, value in zip(buffers, saved):
+            b.copy_(value)

@@ -7,8 +7,11 @@ error at the output (batch-mean units, ``[B, outputs]``):
 
 - ``fa`` (Lillicrap et al. 2016): the backward pass uses fixed random matrices
   ``B_l`` in place of every transposed forward weight: ``δ̂i = g_{i+1} B_{i+1}``,
-  with ``g_{i+1}`` the error at the next linear map's output;
-- ``dfa`` (Nøkland 2016): ``δ̂i = e R_i`` with one fixed random ``R_i`` per layer;
+  with ``g_{i+1}`` the error at the next linear map's output (for a
+  convolution, fixed random kernels ``B_l`` of the kernels' shape, in the
+  transposed convolution that carries the error down);
+- ``dfa`` (Nøkland 2016): ``δ̂i = e R_i`` with one fixed random ``R_i`` per layer
+  (``[outputs, C·H·W]`` for a feature map, the product reshaped to the map);
 - ``kickback`` (Balduzzi et al. 2015, one scalar output): ``δ̂i[n, j] = e[n] · Σ_k
   W_{i+1}[k, j] · 1[unit k of layer i+1 is active on sample n]``: the global error
   times the unit's influence on its *active* children (its outgoing weights to the
@@ -19,7 +22,7 @@ error at the output (batch-mean units, ``[B, outputs]``):
   the gradient when the network is *coherent*; coherence is not enforced.
 
 Random matrices are drawn from ``U(-s/√fan_in, s/√fan_in)`` of the forward
-layer they stand for (torch's default ``nn.Linear`` range, times ``s =
+layer they stand for (a convolution's fan-in: input channels × kernel area) (torch's default ``nn.Linear`` range, times ``s =
 --feedback-scale``), from a generator seeded by the run's seed.
 """
 
@@ -58,8 +61,9 @@ class FeedbackAlignment(_FixedFeedback):
 
     def __init__(self, network, task, n_outputs, config):
         super().__init__(network, task, n_outputs, config)
-        for k, layer in enumerate(network.linears()[1:], start=1):
-            self._add(f"B{k}", _uniform(layer.weight.shape, layer.in_features, config.feedback_scale, self._generator))
+        for k, layer in enumerate(network.linears()[1:], start=1):  # kernels [out, in, k, k] for convolutions
+            fan_in = layer.weight[0].numel()
+            self._add(f"B{k}", _uniform(layer.weight.shape, fan_in, config.feedback_scale, self._generator))
 
     def feedback(self):
         store = self.modules["feedback"]
@@ -79,7 +83,8 @@ class DirectFeedbackAlignment(_FixedFeedback):
             self._add(f"R{i + 1}", _uniform((n_outputs, width), width, config.feedback_scale, self._generator))
 
     def signal(self, i: int, p: Pass) -> torch.Tensor:
-        return p.output_grad @ getattr(self.modules["feedback"], f"R{i + 1}")
+        """``e R_i``, read in the interface's shape (a feature map's ``[B, C, H, W]``, flattened row-major in ``R_i``)."""
+        return (p.output_grad @ getattr(self.modules["feedback"], f"R{i + 1}")).reshape(p.trace.hidden[i].shape)
 
 
 class Kickback(Rule):

@@ -2,10 +2,12 @@
 
 A module ``Mi`` at interface ``hi`` predicts the *per-sample* error
 ``∂L_n/∂h_n`` from ``hi`` (and, conditioned, from the one-hot label or the
-per-sample output error ``∂L_n/∂p_n``). The blocks below ``hi`` learn from the
+per-sample output error ``∂L_n/∂p_n``); linear layers for a vector
+interface, convolutions for a feature map (``make_module``). The blocks below ``hi`` learn from the
 prediction (divided by the batch size, to match the batch-mean loss), at once,
 without waiting for the layers above. The module regresses a target with
-``L_SG = w · mean_n ‖Mi(h_n, c_n) - t_n‖²``, its input and target detached:
+``L_SG = w · mean_n ‖Mi(h_n, c_n) - t_n‖²`` (the squared norm over all of a
+sample's values, a feature map's included), its input and target detached:
 
 - the top module's target is the true gradient at its interface;
 - a lower module's target is ``λ·δi + (1-λ)·b_i``, where ``b_i`` is the next
@@ -53,6 +55,48 @@ class SyntheticGradientModule(nn.Module):
         return torch.tanh(z) if self.output == "tanh" else z
 
 
+class ConvSyntheticGradientModule(nn.Module):
+    """``M(h, c)`` for a feature map ``h [B, C, H, W]``: convolutions, ending in a zero-initialised one.
+
+    ``hidden`` layers of ``conv (kernel_size², "same" padding, hidden_width
+    channels) -> (batch norm) -> ReLU``, then an output convolution to ``C``
+    channels that starts at zero weights and zero bias (the first prediction
+    is exactly zero). The condition ``c [B, K]`` enters as ``K`` constant
+    planes (each value broadcast over the map) beside ``h``'s channels, as
+    the 2016 paper conditions its convolutional modules on the label.
+    ``output="tanh"`` as for ``SyntheticGradientModule``.
+    """
+
+    def __init__(self, channels: int, condition_dim: int, hidden: int, hidden_width: int, batch_norm: bool,
+                 output: str, kernel_size: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = channels + condition_dim
+        for _ in range(hidden):
+            layers += ([nn.Conv2d(c, hidden_width, kernel_size, padding=kernel_size // 2)]
+                       + ([nn.BatchNorm2d(hidden_width)] if batch_norm else []) + [nn.ReLU()])
+            c = hidden_width
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Conv2d(c, channels, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.output = output
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            planes = condition[:, :, None, None].expand(-1, -1, *h.shape[2:])
+            h = torch.cat([h, planes], 1)
+        z = self.out(self.hidden(h))
+        return torch.tanh(z) if self.output == "tanh" else z
+
+
+def make_module(shape: tuple[int, ...], condition_dim: int, config) -> nn.Module:
+    """The module for an interface of ``shape`` per sample: linear layers for ``(units,)``, convolutions for
+    a feature map ``(C, H, W)``; sized by ``--sg-hidden``, ``--sg-width``, ``--sg-batch-norm``, ``--sg-output``."""
+    kind = SyntheticGradientModule if len(shape) == 1 else ConvSyntheticGradientModule
+    return kind(shape[0], condition_dim, config.sg_hidden, config.sg_width, config.sg_batch_norm, config.sg_output)
+
+
 class SyntheticGradients(Rule):
     """Modules at chosen interfaces (``cuts``); blocks above the top module learn by backprop."""
 
@@ -67,11 +111,8 @@ class SyntheticGradients(Rule):
         self.cuts = tuple(sorted(set(at)))
         self.condition = config.sg_condition
         cond_dim = 0 if self.condition == "none" else n_outputs
-        widths = network.widths
         for i in self.cuts:
-            self.modules[network.interfaces[i]] = SyntheticGradientModule(
-                widths[i], cond_dim, config.sg_hidden, config.sg_width, config.sg_batch_norm, config.sg_output
-            )
+            self.modules[network.interfaces[i]] = make_module(network.shapes[i], cond_dim, config)
         self.module_optimizers = [
             make_optimizer(config.sg_optimizer, m.parameters(), config.sg_lr, config.momentum)
             for m in self.modules.values()
@@ -129,7 +170,7 @@ class SyntheticGradients(Rule):
             opt.zero_grad(set_to_none=True)
         total = 0.0
         for i, target in targets.items():
-            loss = (predictions[i] - target.detach()).pow(2).sum(1).mean()
+            loss = (predictions[i] - target.detach()).pow(2).flatten(1).sum(1).mean()
             metrics[f"sg_loss/{self.network.interfaces[i]}"] = loss.detach()
             total = total + self.config.sg_loss_weight * loss
         total.backward()

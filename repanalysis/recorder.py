@@ -1,0 +1,254 @@
+"""``Recorder``: write a run file from any ``torch.nn.Module``, inside your own training loop.
+
+    rec = Recorder("run.h5", model, layers={"conv": model[1], "fc": model[5]},
+                   probe=(x_probe, y_probe), loss=torch.nn.functional.cross_entropy)
+    for step, (x, y) in enumerate(batches):
+        if step % 100 == 0:
+            rec.checkpoint(step)
+        ...                                # your own update
+    rec.close()                            # status "complete"; or use a with-block
+
+Conventions:
+
+- a *layer* is the output of a named module (a forward hook; of its last call
+  in a forward pass), stored as produced: ``[T, N, D]`` for vectors,
+  ``[T, N, C, H, W]`` for feature maps;
+- ``true_grad`` is ``torch.autograd.grad`` of ``loss(model(x_probe), y_probe)``
+  with respect to each layer: with a batch-mean loss, a sample's own gradient
+  is ``N · true_grad``;
+- the *shadow pass* that computes them changes nothing: no parameter, no
+  ``.grad``, no buffer (every buffer is put back bit for bit), no optimiser
+  state, and not torch's random generators (dropout in it draws from a fork).
+  ``record_bn="batch"`` runs the model in training mode (batch norm with the
+  probe set's own statistics, dropout on), ``"eval"`` in eval mode; either
+  way each module's own mode is restored;
+- every parameter and buffer is recorded at each checkpoint under
+  ``/params/model.<state_dict key>``.
+
+Crash safety is ``RunWriter``'s: flushed after every checkpoint and
+evaluation, status "running" until ``close()``; an existing file
+(``overwrite=True``) is replaced only at the second checkpoint (or at
+``close()``). A Ctrl-C during a checkpoint, evaluation or ``close()`` takes
+effect when it ends, so it never lands inside a file write; leaving a
+with-block on an exception closes the run as "failed" with the exception
+named, and the last step the recorder was given.
+
+``train`` records through the same class (``Recorder.attach``), with the
+rule's own shadow pass, which adds each rule's ``signal``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RECORD_BN
+from .errors import UserError
+from .interrupts import whole
+from .outputs import check_file
+from .rules.base import batch_statistics, evaluating
+from .runfile import RunWriter
+
+Arrays = dict[str, np.ndarray]
+Shadow = Callable[[], dict[str, dict[str, torch.Tensor]]]
+
+
+def _number(value) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def _numpy(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, Arrays]:
+    return {name: {k: v.detach().cpu().numpy() for k, v in arrays.items()} for name, arrays in layers.items()}
+
+
+def model_state(model: nn.Module, prefix: str = "model.") -> Arrays:
+    """Every parameter and buffer of ``model`` (its ``state_dict``), as numpy arrays named ``prefix + key``."""
+    return {f"{prefix}{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def shadow_pass(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, loss,
+                record_bn: str = "batch") -> dict[str, dict[str, torch.Tensor]]:
+    """Per layer ``activations`` and ``true_grad`` of ``loss(model(x), y)``; changes nothing (module docstring).
+
+    A hooked output that does not require a gradient (it depends on no
+    parameter) is made a leaf that does; every hooked output is passed on as a
+    copy, so an in-place operation after it changes neither the recorded value
+    nor its gradient.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def keep(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise UserError(f"layer {name!r} ({type(module).__name__}) outputs a {type(output).__name__}, "
+                                "not a tensor; record a module that outputs one tensor")
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            captured[name] = output
+            return output.clone()
+        return keep
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    mode = batch_statistics if record_bn == "batch" else evaluating
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    try:
+        with torch.random.fork_rng(devices=devices), mode(model), torch.enable_grad():
+            value = loss(model(x), y)
+            missing = [name for name in layers if name not in captured]
+            if missing:
+                raise UserError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise UserError("the loss must return one number (a 0-d tensor): the mean over the probe set")
+            grads = torch.autograd.grad(value, [captured[name] for name in layers], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: {"activations": captured[name].detach(),
+                   "true_grad": torch.zeros_like(captured[name]) if g is None else g.detach()}
+            for name, g in zip(layers, grads)}
+
+
+def _layer_modules(model: nn.Module, layers) -> dict[str, nn.Module]:
+    """``layers`` as ``{name: module}``; a value may be a module of ``model`` or its qualified name."""
+    if not isinstance(layers, dict) or not layers:
+        raise UserError("layers must be a non-empty dict {name: module of the model (or its qualified name)}")
+    owned = {id(m) for m in model.modules()}
+    out = {}
+    for name, module in layers.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise UserError(f"layer name {name!r} must be a non-empty string without '/'")
+        if isinstance(module, str):
+            try:
+                module = model.get_submodule(module)
+            except AttributeError:
+                raise UserError(f"layer {name!r}: the model has no module {module!r}") from None
+        if not isinstance(module, nn.Module) or id(module) not in owned:
+            raise UserError(f"layer {name!r} is not a module of the model")
+        out[name] = module
+    return out
+
+
+class Recorder:
+    """Record ``model``'s ``layers`` on a probe set to the run file ``path`` (see the module docstring).
+
+    ``probe``: ``(x, y)``; integer labels ``[N]`` make a classification run
+    (``/probe/labels``), anything else a regression run (``/probe/targets``).
+    ``loss(output, y)``: the probe-mean loss. ``rule``: the name analysis
+    shows (``analyze`` pairs each run with the ``backprop`` run of its
+    ``seed``). ``probe_index``: the probe inputs' indices in your test split
+    (default ``0..N-1``): runs are comparable only with equal indices and
+    ``dataset``. ``config``: anything JSON-serialisable to keep with the run.
+    """
+
+    def __init__(self, path, model: nn.Module, layers, probe, loss, *, rule: str = "external",
+                 dataset: str = "external", seed: int | None = None, probe_index=None,
+                 record_bn: str = "batch", config: dict | None = None, overwrite: bool = False):
+        check_file(path, overwrite, option="path")
+        if record_bn not in RECORD_BN:
+            raise UserError(f"record_bn must be one of {', '.join(RECORD_BN)}, got {record_bn!r}")
+        modules = _layer_modules(model, layers)
+        try:
+            x, y = probe
+        except (TypeError, ValueError):
+            raise UserError("probe must be a pair (x, y) of tensors") from None
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x, y = torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
+        if len(x) != len(y) or len(x) < 2:
+            raise UserError(f"the probe needs at least 2 inputs, with one y each; got {len(x)} and {len(y)}")
+        classification = y.ndim == 1 and not torch.is_floating_point(y)
+        index = np.arange(len(x)) if probe_index is None else np.asarray(probe_index, dtype=np.int64)
+        if index.shape != (len(x),):
+            raise UserError(f"probe_index must hold one index per probe input ({len(x)}), got shape {index.shape}")
+
+        def shadow():
+            return shadow_pass(model, modules, x, y, loss, record_bn)
+
+        first = shadow()  # every check before the file is touched: the layers run, the loss is one number
+        with torch.no_grad(), evaluating(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            n_outputs = math.prod(model(x[:2]).shape[1:])
+        about = {"external": True, "rule": rule, "model": type(model).__name__, "layers": list(modules),
+                 "modules": {name: type(m).__name__ for name, m in modules.items()},
+                 "probe_size": len(x), "record_bn": record_bn, "loss": getattr(loss, "__name__", type(loss).__name__),
+                 "user": config or {}}
+        try:
+            config_json = json.dumps(about, sort_keys=True)
+        except TypeError as err:
+            raise UserError(f"config must be JSON-serialisable ({err})") from None
+        writer = RunWriter(
+            path, rule=rule, model=type(model).__name__, dataset=dataset, seed=-1 if seed is None else int(seed),
+            config_json=config_json, task="classification" if classification else "regression",
+            n_features=math.prod(x.shape[1:]), n_outputs=n_outputs, probe_index=index,
+            probe_labels=y.cpu().numpy() if classification else None,
+            probe_targets=None if classification else y.reshape(len(y), -1).cpu().numpy(),
+            layers=[(name, math.prod(first[name]["activations"].shape[1:]), type(m).__name__)
+                    for name, m in modules.items()],
+            overwrite=overwrite, record_bn=record_bn,
+        )
+        self._start(writer, shadow, lambda: model_state(model))
+
+    @classmethod
+    def attach(cls, writer: RunWriter, shadow: Shadow, state: Callable[[], Arrays],
+               resume: Callable[[], Arrays] | None = None) -> "Recorder":
+        """A recorder on an open ``writer``: ``shadow()`` gives the layer arrays, ``state()`` the
+        parameters and buffers, ``resume()`` the state that continues training exactly (``train`` uses this)."""
+        made = cls.__new__(cls)
+        made._start(writer, shadow, state, resume)
+        return made
+
+    def _start(self, writer: RunWriter, shadow: Shadow, state, resume=None) -> None:
+        self._writer, self._shadow, self._state, self._resume = writer, shadow, state, resume
+        self._written = 0  # checkpoints written by this recorder
+        self.step: int | None = None  # the last step it was given
+        self.closed = False
+
+    @property
+    def path(self):
+        return self._writer.path
+
+    @property
+    def replacing(self) -> bool:
+        """Whether an existing file at ``path`` is still waiting to be replaced."""
+        return self._writer.replacing
+
+    def checkpoint(self, step: int) -> None:
+        """Record every layer's activations and true gradients on the probe set, and every parameter."""
+        with whole():
+            self.step = step
+            self._writer.checkpoint(step, _numpy(self._shadow()), self._state(),
+                                    None if self._resume is None else self._resume())
+            if self._written:
+                self._writer.commit()
+            self._written += 1
+
+    def log(self, step: int, **metrics) -> None:
+        """Record one step's metrics under ``/metrics`` (numbers or 0-d tensors; written at the next flush)."""
+        self.step = step
+        self._writer.log({"step": float(step), **{k: _number(v) for k, v in metrics.items()}})
+
+    def evaluation(self, step: int, **metrics) -> None:
+        """Record one evaluation under ``/eval`` (e.g. ``test_loss``, ``test_acc``); then flush."""
+        with whole():
+            self.step = step
+            self._writer.evaluation({"step": step, **{k: _number(v) for k, v in metrics.items()}})
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        """Write what is buffered and close with ``status`` ("complete", or "failed" with ``error``)."""
+        if self.closed:
+            return
+        with whole():
+            self.closed = True
+            self._writer.close(status, **({} if error is None else {"error": error}))
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.close("failed", error=f"stopped at step {self.step}: {kind.__name__}")
