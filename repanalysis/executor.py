@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 
 from .errors import UserError
@@ -51,6 +52,29 @@ def one_thread():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload hook, run in each local worker process as it starts (a restarted one too).
+
+    Ctrl-C reaches every process of the terminal's group; the local workers
+    ignore it, so that only this process stops and closes the cluster (the
+    runs under way stay resumable) and no worker prints a traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C ignored inside (in the main thread; processes started inside inherit it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_task(fn, args):
@@ -105,8 +129,10 @@ class Executor:
             except (OSError, TimeoutError, ValueError) as err:
                 raise UserError(f"cannot reach the Dask scheduler at {self.scheduler}: {err}") from None
         else:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+            with _sigint_ignored():  # the worker processes start with Ctrl-C ignored, as after dask_setup
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                                            preload=[__name__])
             self.client = Client(self.cluster)
         return self.client
 

@@ -23,12 +23,17 @@ figures and claims it asks for. Per experiment ``E``:
   (what each table and figure set was made from).
 
 Reuse, make-style: a run file is kept when its status is "complete" and its
-config equals the planned one (anything else under that name is retrained);
-a table or figure set is kept when its inputs (names, sizes, modification
-times) and settings are what they were made from. The report is always
-rewritten. Tables, figures, the report and the manifest are written through
-temporary files, so none is ever half-written. Training runs in up to one
-single-threaded worker process per CPU core.
+config equals the planned one, resumed when it was interrupted, and trained
+again otherwise (``sweep``); a table or figure set is kept when its inputs
+(names, sizes, modification times) and settings are what they were made from.
+The report is always rewritten. Tables, figures, the report and the manifest
+are written through temporary files, so none is ever half-written. Training,
+analyses, probes and figures run as tasks on an ``executor.Executor``
+(default: a local Dask cluster of one single-threaded worker per CPU core);
+the tables, claims and report are made in this process. ``sweep()`` is the
+training stage alone. With more than one local worker, a script that calls
+them needs the ``if __name__ == "__main__":`` guard (Dask starts its worker
+processes by spawning, which imports the script again).
 
 ``python -m repanalysis.reproduce --gallery`` runs the default reproduction into
 ``out/reproduce`` (reusing what is there) and replaces the PNGs in ``docs/gallery/``
