@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 
 from .errors import UserError
@@ -52,6 +53,31 @@ def one_thread():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+#: Dask settings of the local workers: no statistical profiler (a sampling thread in each worker).
+LOCAL_WORKERS = {"distributed.worker.profile.enabled": False}
+
+
+def _malloc_as_usual() -> None:
+    """Undo, for this worker process, what Dask's ``MALLOC_TRIM_THRESHOLD_`` does to glibc's malloc.
+
+    Any explicit malloc threshold turns off glibc's adaptive one, so every
+    block over 128 KiB becomes a fresh ``mmap`` whose pages are zeroed anew:
+    the analysis tasks took about 40% more CPU time so. Blocks up to 32 MiB
+    come from the heap again, and the heap is trimmed only beyond 256 MiB.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 256 * 2**20)
 
 
 def dask_setup(worker) -> None:
@@ -83,6 +109,7 @@ def _run_task(fn, args):
 
     worker = get_worker()
     worker.log_event(_STARTED, str(worker.get_current_task()))
+    _malloc_as_usual()
     with one_thread():
         return fn(*args)
 
@@ -129,7 +156,9 @@ class Executor:
             except (OSError, TimeoutError, ValueError) as err:
                 raise UserError(f"cannot reach the Dask scheduler at {self.scheduler}: {err}") from None
         else:
-            with _sigint_ignored():  # the worker processes start with Ctrl-C ignored, as after dask_setup
+            import dask
+
+            with _sigint_ignored(), dask.config.set(LOCAL_WORKERS):
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                             host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
                                             preload=[__name__])
