@@ -21,7 +21,6 @@ import pandas as pd
 import seaborn as sns
 
 from repanalysis.errors import UserError
-from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
 
 from . import curves, heatmaps, layers, linear, rdms, spectra, training
@@ -41,6 +40,7 @@ FROM_TABLES = {
     "linear": {"linear_problems": linear.linear_problems},
 }
 FROM_RUNS = {"learning_curves": curves.learning_curves, "rdms": rdms.rdm_grid, "spectra": spectra.spectra}
+DRAWERS = {stem: draw for figures in FROM_TABLES.values() for stem, draw in figures.items()} | FROM_RUNS
 
 
 def _check_runs(runs: list[Path]) -> None:
@@ -54,31 +54,38 @@ def _check_runs(runs: list[Path]) -> None:
         raise UserError(f"the run files come from several data sets or models: {listed}; draw each group separately")
 
 
-def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None) -> list[Path]:
-    """Draw what ``inputs`` (tables ``.csv``, run files ``.h5``) allow into ``out_dir``; return the files."""
+def _draw(stem: str, data, out: Path, tag: str | None) -> list[Path]:
+    """Draw figure ``stem`` from ``data`` (a table, or run-file paths) into ``out``; the files (none if empty)."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig = DRAWERS[stem](data)
+        if fig is None:
+            return []
+        if tag:
+            fig.suptitle(f"{fig.get_suptitle()} — {tag}")
+        return save(fig, out, f"{stem}_{tag}" if tag else stem)
+
+
+def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None, executor=None) -> list[Path]:
+    """Draw what ``inputs`` (tables ``.csv``, run files ``.h5``) allow into ``out_dir``; return the files.
+
+    One task per figure on ``executor`` (a ``repanalysis.executor.Executor``; default: this process).
+    """
+    from repanalysis.executor import Executor
+
     tables, runs = split_inputs(inputs)
     if runs:
         _check_runs(runs)
-    jobs = [(stem, draw, pd.concat(tables[kind], ignore_index=True))
-            for kind, figures in FROM_TABLES.items() if kind in tables for stem, draw in figures.items()]
-    jobs += [(stem, draw, runs) for stem, draw in FROM_RUNS.items() if runs]
+    out = Path(out_dir)
+    jobs = [(stem, pd.concat(tables[kind], ignore_index=True), out.resolve(), tag)
+            for kind, figures in FROM_TABLES.items() if kind in tables for stem in figures]
+    jobs += [(stem, [Path(p).resolve() for p in runs], out.resolve(), tag) for stem in FROM_RUNS if runs]
     if not jobs:
         raise UserError("nothing to draw: give an analysis, probe or linear-problem table, or run files")
-    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    progress = Progress(len(jobs), "figures", quiet=quiet)
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
-        for done, (stem, draw, data) in enumerate(jobs, 1):
-            fig = draw(data)
-            if fig is not None:
-                if tag:
-                    fig.suptitle(f"{fig.get_suptitle()} — {tag}")
-                written += save(fig, out, f"{stem}_{tag}" if tag else stem)
-            progress.update(done, stem)
-    progress.close()
+    written = [out / path.name for files in (executor or Executor()).map(_draw, jobs, label="figures", quiet=quiet)
+               for path in files]
     if not written:
         raise UserError("nothing to draw: the inputs hold none of the measures the figures show")
     return written

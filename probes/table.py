@@ -21,7 +21,6 @@ from threadpoolctl import threadpool_limits
 
 from repanalysis.errors import UserError
 from repanalysis.outputs import write_atomically
-from repanalysis.progress import Progress
 from repanalysis.runfile import MAPS, RunFile
 
 from .folds import make_folds
@@ -33,19 +32,19 @@ CHECKPOINTS = ("all", "last")
 COLUMNS = ["run", "rule", "seed", "layer", "step", "probe", "accuracy", "accuracy_std", "folds"]
 
 
-def _probe_set(path) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """``(probe index, probe labels, checkpoint count, layer count)`` of one run; refuses runs that cannot be probed."""
+def _probe_set(path) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
+    """``(probe index, probe labels, checkpoint count, layers)`` of one run; refuses runs that cannot be probed."""
     with RunFile(path) as run:
         labels = run.probe_labels
         if labels is None:
             raise UserError(f"{path}: a {run.task} run has no class labels; probes need a classification task")
         if not len(run.steps):
             raise UserError(f"{path}: the run has no checkpoints")
-        return run.probe_index, labels, len(run.steps), len(run.layers)
+        return run.probe_index, labels, len(run.steps), list(run.layers)
 
 
-def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The probe labels every run shares, and each run's (checkpoint, layer) counts; refuses runs that differ."""
+def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, list[str]]]]:
+    """The probe labels every run shares, and each run's checkpoint count and layers; refuses runs that differ."""
     seen: dict[Path, str] = {}
     first_index = first_labels = None
     counts = []
@@ -54,8 +53,8 @@ def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, int
         if key in seen:
             raise UserError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
-        index, labels, n_checkpoints, n_layers = _probe_set(path)
-        counts.append((n_checkpoints, n_layers))
+        index, labels, n_checkpoints, layers = _probe_set(path)
+        counts.append((n_checkpoints, layers))
         if first_index is None:
             first_index, first_labels = index, labels
         elif not np.array_equal(index, first_index):
@@ -65,30 +64,39 @@ def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, int
     return first_labels, counts
 
 
-def _activations(paths: list[str], chosen: list[range], maps: str):
-    """Yield ``(path, rule, seed, layer, step, activations)`` for the ``chosen`` checkpoints of each run.
+def _probe_task(name: str, path: str, layer: str, indices: list[int], labels: np.ndarray, splits,
+                probes: tuple[str, ...], seed: int, k: int, maps: str) -> list[list]:
+    """The rows of one run's layer at checkpoints ``indices``; ``name``: the path as given, ``path``: absolute.
 
     Activations come as float64 ``[N, D]`` (feature maps read by ``maps``, ``runfile.as_rows``); non-finite
     values are refused with where they are.
     """
-    for path, indices in zip(paths, chosen):
-        with RunFile(path) as run:
-            for layer in run.layers:
-                for i in indices:
-                    step = int(run.steps[i])
-                    x = run.activations(layer, i, maps).astype(np.float64)
-                    if not np.isfinite(x).all():
-                        raise UserError(f"{path}: non-finite activations in layer {layer} at step {step}")
-                    yield path, run.rule, run.seed, layer, step, x
+    scorers = {"linear": lambda *a: linear_accuracy(*a, seed=seed), "knn": lambda *a: knn_accuracy(*a, k=k)}
+    rows = []
+    with RunFile(path) as run, threadpool_limits(limits=1):
+        for i in indices:
+            step = int(run.steps[i])
+            x = run.activations(layer, i, maps).astype(np.float64)
+            if not np.isfinite(x).all():
+                raise UserError(f"{name}: non-finite activations in layer {layer} at step {step}")
+            for probe in probes:
+                scores = [scorers[probe](x[tr], labels[tr], x[te], labels[te]) for tr, te in splits]
+                rows.append([name, run.rule, run.seed, layer, step, probe,
+                             float(np.mean(scores)), float(np.std(scores, ddof=1)), len(splits)])
+    return rows
 
 
-def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5,
-               checkpoints: str = "all", maps: str = "flatten", quiet: bool = False) -> pd.DataFrame:
+def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5, checkpoints: str = "all",
+               maps: str = "flatten", quiet: bool = False, executor=None) -> pd.DataFrame:
     """The tidy table of ``probes`` on every layer of every run, at every (``"all"``) or the last checkpoint.
 
     ``maps``: feature maps are probed flattened (``"flatten"``: every position of every channel a feature)
-    or as their channels' means over positions (``"channels"``).
+    or as their channels' means over positions (``"channels"``). One task per run and layer on ``executor``
+    (an ``repanalysis.executor.Executor``; default: this process); the rows come in the same order wherever
+    they ran.
     """
+    from repanalysis.executor import Executor
+
     paths = [str(p) for p in paths]
     probes = tuple(probes)
     if not paths:
@@ -102,23 +110,13 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
         raise UserError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
     labels, counts = _shared_probe_set(paths)
     splits = make_folds(labels, folds, seed)
-    scorers = {"linear": lambda *a: linear_accuracy(*a, seed=seed), "knn": lambda *a: knn_accuracy(*a, k=k)}
-    chosen = [range(n) if checkpoints == "all" else range(n - 1, n) for n, _ in counts]
-    total = sum(len(indices) * n_layers for indices, (_, n_layers) in zip(chosen, counts))
-
-    progress = Progress(total, "probe", quiet=quiet)
-    rows = []
-    try:
-        with threadpool_limits(limits=1):
-            for done, (path, rule, run_seed, layer, step, x) in enumerate(_activations(paths, chosen, maps), 1):
-                for name in probes:
-                    scores = [scorers[name](x[tr], labels[tr], x[te], labels[te]) for tr, te in splits]
-                    rows.append([path, rule, run_seed, layer, step, name,
-                                 float(np.mean(scores)), float(np.std(scores, ddof=1)), len(splits)])
-                progress.update(done, f"{Path(path).name} {layer} step {step}")
-    finally:
-        progress.close()
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    tasks = []
+    for path, (n, layers) in zip(paths, counts):
+        indices = list(range(n)) if checkpoints == "all" else [n - 1]
+        tasks += [(path, str(Path(path).resolve()), layer, indices, labels, splits, probes, seed, k, maps)
+                  for layer in layers]
+    results = (executor or Executor()).map(_probe_task, tasks, label="probe", quiet=quiet)
+    table = pd.DataFrame([row for rows in results for row in rows], columns=COLUMNS)
     return table.astype({"seed": "int64", "step": "int64", "folds": "int64"})
 
 

@@ -1,4 +1,4 @@
-"""The ``repanalysis`` command: train, inspect, analyze, probe, figures, reproduce.
+"""The ``repanalysis`` command: train, inspect, analyze, probe, figures, reproduce, sweep.
 
 A ``UserError`` (a mistake the user can fix) is printed as one line on stderr
 with exit status 2; anything else is a bug and keeps its traceback.
@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
@@ -131,7 +132,8 @@ def _add_train(sub) -> None:
                    help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
     g.add_argument("--workers", type=int, default=d.workers,
-                   help="stages, each in its own process, cut at the modules: update-unlocked training (sg, dni, cdni)")
+                   help="pipeline stages of this one network, each in its own process, cut at the modules: "
+                   "update-unlocked training (sg, dni, cdni); not the Dask workers of reproduce/sweep/analyze/probe")
     g.add_argument("--sync", action="store_true",
                    help="with --workers: stages in lock-step, equal to the in-process rule (the check of the machinery)")
     g = p.add_argument_group("fixed feedback (fa, dfa)")
@@ -183,6 +185,12 @@ def _cmd_inspect(args) -> None:
         print(summary(path))
 
 
+def _executor(args):
+    from .executor import Executor
+
+    return Executor(args.workers, args.scheduler)
+
+
 def _cmd_analyze(args) -> None:
     from .analysis.runs import MEASURES, analyze, write_table
 
@@ -190,7 +198,9 @@ def _cmd_analyze(args) -> None:
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
     check_file(args.out, args.overwrite)
-    table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps, quiet=args.quiet)
+    with _executor(args) as executor:
+        table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps,
+                        quiet=args.quiet, executor=executor)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -199,8 +209,9 @@ def _cmd_probe(args) -> None:
     from .probes import probe_runs, write_table
 
     check_file(args.out, args.overwrite)
-    table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
-                       maps=args.maps, quiet=args.quiet)
+    with _executor(args) as executor:
+        table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
+                           maps=args.maps, quiet=args.quiet, executor=executor)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -213,9 +224,9 @@ def _cmd_figures(args) -> None:
     print(f"wrote {len(made)} files to {args.out}")
 
 
-def _cmd_reproduce(args) -> None:
+def _spec_and_overrides(args):
+    """The spec and overrides of ``reproduce``/``sweep``, checked before the output folder is touched."""
     from .experiments.spec import Overrides, load_spec, preset
-    from .reproduce import reproduce
 
     if args.spec and args.preset:
         raise UserError("give --preset or --spec, not both")
@@ -224,8 +235,16 @@ def _cmd_reproduce(args) -> None:
                           steps=args.steps, dataset=args.dataset)
     spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
     check_folder(args.out)
-    report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                       quiet=args.quiet)
+    return spec, overrides
+
+
+def _cmd_reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    spec, overrides = _spec_and_overrides(args)
+    with _executor(args) as executor:
+        report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
+                           executor=executor, quiet=args.quiet)
     print(f"wrote {report}")
 
 
@@ -235,8 +254,47 @@ def _add_maps(p) -> None:
                    "mean over its positions (channels); gradients are always flattened")
 
 
+def _cmd_sweep(args) -> int:
+    from .reproduce import sweep
+    from .sweep import failures
+
+    spec, overrides = _spec_and_overrides(args)
+    with _executor(args) as executor:
+        done = sweep(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
+                     executor=executor, quiet=args.quiet)
+    counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}
+    failed = failures(done)
+    for name, error in failed.items():
+        print(f"repanalysis: {name} failed: {error}", file=sys.stderr)
+    print(f"{len(done) - len(failed)} of {len(done)} runs complete in {Path(args.out) / 'runs'} "
+          f"({', '.join(f'{n} {what}' for what, n in counts.items())}; {len(failed)} failed)")
+    return 1 if failed else 0
+
+
+def _add_spec_options(p) -> None:
+    """The options of ``reproduce`` and ``sweep``: which spec, its overrides, where, on how many workers."""
+    from .executor import add_options
+
+    p.add_argument("--preset", help="a shipped spec: digits (default; minutes on 2 cores) or paper (MNIST, depth "
+                   "up to 50, two activations; hours)")
+    p.add_argument("--spec", metavar="FILE", help="your own spec file (TOML; copy a preset from "
+                   "repanalysis/experiments/presets/ to start)")
+    p.add_argument("--quick", action="store_true", help="the spec's much smaller version (for CI)")
+    p.add_argument("--depths", type=_numbers, help="override the depths of the spec's grids, e.g. 5,50")
+    p.add_argument("--activations", type=_names, help="override the activations of the spec's grids, e.g. relu,tanh")
+    p.add_argument("--widths", type=_numbers, help="override the widths of the spec's grids, e.g. 128,256")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every run (default: the spec's)")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
+    p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
+    p.add_argument("--data-dir", help="folder with the MNIST files")
+    p.add_argument("--out", required=True, help="the output folder (its runs/ folder is the sweep's state)")
+    add_options(p, per_core=True)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .analysis.runs import MEASURES
+    from .executor import add_options
 
     parser = _Parser(prog="repanalysis", description="Train networks with backprop, synthetic gradients and "
                      "related rules; record their insides to HDF5; analyse, probe and draw the differences.")
@@ -253,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"only these measures (default: all that apply): {', '.join(MEASURES)}")
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_options(p)
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
     p.add_argument("runs", nargs="+", metavar="RUN.h5")
@@ -263,26 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", choices=("all", "last"), default="all", help="probe every checkpoint or the last")
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_options(p)
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")
     p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
     p.add_argument("--out", required=True, help="the folder for the figures")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("reproduce", help="run an experiment spec: train, analyse, probe, draw, write report.md")
-    p.add_argument("--preset", help="a shipped spec: digits (default; minutes on 2 cores) or paper (MNIST, depth "
-                   "up to 50, two activations; hours)")
-    p.add_argument("--spec", metavar="FILE", help="your own spec file (TOML; copy a preset from "
-                   "repanalysis/experiments/presets/ to start)")
-    p.add_argument("--quick", action="store_true", help="the spec's much smaller version (for CI)")
-    p.add_argument("--depths", type=_numbers, help="override the depths of the spec's grids, e.g. 5,50")
-    p.add_argument("--activations", type=_names, help="override the activations of the spec's grids, e.g. relu,tanh")
-    p.add_argument("--widths", type=_numbers, help="override the widths of the spec's grids, e.g. 128,256")
-    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every run (default: the spec's)")
-    p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
-    p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
-    p.add_argument("--data-dir", help="folder with the MNIST files")
-    p.add_argument("--out", required=True, help="the output folder")
-    p.add_argument("--quiet", action="store_true")
+    _add_spec_options(p)
+    p = sub.add_parser("sweep", help="train an experiment spec's runs (as reproduce does) without the tables "
+                       "and report; rerun it to finish what was interrupted")
+    _add_spec_options(p)
     return parser
 
 
@@ -319,8 +369,8 @@ def _main(argv) -> int:
             parser.print_help()
             return 0
         commands = {"train": _cmd_train, "inspect": _cmd_inspect, "analyze": _cmd_analyze, "probe": _cmd_probe,
-                    "figures": _cmd_figures, "reproduce": _cmd_reproduce}
-        commands[args.command](args)
+                    "figures": _cmd_figures, "reproduce": _cmd_reproduce, "sweep": _cmd_sweep}
+        status = commands[args.command](args)
     except UserError as err:
         print(f"repanalysis: error: {err}", file=sys.stderr)
         return 2
@@ -330,7 +380,7 @@ def _main(argv) -> int:
     except BrokenPipeError:  # the reader of our output went away (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -23,12 +23,17 @@ figures and claims it asks for. Per experiment ``E``:
   (what each table and figure set was made from).
 
 Reuse, make-style: a run file is kept when its status is "complete" and its
-config equals the planned one (anything else under that name is retrained);
-a table or figure set is kept when its inputs (names, sizes, modification
-times) and settings are what they were made from. The report is always
-rewritten. Tables, figures, the report and the manifest are written through
-temporary files, so none is ever half-written. Training runs in up to one
-single-threaded worker process per CPU core.
+config equals the planned one, resumed when it was interrupted, and trained
+again otherwise (``sweep``); a table or figure set is kept when its inputs
+(names, sizes, modification times) and settings are what they were made from.
+The report is always rewritten. Tables, figures, the report and the manifest
+are written through temporary files, so none is ever half-written. Training,
+analyses, probes and figures run as tasks on an ``executor.Executor``
+(default: a local Dask cluster of one single-threaded worker per CPU core);
+the tables, claims and report are made in this process. ``sweep()`` is the
+training stage alone. With more than one local worker, a script that calls
+them needs the ``if __name__ == "__main__":`` guard (Dask starts its worker
+processes by spawning, which imports the script again).
 
 ``python -m repanalysis.reproduce --gallery`` runs the default reproduction into
 ``out/reproduce`` (reusing what is there) and replaces the PNGs in ``docs/gallery/``
@@ -38,96 +43,17 @@ with its figures.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import json
-import multiprocessing
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .datasets import load
 from .errors import UserError
+from .executor import Executor, cores, one_thread
 from .experiments.spec import Overrides, PlannedRun, Spec, preset
-from .progress import Progress
-from .runfile import RunFile
-
-
-# -- runs ---------------------------------------------------------------------------
-
-def is_complete(path: Path, config: TrainConfig) -> bool:
-    """Whether ``path`` is a complete run file of exactly ``config``."""
-    if not path.is_file():
-        return False
-    try:
-        with RunFile(path) as run:
-            return run.status == "complete" and TrainConfig.from_json(json.dumps(run.config)).resolved() == config
-    except (UserError, OSError, KeyError, TypeError, ValueError):
-        return False
-
-
-LOADED: dict[tuple[str, int], object] = {}
-"""Data sets ``train_missing`` loads before it forks its workers, which inherit them (cleared after)."""
-
-
-def _train_one(config_json: str, path: str, data_dir) -> str | None:
-    """Train one run; the error message if it failed, else None."""
-    from .train import train
-
-    config = TrainConfig.from_json(config_json)
-    try:
-        train(config, path, data_dir=data_dir, device="cpu", overwrite=True, quiet=True,
-              data=LOADED.get((config.dataset, config.data_seed)))
-    except UserError as err:
-        return str(err)
-    return None
-
-
-def _workers(n_runs: int) -> int:
-    """Worker processes for ``n_runs`` runs: one per CPU core where processes can fork, else none (1)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return max(1, min(n_runs, os.cpu_count() or 1))
-
-
-def train_missing(runs: list[PlannedRun], run_dir: Path, data_dir, quiet: bool) -> dict[str, str]:
-    """Train every planned run that is not already complete; ``{file name: error}`` of those that failed.
-
-    With several workers, runs train in forked processes (fork, not spawn: a
-    caller's script needs no ``__main__`` guard); with one, in this process.
-    """
-    todo = [r for r in runs if not is_complete(run_dir / r.name, r.config)]
-    failed: dict[str, str] = {}
-    if not todo:
-        return failed
-    for r in todo:
-        key = (r.config.dataset, r.config.data_seed)
-        if key not in LOADED:
-            LOADED[key] = load(key[0], data_dir=data_dir, seed=key[1])
-    workers = _workers(len(todo))
-    progress = Progress(len(todo), f"train ({workers} worker{'s' if workers > 1 else ''})", quiet=quiet)
-    jobs = [(r.name, (r.config.to_json(), str(run_dir / r.name), data_dir)) for r in todo]
-    pool = None
-    try:
-        if workers == 1:
-            results = ((name, _train_one(*args)) for name, args in jobs)
-        else:
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            futures = {pool.submit(_train_one, *args): name for name, args in jobs}
-            results = ((futures[f], f.result()) for f in concurrent.futures.as_completed(futures))
-        for done, (name, error) in enumerate(results, 1):
-            if error:
-                failed[name] = error
-            progress.update(done, name)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        progress.close()
-        LOADED.clear()
-    return failed
+from .sweep import failures, train_runs
 
 
 # -- make-style reuse -----------------------------------------------------------------
@@ -180,30 +106,11 @@ def _made(manifest: Manifest, product: str, inputs: list[Path], settings, make) 
 
 # -- the whole chain ----------------------------------------------------------------
 
-@contextlib.contextmanager
-def one_thread():
-    """torch and BLAS use one thread each inside (restored after).
-
-    The matrices here are small, and the cores are shared with the training
-    workers: more threads only contend (several times slower on a busy machine).
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _output_dir(out_dir) -> Path:
+def _output_dir(out_dir, subfolders=("runs", "tables", "figures")) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; give a folder for the reproduction")
-    for sub in ("runs", "tables", "figures"):
+        raise UserError(f"{out} exists and is not a folder; give a folder for the output")
+    for sub in subfolders:
         (out / sub).mkdir(parents=True, exist_ok=True)
     return out
 
@@ -219,20 +126,42 @@ def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Pa
     return " ".join(parts + ([f"--data-dir {data_dir}"] if data_dir else []) + [f"--out {out}"])
 
 
-def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
-              data_dir=None, quiet: bool = False) -> Path:
-    """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``."""
+def _planned(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tuple[Spec, Overrides, Spec, list]:
+    """``(spec, overrides, the spec with them applied, its runs)``; a bad override is a ``UserError``."""
     spec = spec or preset("digits")
-    spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
     overrides = overrides or Overrides()
     if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
         raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
     applied = spec.applied(overrides, quick)
-    runs = applied.runs()
+    return spec, overrides, applied, applied.runs()
+
+
+def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
+          data_dir=None, executor: Executor | None = None, quiet: bool = False) -> dict[str, tuple[str, str | None]]:
+    """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does, and no more;
+    ``{file name: (what was done, error or None)}`` (see ``sweep.train_runs``)."""
+    _, _, _, runs = _planned(spec, quick, overrides)
+    out = _output_dir(out_dir, ("runs",))
+    with contextlib.ExitStack() as stack:
+        executor = executor or stack.enter_context(Executor(cores()))
+        return train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet)
+
+
+def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
+              data_dir=None, executor: Executor | None = None, quiet: bool = False) -> Path:
+    """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``.
+
+    Runs, analyses and probes are tasks on ``executor`` (default: a local Dask
+    cluster of one worker per core, closed at the end).
+    """
+    spec, overrides, applied, runs = _planned(spec, quick, overrides)
+    spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
     out = _output_dir(out_dir)
     command = _command(spec_arg, quick, overrides, data_dir, out)
-    with one_thread():
-        return _reproduce(out, applied, runs, command, quick=quick, data_dir=data_dir, quiet=quiet)
+    with contextlib.ExitStack() as stack, one_thread():
+        executor = executor or stack.enter_context(Executor(cores()))
+        return _reproduce(out, applied, runs, command, quick=quick, data_dir=data_dir, executor=executor,
+                          quiet=quiet)
 
 
 def _cells(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
@@ -248,7 +177,7 @@ def _slug(cell) -> str:
 
 def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned: list[PlannedRun],
              files: list[Path], made: dict[str, Path], q_path: Path, quantities, analysis, paths: dict,
-             quiet: bool) -> list[Path]:
+             executor: Executor, quiet: bool) -> list[Path]:
     """The figure sets ``exp.figures`` asks for (see the module docstring), each reused when fresh."""
     from .figures import draw_figures
     from .figures.depth import draw_depth_figures
@@ -261,13 +190,14 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
             tag = None if index == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
             inputs = list(made.values()) + cell_files
             figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
-                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag))
+                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag, executor=executor))
     if "tables" in exp.figures:
         shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
         tag = name if shared else None
         tables_only = list(made.values())
         figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
-                         lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag))
+                         lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag,
+                                                      executor=executor))
     if "depth" in exp.figures:
         inputs = [q_path] + list(made.values()) + files
         depths = sorted({r.config.depth for r in planned})
@@ -280,7 +210,7 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
 
 
 def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
-               quiet: bool) -> Path:
+               executor: Executor, quiet: bool) -> Path:
     """The stages of ``reproduce``: train, tables, claims, figures, report."""
     import pandas as pd
 
@@ -289,7 +219,7 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
     from .probes import probe_runs
     from .report import linear_table, write_report
 
-    failed = train_missing(runs, out / "runs", data_dir, quiet)
+    failed = failures(train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet))
     manifest = Manifest(out)
 
     def table(product: str, inputs: list[Path], compute, settings=None) -> Path:
@@ -303,7 +233,8 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
         return _made(manifest, product, inputs, settings, make)[0]
 
     def analysis(exp, cells) -> pd.DataFrame:
-        parts = [analyze([out / "runs" / r.name for r in cell], measures=exp.measures, quiet=quiet)
+        parts = [analyze([out / "runs" / r.name for r in cell], measures=exp.measures, quiet=quiet,
+                         executor=executor)
                  for cell in cells.values()]
         return pd.concat(parts, ignore_index=True)
 
@@ -322,7 +253,7 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
         if "probes" in exp.tables:
             options = {"folds": 3 if quick else exp.probe_folds}
             made["probes"] = table(f"{name}_probes.csv", files, lambda: probe_runs(
-                files, checkpoints="last", quiet=quiet, **options), options)
+                files, checkpoints="last", quiet=quiet, executor=executor, **options), options)
         if "linear" in exp.tables:
             made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
         frames = {kind: pd.read_csv(path) for kind, path in made.items()}
@@ -333,7 +264,7 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
         context.quantities = quantities[name] = pd.read_csv(q_path)
         results[name] = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
         figures += _figures(out, manifest, spec, i, exp, planned, files, made, q_path, quantities[name],
-                            frames.get("analysis"), paths[name], quiet)
+                            frames.get("analysis"), paths[name], executor, quiet)
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed=failed, figures=figures, command=command, quick=quick)
 

@@ -96,7 +96,6 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
 from ..outputs import write_atomically
-from ..progress import Progress
 from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
 from ._arrays import RepanalysisWarning, as_float64, at, warn
@@ -135,9 +134,9 @@ _NO_SIDE = (None, None, None, None, None)
 class _Run:
     """One opened run file, under the name it was given; feature maps read by ``maps``."""
 
-    def __init__(self, name, file: RunFile, maps: str = "flatten"):
+    def __init__(self, name, file: RunFile, maps: str):
         self.name, self.file, self.maps = str(name), file, maps
-        self.key = str(Path(name).resolve())
+        self.key = str(file.path.resolve())
         self.rule, self.seed = file.rule, file.seed
         self.steps = [int(s) for s in file.steps]
         self.index = {s: c for c, s in reversed(list(enumerate(self.steps)))}
@@ -187,6 +186,11 @@ class _Notes:
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return value
+
+    def absorb(self, kinds: dict) -> None:
+        """Add another ``_Notes``' kinds (those of a task) to these."""
+        for key, (message, count, what) in kinds.items():
+            self.kinds.setdefault(key, [message, 0, what])[1] += count
 
     def _add(self, measure: str, message: str, place: str, what: str) -> None:
         kind = re.sub(r"\d+(\.\d+)?", "#", message.removesuffix(at(place)))
@@ -300,62 +304,97 @@ def _open(stack: contextlib.ExitStack, path, maps: str) -> _Run:
     return run
 
 
-def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet: bool = False) -> pd.DataFrame:
+def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet: bool = False,
+            executor=None) -> pd.DataFrame:
     """The tidy table of ``measures`` (default: all of ``MEASURES`` that apply) over run files.
 
     ``runs``: run-file paths; ``reference``: the run every run is compared with
     (default: the backprop run with the same seed); ``maps``: how feature maps'
     activations are read (``runfile.MAPS``). See the module docstring.
+    The work is split into tasks (``_task``) on ``executor`` (an
+    ``executor.Executor``; default: this process): one per layer, one per run,
+    one per checkpoint of each SG run; their rows are put together in that
+    order, so the table is the same, row for row, wherever they ran.
     """
+    from ..executor import Executor
+
     wanted = _check_measures(measures)
     if maps not in MAPS:
         raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
     if not runs:
         raise UserError("analyze needs at least one run file")
-    rows: list[tuple] = []
-    notes = _Notes()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(threadpool_limits(1))
         opened = [_open(stack, path, maps) for path in runs]
         ref = _open(stack, reference, maps) if reference is not None else None
         pairs = _pairs(opened, ref) if wanted & set(ACROSS) else []
         for a, b in pairs:
             _check_comparable(a, b)
         layers = list(dict.fromkeys(layer for run in opened for layer in run.file.layers))
-        sg_runs = ([run for run in opened if run.rule in SG_RULES and not run.file.config.get("external")]
+        sg_runs = ([i for i, run in enumerate(opened) if run.rule in SG_RULES and not run.file.config.get("external")]
                    if wanted & set(SYNTHETIC) else [])
         slots = {layer: sorted({s for run in opened + [b for _, b in pairs] if layer in run.file.layers
                                 for s in run.steps}) for layer in layers}
-        progress = Progress(sum(map(len, slots.values())) + len(opened) + sum(len(r.steps) for r in sg_runs),
-                            "analyze", quiet=quiet)
-        done = 0
-        for layer in layers:
-            for step, layer_rows in _layer_pass(layer, slots[layer], opened, pairs, wanted, notes):
-                rows += layer_rows
-                done += 1
-                progress.update(done, f"{layer} step {step}")
-        for run in opened:
-            if "linear_cka" in wanted:
-                rows += _across_layers(run, notes)
-            rows += _to_last_layer(run, wanted, notes) + _per_run(run, wanted)
-            done += 1
-            progress.update(done, run.name)
-        for run in sg_runs:
-            for c in range(len(run.steps)):
-                rows += [(m, *run.side(layer, c), *_NO_SIDE, result[k])
-                         for layer, result in synthetic_losses(run.file, c).items()
-                         for m, k in SYNTHETIC.items() if m in wanted]
-                done += 1
-                progress.update(done, f"{run.name} synthetic loss")
-        progress.close()
+        sg_steps = {i: len(opened[i].steps) for i in sg_runs}
+    index = {id(run): i for i, run in enumerate(opened + [ref])}
+    named = [(str(path), str(Path(path).resolve())) for path in runs]
+    if reference is not None:
+        named.append((str(reference), str(Path(reference).resolve())))
+    shared = (named, len(opened), [(index[id(a)], index[id(b)]) for a, b in pairs], sorted(wanted), maps)
+    tasks = [(shared, ("layer", layer, slots[layer])) for layer in layers]
+    tasks += [(shared, ("run", i)) for i in range(len(opened))]
+    tasks += [(shared, ("synthetic", i, c)) for i in sg_runs for c in range(sg_steps[i])]
+    results = (executor or Executor()).map(_task, tasks, label="analyze", quiet=quiet)
+    notes = _Notes()
+    rows: list[tuple] = []
+    for task_rows, kinds in results:
+        rows += task_rows
+        notes.absorb(kinds)
     notes.report()
     table = pd.DataFrame([r for r in rows if r[-1] is not None and np.isfinite(r[-1])], columns=list(COLUMNS))
     ints = {c: "Int64" for c in ("seed_a", "step_a", "seed_b", "step_b")}
     return table.astype({**ints, "value": "float64"})
 
 
-def _layer_pass(layer: str, steps: list[int], runs: list[_Run], pairs, wanted: set, notes: _Notes):
-    """Yield ``(step, rows)`` for one layer: the single-run, over-time and cross-run measures."""
+def _task(shared: tuple, task: tuple) -> tuple[list[tuple], dict]:
+    """One part of ``analyze``: ``(rows, the notes' kinds)``.
+
+    ``shared``: ``(runs as (name given, absolute path), the reference last
+    when given; how many are not the reference; pairs as indices into them;
+    measures; how feature maps are read, ``runfile.MAPS``)``; ``task``:
+    ``("layer", layer, steps)``, ``("run", i)`` or ``("synthetic", i, checkpoint)``.
+    """
+    named, n_runs, pair_indices, wanted, maps = shared
+    wanted = set(wanted)
+    notes = _Notes()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(threadpool_limits(1))
+        cache: dict[int, _Run] = {}
+
+        def run(i: int) -> _Run:
+            if i not in cache:
+                cache[i] = _Run(named[i][0], stack.enter_context(RunFile(named[i][1])), maps)
+            return cache[i]
+
+        kind = task[0]
+        if kind == "layer":
+            _, layer, steps = task
+            runs = [run(i) for i in range(n_runs)]
+            pairs = [(run(a), run(b)) for a, b in pair_indices]
+            rows = _layer_pass(layer, steps, runs, pairs, wanted, notes)
+        elif kind == "run":
+            r = run(task[1])
+            rows = _across_layers(r, notes) if "linear_cka" in wanted else []
+            rows += _to_last_layer(r, wanted, notes) + _per_run(r, wanted)
+        else:
+            r, c = run(task[1]), task[2]
+            rows = [(m, *r.side(layer, c), *_NO_SIDE, result[k])
+                    for layer, result in synthetic_losses(r.file, c).items()
+                    for m, k in SYNTHETIC.items() if m in wanted]
+    return rows, notes.kinds
+
+
+def _layer_pass(layer: str, steps: list[int], runs: list[_Run], pairs, wanted: set, notes: _Notes) -> list[tuple]:
+    """The rows of one layer, step by step: the single-run, over-time and cross-run measures."""
     runs = [run for run in runs if layer in run.file.layers]
     pairs = [(a, b) for a, b in pairs if layer in a.file.layers and layer in b.file.layers]
     by_key = {run.key: run for run in runs + [b for _, b in pairs]}
@@ -367,8 +406,8 @@ def _layer_pass(layer: str, steps: list[int], runs: list[_Run], pairs, wanted: s
             held[(run.key, c)] = run.load(layer, c)
         return held[(run.key, c)]
 
+    rows = []
     for step in steps:
-        rows = []
         for run in runs:
             if step in run.index:
                 rows += _single(run, layer, run.index[step], wanted, notes, get)
@@ -386,7 +425,7 @@ def _layer_pass(layer: str, steps: list[int], runs: list[_Run], pairs, wanted: s
             values = _pair_values(notes, wanted, x, y, where, (rdms.get(a.key), rdms.get(b.key)))
             rows += [(m, *a.side(layer, ca), *b.side(layer, cb), v) for m, v in values.items()]
         held = {k: v for k, v in held.items() if keep_ends and k[1] in (0, len(by_key[k[0]].steps) - 1)}
-        yield step, rows
+    return rows
 
 
 def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> list[tuple]:

@@ -1,0 +1,191 @@
+"""Sweeps and analyses on the executor: a local Dask cluster of 2 worker processes gives the same run files
+and tables as one process; a killed worker or sweep loses nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import pandas as pd
+import pytest
+
+from repanalysis.analysis import RepanalysisWarning
+from repanalysis.analysis.runs import analyze
+from repanalysis.cli import main
+from repanalysis.config import TrainConfig
+from repanalysis.executor import Executor
+from repanalysis.experiments import load_spec
+from repanalysis.probes import probe_runs
+from repanalysis.reproduce import sweep
+from repanalysis.runfile import RunFile
+from repanalysis.sweep import file_state
+from repanalysis.train import train
+
+pytestmark = pytest.mark.filterwarnings(f"ignore::{RepanalysisWarning.__module__}.{RepanalysisWarning.__name__}")
+
+SPEC = """
+name = "tiny"
+description = "Two rules, two seeds, a small net on digits: long enough to be killed mid-run."
+dataset = "digits"
+seeds = 2
+
+[experiments.grid]
+description = "backprop and sg"
+tables = ["analysis", "probes"]
+settings = { model = "mlp", width = 16, steps = 240, batch_size = 32, record_every = 40, eval_every = 40, probe_size = 60 }
+grid = { rule = ["backprop", "sg"], depth = [2] }
+"""
+
+
+def contents(path) -> dict:
+    """Every dataset of a run file: dtype, shape and raw bytes."""
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, o: arrays.__setitem__(name, (o.dtype, o.shape, o[()].tobytes()))
+                     if isinstance(o, h5py.Dataset) else None)
+    return arrays
+
+
+def assert_same_runs(folder, reference) -> None:
+    names = sorted(p.name for p in (reference / "runs").glob("*.h5"))
+    assert names == sorted(p.name for p in (folder / "runs").glob("*.h5")) and len(names) == 4
+    for name in names:
+        with RunFile(folder / "runs" / name) as run:
+            assert run.status == "complete"
+        assert contents(folder / "runs" / name) == contents(reference / "runs" / name), name
+
+
+def tables(folder, executor, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The analysis and probe tables of the runs in ``folder``, named relative to it."""
+    monkeypatch.chdir(folder)
+    files = sorted(f"runs/{p.name}" for p in (folder / "runs").glob("*.h5"))
+    return (analyze(files, quiet=True, executor=executor),
+            probe_runs(files, checkpoints="last", folds=3, quiet=True, executor=executor))
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "tiny.toml"
+    path.write_text(SPEC)
+    return load_spec(path)
+
+
+@pytest.fixture(scope="module")
+def serial(spec, tmp_path_factory):
+    """The sweep and its tables in this process (one worker)."""
+    out = tmp_path_factory.mktemp("serial")
+    done = sweep(out, spec=spec, executor=Executor(1), quiet=True)
+    assert {what for what, _ in done.values()} == {"trained"}
+    with pytest.MonkeyPatch.context() as mp:
+        return out, tables(out, None, mp)
+
+
+def _running(folder) -> list:
+    """Run files being written that already hold a checkpoint after step 0 (so a resume state)."""
+    found = []
+    for path in (folder / "runs").glob("*.h5"):
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                if f.attrs["status"] == "running" and len(f["checkpoints/step"]) >= 2:
+                    found.append(path)
+        except (OSError, KeyError):  # not yet created, or read during a flush
+            pass
+    return found
+
+
+def _wait_for(predicate, timeout: float = 120.0):
+    start = time.monotonic()
+    while not (value := predicate()):
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.005)
+    return value
+
+
+def test_two_workers_one_killed_mid_run_write_the_same_runs_and_tables(spec, serial, tmp_path, monkeypatch):
+    """The sweep on 2 workers, both killed once mid-run: Dask reruns their tasks, which resume the runs."""
+    reference, (analysis, probes) = serial
+    result = {}
+    with Executor(2) as cluster:
+        thread = threading.Thread(target=lambda: result.update(sweep(tmp_path, spec=spec, executor=cluster,
+                                                                      quiet=True)))
+        thread.start()
+        killed = _wait_for(lambda: _running(tmp_path))
+        assert len(cluster.client.scheduler_info()["workers"]) == 2
+        for pid in cluster.client.run(os.getpid).values():
+            os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=180)
+        assert not thread.is_alive() and {error for _, error in result.values()} == {None}
+        assert_same_runs(tmp_path, reference)
+        for path in killed:
+            with RunFile(path) as run:
+                assert "resumed" in run.file.attrs  # continued from its checkpoint, not trained again
+        with Executor(scheduler=cluster.cluster.scheduler_address) as existing:  # a cluster given by address
+            analysis_2, probes_2 = tables(tmp_path, existing, monkeypatch)
+    assert len(analysis) > 100 and len(probes) == 4 * 2 * 2  # runs x layers x probes
+    pd.testing.assert_frame_equal(analysis_2, analysis)
+    pd.testing.assert_frame_equal(probes_2, probes)
+
+
+def test_rerunning_a_killed_sweep_does_only_what_is_missing(spec, serial, tmp_path):
+    reference, _ = serial
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(SPEC)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "repanalysis.cli", "sweep", "--spec", str(spec_file), "--out",
+                                str(out), "--workers", "1", "--quiet"], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (out / "runs").is_dir() and _running(out) and len(list((out / "runs").glob("*.h5"))) >= 2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done = sweep(out, spec=spec, executor=Executor(1), quiet=True)
+    assert sorted(what for what, _ in done.values()).count("resumed") == 1
+    assert "kept" in {what for what, _ in done.values()}
+    assert_same_runs(out, reference)
+
+
+def test_the_file_decides_what_a_task_does(tmp_path):
+    config = TrainConfig(depth=2, width=8, steps=4, record_every=2, eval_every=2, probe_size=20).resolved()
+    path = tmp_path / "run.h5"
+    assert file_state(path, config) == "train"
+    path.write_bytes(b"not a run file")
+    assert file_state(path, config) == "train"
+    train(config, path, overwrite=True, quiet=True)
+    assert file_state(path, config) == "keep"
+    assert file_state(path, TrainConfig(depth=2, width=8, steps=6, probe_size=20).resolved()) == "train"
+    with h5py.File(path, "a") as f:
+        f.attrs.update(status="failed", error="stopped at step 3: KeyboardInterrupt")
+    assert file_state(path, config) == "resume"
+    with h5py.File(path, "a") as f:
+        f.attrs.update(error="the training loss became non-finite at step 3; the run stopped there")
+    assert file_state(path, config) == "train"  # it would fail again if resumed
+
+
+def _square(x):
+    return x * x
+
+
+def test_in_process_map_keeps_order_and_counts_failures(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert Executor(1).map(_square, [(3,), (-2,), (5,)], label="squares", failed=lambda r: r < 5) == [9, 4, 25]
+    line = sys.stderr.getvalue().split("\r")[-1]
+    assert line.startswith("squares (1 worker)") and "3/3" in line and "0 running, 1 failed" in line
+
+
+def test_bad_worker_counts_and_schedulers_are_one_line_errors(tmp_path, capsys):
+    assert main(["sweep", "--quick", "--workers", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "argument --workers: expected a number of workers of at least 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main(["analyze", "x.h5", "--workers", "two", "--out", str(tmp_path / "b.csv")]) == 2
+    assert "got 'two'" in capsys.readouterr().err
