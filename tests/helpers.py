@@ -33,3 +33,13 @@ def parameters_equal(a: torch.nn.Module, b: torch.nn.Module, exact: bool = True,
     if exact:
         return all(torch.equal(pa[k], pb[k]) for k in pa)
     return all(torch.allclose(pa[k].double(), pb[k].double(), **tol) for k in pa)
+
+
+
+def python_sigint(request) -> None:
+    """Give SIGINT Python's own handler for one test, put back after it (a shell that starts the
+    suite in the background makes the process ignore SIGINT, and these tests send it on purpose)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import small_config
+from helpers import small_config, python_sigint
 from torch import nn
 
 from repanalysis import Recorder, tasks
@@ -137,7 +137,8 @@ def test_true_gradient_is_that_of_the_probe_mean_loss(tmp_path, digits):
         np.testing.assert_array_equal(run.true_grad("conv", 0), run.stored("conv", "true_grad", 0).reshape(40, -1))
 
 
-def test_ctrl_c_during_a_checkpoint_lands_after_it(tmp_path, digits, monkeypatch):
+def test_ctrl_c_during_a_checkpoint_lands_after_it(tmp_path, digits, monkeypatch, request):
+    python_sigint(request)
     model = _SmallCNN()
     probe = (digits.x_test[:20], digits.y_test[:20])
     path = tmp_path / "stopped.h5"

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import small_config
+from helpers import small_config, python_sigint
 
 from repanalysis import tasks
 from repanalysis.cli import main
@@ -271,7 +271,8 @@ def test_sigkill_leaves_a_readable_running_file_that_plain_h5py_reads_live(tmp_p
     assert main(["inspect", str(out)]) == 0
 
 
-def test_ctrl_c_takes_effect_between_steps_and_the_handler_is_put_back(tmp_path, digits, monkeypatch):
+def test_ctrl_c_takes_effect_between_steps_and_the_handler_is_put_back(tmp_path, digits, monkeypatch, request):
+    python_sigint(request)
     import repanalysis.train as train_module
 
     def update(self, done, note=""):
