@@ -24,7 +24,6 @@ machine speed hit both) and the table gives medians.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,10 +32,12 @@ import numpy as np
 import scipy.linalg as sla
 import torch
 from common import dataset, median, mnist_config, parser, timed
+from fixtures import low_rank_pair, sparse_relu_pair
 from torch import nn
 
 import repanalysis.analysis as A
 from repanalysis.analysis import RepanalysisWarning
+from repanalysis.analysis._linalg import small_lapack
 from repanalysis.runfile import RunFile
 from repanalysis.train import build, evaluate, train
 
@@ -144,47 +145,32 @@ def row_deep(args, data, out):
 # -- 4. CCA and PWCCA ---------------------------------------------------------
 
 def plain_cca(x, y, weights: bool = False) -> float:
-    """Reference: float64 numpy, centre, Cholesky-whiten, SVD (PWCCA: with X's projection weights)."""
+    """Reference: float64 numpy, centre, Cholesky-whiten, SVD (PWCCA: with X's projection weights).
+
+    Its d×d factorisations run under the same BLAS thread limit as ours (``small_lapack``),
+    so that the ratio compares the work done, not the thread policy on a shared machine.
+    """
     xc = x.astype(np.float64)
     xc -= xc.mean(0)
     yc = y.astype(np.float64)
     yc -= yc.mean(0)
-    rx = np.linalg.cholesky(xc.T @ xc).T
-    ry = np.linalg.cholesky(yc.T @ yc).T
-    t = sla.solve_triangular(rx, xc.T @ yc, trans="T")
-    t = sla.solve_triangular(ry, t.T, trans="T").T
-    if not weights:
-        return float(np.linalg.svd(t, compute_uv=False).mean())
-    u, rho, _ = np.linalg.svd(t, full_matrices=False)
+    sxx, syy, sxy = xc.T @ xc, yc.T @ yc, xc.T @ yc
+    with small_lapack(sxy.shape[0]):
+        rx = np.linalg.cholesky(sxx).T
+        ry = np.linalg.cholesky(syy).T
+        t = sla.solve_triangular(rx, sxy, trans="T")
+        t = sla.solve_triangular(ry, t.T, trans="T").T
+        if not weights:
+            return float(np.linalg.svd(t, compute_uv=False).mean())
+        u, rho, _ = np.linalg.svd(t, full_matrices=False)
     alpha = np.abs(u[:, :rho.size].T @ rx).sum(1)
     return float(alpha @ rho / alpha.sum())
 
 
-def low_rank_pair(n: int, d: int, seed: int = 0):
-    """``X = Z·A + noise``, ``Y = Z·B + noise`` (float32): condition numbers about 50 and 25 at d = 1024."""
-    g = np.random.default_rng(seed)
-    k = d // 8
-    z = g.standard_normal((n, k), dtype=np.float32)
-    x = z @ g.standard_normal((k, d), dtype=np.float32) / np.float32(math.sqrt(k))
-    y = z @ g.standard_normal((k, d), dtype=np.float32) / np.float32(math.sqrt(k))
-    x += np.float32(0.12) * g.standard_normal((n, d), dtype=np.float32)
-    y += np.float32(0.25) * g.standard_normal((n, d), dtype=np.float32)
-    return x, y
-
-
-def sparse_relu_pair(n: int, d: int, seed: int = 1):
-    """ReLU of a shared low-rank input with a negative bias: most units silent on most samples."""
-    g = np.random.default_rng(seed)
-    k = d // 4
-    z = g.standard_normal((n, k), dtype=np.float32)
-    pre = [z @ g.standard_normal((k, d), dtype=np.float32) / np.float32(math.sqrt(k))
-           + np.float32(0.3) * g.standard_normal((n, d), dtype=np.float32) for _ in range(2)]
-    return tuple(np.maximum(p - np.float32(0.8), 0, dtype=np.float32) for p in pre)
-
-
 def run_file_pair(args, data, n: int):
     """Activations h2 and h5 of a 6x256 MNIST run (200 steps), recorded on ``n`` test inputs."""
-    config = mnist_config(args, steps=50 if args.quick else 200, probe_size=n, eval_every=10**9,
+    steps = 50 if args.quick else 200
+    config = mnist_config(args, steps=steps, probe_size=n, record_every=steps, eval_every=10**9,
                           width=64 if args.quick else 256)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.h5"
@@ -252,15 +238,15 @@ def main() -> None:
     args = p.parse_args()
     args.repeats = min(args.repeats, 3) if args.quick else args.repeats
     data = dataset(args)
-    out: list[tuple[str, str, float, str]] = []
-    rows = {"recording": row_recording, "rules": row_rules, "deep": row_deep, "cca": row_cca, "paper": row_paper}
-    for row in args.only:
-        rows[row](args, data, out)
     print(f"| figure | measured (ours / reference) | ratio | target |   ({args.repeats} repeats, medians, "
           f"device {args.device}, {torch.get_num_threads()} threads)")
-    print("|---|---|---|---|")
-    for name, detail, ratio, target in out:
-        print(f"| {name} | {detail} | {ratio:.2f} | {target} |")
+    print("|---|---|---|---|", flush=True)
+    rows = {"recording": row_recording, "rules": row_rules, "deep": row_deep, "cca": row_cca, "paper": row_paper}
+    for row in args.only:
+        out: list[tuple[str, str, float, str]] = []
+        rows[row](args, data, out)
+        for name, detail, ratio, target in out:
+            print(f"| {name} | {detail} | {ratio:.2f} | {target} |", flush=True)
 
 
 if __name__ == "__main__":
