@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import repanalysis.analysis as A  # noqa: E402
+from fixtures import FIXTURES  # noqa: E402
 from repanalysis.analysis import RepanalysisWarning  # noqa: E402
 
 warnings.simplefilter("ignore", RepanalysisWarning)
@@ -717,6 +718,9 @@ def write_markdown(path, machine, n, d, rows, stream_rows, stream_nd, mem, ill=N
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, < 1 minute, no file")
+    ap.add_argument("--fixture", choices=["relu"] + list(FIXTURES), default="relu",
+                    help="the pair: ReLU features of a shared input plus noise (default), low rank plus "
+                         "noise, or sparse ReLU (benchmarks/fixtures.py)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--d", type=int, default=None)
@@ -744,8 +748,9 @@ def main(argv=None):
 
     machine = machine_line()
     print(f"# {machine}\n# pairs of float32 [{n}, {d}], {reps} repetitions", flush=True)
-    x, y = make_pair(n, d)
-    xs, ys = make_pair(max(n // 5, 200), max(d // 4, 32), seed=3)
+    pair = make_pair if args.fixture == "relu" else FIXTURES[args.fixture]
+    x, y = pair(n, d)
+    xs, ys = pair(max(n // 5, 200), max(d // 4, 32), seed=3)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     xc, yc = x64 - x64.mean(0), y64 - y64.mean(0)
     del x64, y64

@@ -89,21 +89,30 @@ class Batches:
 
 
 def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int = 8192) -> dict[str, float]:
-    """Mean test loss and accuracy over the whole test split, in eval mode."""
+    """Mean test loss and accuracy over the whole test split, in eval mode.
+
+    Forward passes only (``inference_mode``: no autograd records), on ``device``,
+    in chunks of ``chunk`` samples; the per-chunk results reach the host once,
+    at the end. Taken at step 0, every ``eval_every`` steps and at the last step.
+    """
     net, task = rule.network, data.task
     was = net.training
     net.eval()
-    total, hits, n = 0.0, 0, len(data.x_test)
-    with torch.no_grad():
+    losses, hits, n = [], [], len(data.x_test)
+    with torch.inference_mode():
         for start in range(0, n, chunk):
             x = data.x_test[start : start + chunk].to(device)
             y = data.y_test[start : start + chunk].to(device)
             out = net(x)
-            total += tasks.loss(task, out, y).item() * len(x)
-            c = tasks.correct(task, out, y)
-            hits = None if c is None else hits + c.item()
+            losses.append(tasks.loss(task, out, y))
+            hits.append(tasks.correct(task, out, y))
+        losses = torch.stack(losses).tolist()
+        hits = None if hits[0] is None else torch.stack(hits).tolist()
     net.train(was)
-    return {"test_loss": total / n, "test_acc": math.nan if hits is None else hits / n}
+    total = 0.0
+    for k, value in enumerate(losses):
+        total += value * min(chunk, n - k * chunk)
+    return {"test_loss": total / n, "test_acc": math.nan if hits is None else sum(hits) / n}
 
 
 def state_arrays(rule: Rule) -> dict[str, "torch.Tensor"]:

@@ -222,6 +222,33 @@ def test_all_canonical_correlations_are_one_for_affine_copies_even_when_ill_cond
     assert cca(x, y) == pytest.approx(1.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("d, cond", [(30, 1e3), (200, 40.0), (200, 1e6)])
+def test_condition_number_of_a_triangular_factor_is_the_2_norm_one(d, cond):
+    # R of a QR has the singular values of the matrix: logspace(0, -log10(cond)); d > 64 is Lanczos
+    r = np.linalg.qr(with_condition(3 * d, d, cond, seed=d) - 5.0)[1]
+    assert la.cond2_upper(r) == pytest.approx(np.linalg.cond(r), rel=1e-2)
+
+
+def test_cca_takes_the_moment_route_on_activation_like_data_and_qr_only_where_needed():
+    from repanalysis.analysis.similarity import _cca_result
+
+    g = rng(21)
+    z = g.standard_normal((1500, 20))
+    # low rank plus noise: κ ≈ 740 and 450, product 3e5 (the 1-norm estimates multiply to 1e7)
+    x = z @ g.standard_normal((20, 150)) + 0.03 * g.standard_normal((1500, 150))
+    y = z @ g.standard_normal((20, 120)) + 0.05 * g.standard_normal((1500, 120))
+    kw = dict(ridge=0.0, allow_degenerate=False, rtol=None, where=None, what="CCA")
+    fast = _cca_result(x, y, method="auto", **kw)
+    assert fast.route == "cholesky"
+    assert np.allclose(fast.rho, _cca_result(x, y, method="qr", **kw).rho, rtol=0, atol=1e-10)  # eps·κx·κy
+    x = with_condition(1500, 100, 1e8, seed=22)
+    y = x @ orthogonal(100, 23) - 1.0
+    guarded = _cca_result(x, y, method="auto", **kw)
+    assert guarded.route == "svd"
+    assert np.array_equal(guarded.rho, _cca_result(x, y, method="qr", **kw).rho)
+    assert np.abs(guarded.rho - 1.0).max() < 1e-8  # eps·κ
+
+
 def test_cca_routes_agree_on_well_conditioned_data():
     x, y = related(n=500, dx=15, dy=10, seed=16)
     r = [canonical_correlations(x, y, method=m) for m in ("auto", "qr", "gram")]

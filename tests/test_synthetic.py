@@ -11,6 +11,7 @@ from helpers import batch, built, parameters_equal, small_config
 from repanalysis import tasks
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
+from repanalysis.rules.base import lr_factor
 from repanalysis.rules.synthetic import SyntheticGradientModule, SyntheticGradients
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
@@ -144,6 +145,41 @@ def test_update_probability_skips_blocks(digits):
         rule.step(*batch(digits, 32, (32 * step) % 1400))
         changed += not torch.equal(before, first)
     assert 8 <= changed <= 35  # Binomial(80, 0.25): mean 20, sd 3.9
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_one_optimiser_step_is_one_optimiser_per_block_bit_for_bit(digits, optimizer):
+    """The single multi-tensor step with held blocks' gradients dropped, against the formulation it
+    replaced: a single-tensor optimiser per block and per module, a held block's not stepped."""
+    config = small_config(rule="cdni", update_prob=0.5, sg_warmup=3, lr_schedule="cosine", warmup_steps=2,
+                          optimizer=optimizer, sg_optimizer=optimizer).resolved()
+    rule, _ = built(config, digits)
+    ref, _ = built(config, digits)
+
+    def make(params, lr):
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, foreach=False)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, foreach=False)
+
+    parts = [list(p.parameters()) for p in list(ref.network.blocks) + [ref.network.head]]
+    ref.optimizers = [make(ps, config.lr) for ps in parts if ps]
+    ref.module_optimizers = [make(m.parameters(), config.sg_lr) for m in ref.modules.values()]
+
+    def update_per_block():
+        factor = lr_factor(config, ref.steps_done)
+        held = ref.held_below()
+        for k, opt in enumerate(ref.optimizers):
+            if factor is not None:
+                opt.param_groups[0]["lr"] = config.lr * factor
+            if torch.rand((), generator=ref.coin).item() < config.update_prob and k >= held:
+                opt.step()
+
+    ref._update = update_per_block
+    for step in range(8):
+        rule.step(*batch(digits, 32, 32 * step))
+        ref.step(*batch(digits, 32, 32 * step))
+    assert parameters_equal(rule.network, ref.network) and parameters_equal(rule.modules, ref.modules)
+    assert not parameters_equal(rule.network, built(config, digits)[0].network)
 
 
 def test_sg_at_chooses_interfaces_and_rejects_bad_ones(digits):

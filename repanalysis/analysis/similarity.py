@@ -23,8 +23,9 @@ block of ~64 MiB of rows at a time, never as a whole copy), else from ``n×n``
 Gram matrices. CCA and
 its variants additionally need *accuracy*: the moment (Gram) route has
 rounding errors of order ``eps·κx·κy`` (κ the condition number of the centred
-data), so it is taken only when the LAPACK condition estimates keep that
-below about 1e-10; otherwise a rank-revealing Householder QR + SVD of each
+data), so it is taken only when the 2-norm condition numbers (exact for
+narrow inputs, Lanczos estimates otherwise) keep ``κx·κy <= 1e6``, an error
+below about 2e-10; otherwise a rank-revealing Householder QR + SVD of each
 side is used (errors of order ``eps·κ``), which gives ρ = 1 to rounding for
 ``Y = XA + b`` even when ``cond(X) = 1e8``. ``method="qr"`` or ``"gram"``
 forces a route.
@@ -174,8 +175,8 @@ def canonical_correlations(X, Y, *, ridge: float = 0.0, allow_degenerate: bool =
     singular values ``<= rtol·s_max``, default ``rtol = max(n, d)·eps``
     (``numpy.linalg.matrix_rank``'s convention). For well-conditioned data the
     faster moment route (Cholesky whitening of ``XcᵀXc``) is used instead; it
-    is taken only when ``dtrcon`` estimates ``κ(Xc)·κ(Yc) <= 1e6`` (error
-    ``≲ 1e-10``); ``method="qr"`` forces the QR route, ``method="gram"`` the
+    is taken only when the 2-norm condition numbers give ``κ(Xc)·κ(Yc) <= 1e6``
+    (error ``≲ 2e-10``; :func:`._linalg.cond2_upper`); ``method="qr"`` forces the QR route, ``method="gram"`` the
     moment route (when Cholesky is unsafe: eigen-whitening that drops
     directions with ``σ <= rtol·σmax``, default ``rtol = 1e-4`` there, accuracy
     ``eps·κx·κy``, as in :mod:`.streaming`).

@@ -10,8 +10,9 @@ Alignment) and train modules of its own (``learn``, for synthetic gradients).
 
 Signals are in the units of the gradient of the *batch-mean* loss: on a batch
 of B samples, a rule that knew the true gradient would inject ``∂L_n/∂h_n / B``.
-Every block (and the head) has its own optimiser, so no block's update waits
-for another block's gradient.
+Every block (and the head) is updated on its own (its coin, its warm-up): one
+multi-tensor optimiser step covers them all, skipping the blocks held back, and
+computes exactly what one optimiser per block would.
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ from ..models import Network, Trace
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
-    """Adam, or SGD with momentum."""
+    """Adam, or SGD with momentum; one multi-tensor (``foreach``) step over all of ``params``.
+
+    The update of each parameter is elementwise and independent of the others,
+    so one optimiser over many parameters computes what one optimiser per
+    parameter group would, bit for bit; a parameter whose ``.grad`` is None
+    is left alone (its value and its state).
+    """
     params = list(params)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True)
 
 
 def lr_factor(config: TrainConfig, step: int) -> float | None:
@@ -87,14 +94,13 @@ class Rule:
         self.config = config
         self.cuts: tuple[int, ...] = ()
         self.modules = nn.ModuleDict()  # the rule's own state, recorded under /params/rule.*
-        parts = list(network.blocks) + [network.head]
-        self.optimizers = [
-            make_optimizer(config.optimizer, part.parameters(), config.lr, config.momentum)
-            for part in parts
-            if any(True for _ in part.parameters())
-        ]
+        # The blocks and the head that have parameters, bottom up: each is updated, or held, as one.
+        self.parts = [ps for ps in (list(part.parameters()) for part in list(network.blocks) + [network.head]) if ps]
+        self.optimizers = [make_optimizer(config.optimizer, [q for ps in self.parts for q in ps], config.lr,
+                                          config.momentum)]  # one, over every part (the list: see resume)
         self.module_optimizers: list[torch.optim.Optimizer] = []  # the rule's modules' (none by default)
         self.coin = torch.Generator().manual_seed(config.seed + 7919)  # --update-prob's draws
+        self.retain_graph = False  # whether ``learn`` differentiates through the segments after ``backward``
         self.steps_done = 0
 
     # -- what subclasses change -------------------------------------------------
@@ -172,7 +178,8 @@ class Rule:
                     p.interface_grads[top] = grad
             if not wanted:
                 continue
-            grads = list(torch.autograd.grad(node, wanted, grad, retain_graph=True, allow_unused=True))
+            grads = list(torch.autograd.grad(node, wanted, grad, retain_graph=self.retain_graph,
+                                             allow_unused=True))
             if below is not None:
                 p.arriving[below] = grads.pop(0)
             if k == 0:
@@ -185,16 +192,23 @@ class Rule:
         return p
 
     def _update(self) -> None:
-        """Step every block's optimiser (at the scheduled rate), unless its coin or the warm-up holds it."""
+        """Update every part (at the scheduled rate) unless its coin or the warm-up holds it.
+
+        Each part draws its coin in order, bottom up; a held part's gradients are
+        dropped, so the one optimiser step leaves it (and its state) as it was.
+        """
         prob = self.config.update_prob
         factor = lr_factor(self.config, self.steps_done)
         held = self.held_below()
-        for k, opt in enumerate(self.optimizers):
+        for k, params in enumerate(self.parts):
+            if not ((prob >= 1.0 or torch.rand((), generator=self.coin).item() < prob) and k >= held):
+                for q in params:
+                    q.grad = None
+        for opt in self.optimizers:
             if factor is not None:
                 for group in opt.param_groups:
                     group["lr"] = self.config.lr * factor
-            if (prob >= 1.0 or torch.rand((), generator=self.coin).item() < prob) and k >= held:
-                opt.step()
+            opt.step()
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         """The shadow pass on the probe set: changes no parameter, buffer or optimiser state.

@@ -110,13 +110,12 @@ class SyntheticGradients(Rule):
             raise UserError(f"--sg-at names interfaces {bad}; this network has h1..h{n}")
         self.cuts = tuple(sorted(set(at)))
         self.condition = config.sg_condition
+        self.retain_graph = config.sg_lambda > 0 and len(self.cuts) > 1  # targets() pushes δ down through them
         cond_dim = 0 if self.condition == "none" else n_outputs
         for i in self.cuts:
             self.modules[network.interfaces[i]] = make_module(network.shapes[i], cond_dim, config)
-        self.module_optimizers = [
-            make_optimizer(config.sg_optimizer, m.parameters(), config.sg_lr, config.momentum)
-            for m in self.modules.values()
-        ]
+        self.module_optimizers = [make_optimizer(config.sg_optimizer, self.modules.parameters(), config.sg_lr,
+                                                 config.momentum)]
 
     def held_below(self) -> int:
         """During the first ``--sg-warmup`` steps the blocks below the top module hold still while it fits."""
