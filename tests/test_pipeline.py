@@ -11,6 +11,7 @@ import time
 
 import h5py
 import numpy as np
+import torch
 import pytest
 from helpers import built, small_config
 
@@ -81,9 +82,16 @@ def _arrays(path) -> dict[str, np.ndarray]:
 
 def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
     config = small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12)
-    train(config, tmp_path / "one.h5", data=data, quiet=True)
-    result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, workers=2, sync=True),
-                   tmp_path / "two.h5", data=data, quiet=True)
+    # one thread on both sides: stages get the parent's threads // K, and a different thread count
+    # changes the order of float sums (a 2-thread in-process run differs by ~2e-5 after 24 steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, tmp_path / "one.h5", data=data, quiet=True)
+        result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, workers=2,
+                                    sync=True), tmp_path / "two.h5", data=data, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     one, two = _arrays(tmp_path / "one.h5"), _arrays(tmp_path / "two.h5")
     assert result.steps_done == 24 and list(two["checkpoints/step"]) == [0, 8, 16, 24]
     stale = {k for k in two if k.startswith("metrics/staleness/")}
