@@ -43,3 +43,13 @@ def python_sigint(request) -> None:
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+
+
+def run_arrays(path) -> dict:
+    """Every dataset of an HDF5 file, by its path in the file, as numpy arrays."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return out

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 import pytest
-from helpers import built, small_config
+from helpers import built, small_config, run_arrays
 
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
@@ -73,13 +73,6 @@ def test_stages_chained_in_one_process_are_the_in_process_rule_bit_for_bit(data,
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
-def _arrays(path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return out
-
-
 def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
     config = small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12)
     # one thread on both sides: stages get the parent's threads // K, and a different thread count
@@ -92,7 +85,7 @@ def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
                                     sync=True), tmp_path / "two.h5", data=data, quiet=True)
     finally:
         torch.set_num_threads(threads)
-    one, two = _arrays(tmp_path / "one.h5"), _arrays(tmp_path / "two.h5")
+    one, two = run_arrays(tmp_path / "one.h5"), run_arrays(tmp_path / "two.h5")
     assert result.steps_done == 24 and list(two["checkpoints/step"]) == [0, 8, 16, 24]
     stale = {k for k in two if k.startswith("metrics/staleness/")}
     assert stale == {f"metrics/staleness/h{i}" for i in range(1, 5)}
@@ -109,7 +102,7 @@ def test_asynchronous_stages_learn_and_record_the_staleness_of_each_target(tmp_p
     config = small_config(rule="cdni", depth=4, width=32, steps=160, record_every=80, eval_every=160, workers=2)
     result = train(config, tmp_path / "async.h5", data=data, quiet=True)
     assert result.last_eval["test_acc"] > 0.6  # chance is 0.1; in-process cdni: 0.8-0.9 here
-    m = _arrays(tmp_path / "async.h5")
+    m = run_arrays(tmp_path / "async.h5")
     boundary = m["metrics/staleness/h2"]  # the top module of the bottom stage: targets from the other process
     used = boundary[np.isfinite(boundary)]
     assert len(used) > 80 and used.min() >= 0 and used.max() <= 8

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 
-import h5py
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import small_config, python_sigint
+from helpers import small_config, python_sigint, run_arrays
 from torch import nn
 
 from repanalysis import Recorder, tasks
@@ -23,13 +22,6 @@ from repanalysis.train import Batches, train
 @pytest.fixture(scope="module")
 def digits():
     return load("digits")
-
-
-def _datasets(path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
-    return out
 
 
 def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digits):
@@ -60,7 +52,7 @@ def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digit
                 opt.step()
             rec.log(step + 1, train_loss=loss)
 
-    ours, theirs = _datasets(tmp_path / "mine.h5"), _datasets(tmp_path / "train.h5")
+    ours, theirs = run_arrays(tmp_path / "mine.h5"), run_arrays(tmp_path / "train.h5")
     compared = [k for k in theirs if k.startswith(("layers/", "params/", "checkpoints/", "probe/"))]
     compared += ["metrics/step", "metrics/train_loss"]
     assert len(compared) > 30 and any("true_grad" in k for k in compared)
