@@ -7,8 +7,11 @@ modules, stage 2 h3-h4, their modules and the head: 784W + 3W² against 4W² + 1
 per sample. Every configuration uses ``--threads`` (default 2) threads in all: in-process runs
 ``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K).
 
-Per epoch: ``(t(3 epochs) - t(1 epoch)) / 2``, which leaves out the fixed start-up (spawning the
-stages, loading data), reported apart. No recording, evaluation at the end only.
+Per epoch: ``t(s + E steps) - t(s steps)`` with ``E`` the steps of one epoch and ``s`` = ``--lead``
+(20) steps, which leaves out the fixed start-up (spawning the stages, loading data) and the pipeline's
+filling, reported apart; the median of ``--repeats`` (1) such pairs, configurations interleaved. No
+recording, evaluation at the end only. The whole script takes about 3 minutes on the idle 2-core
+machine (``--epoch-steps N`` times N steps instead of an epoch, for a shorter run).
 
 Model: a stage's step costs its compute ``c_k`` (forward, backward, module and block updates,
 timed alone on one thread) plus ``m``, the time to send its activations up and its gradient down
@@ -20,7 +23,7 @@ round trip). In the asynchronous pipeline, steps overlap, so one step of the who
 stage, a network that splits evenly, and ``m`` independent of K (each stage talks to two
 neighbours only); start-up and the K - 1 steps that fill the pipeline are left out (an epoch has 234).
 
-    python benchmarks/bench_pipeline.py [--width 512] [--threads 2] [--data-dir DIR] [--quick]
+    python benchmarks/bench_pipeline.py [--width 512] [--threads 2] [--repeats 1] [--data-dir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -49,22 +52,24 @@ def config(args, **overrides) -> TrainConfig:
 
 
 def epoch_time(args, data, **overrides) -> tuple[float, float]:
-    """Seconds per epoch and start-up seconds of ``train`` with ``overrides``."""
+    """Seconds per epoch (``t(lead + epoch) - t(lead)``, scaled to a whole epoch when ``--epoch-steps`` is
+    shorter) and the start-up seconds (``t(lead)`` less ``lead`` steps at that rate) of ``train``."""
     per_epoch = len(data.x_train) // config(args).batch_size
+    span = args.epoch_steps or per_epoch
     times = []
-    for epochs in (1, 3):
-        c = config(args, steps=epochs * per_epoch, **overrides)
+    for steps in (args.lead, args.lead + span):
+        c = config(args, steps=steps, **overrides)
         start = time.perf_counter()
         train(c, None, data=data, quiet=True)
         times.append(time.perf_counter() - start)
-    each = (times[1] - times[0]) / 2
-    return each, times[0] - each
+    step = (times[1] - times[0]) / span
+    return step * per_epoch, times[0] - args.lead * step
 
 
 def stage_compute(args, data, depth: int, k: int, steps: int = 30) -> list[float]:
     """Median seconds per step of each of ``k`` stages of a dni net of ``depth`` blocks, alone, one thread."""
     torch.set_num_threads(1)
-    c = config(args, depth=depth, workers=k).resolved()
+    c = config(args, depth=depth, stages=k).resolved()
     rule = build(c, data.task, data.n_features, data.n_outputs)
     parts = stages(rule)
     stream = Batches(len(data.x_train), c.batch_size, 0)
@@ -129,17 +134,25 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lead", type=int, default=20, help="steps timed alone, subtracted (start-up)")
+    p.add_argument("--epoch-steps", type=int, default=0, help="time this many steps, not a whole epoch")
+    p.set_defaults(repeats=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     data = load("digits") if args.quick else load("mnist", data_dir=args.data_dir)
     batch = config(args).batch_size
-    print(f"MNIST-like: {len(data.x_train)} training inputs, batch {batch}, "
+    print(f"{'digits' if args.quick else 'MNIST'}: {len(data.x_train)} training inputs, batch {batch}, "
           f"{len(data.x_train) // batch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
     rows = [("backprop, in process", dict(rule="backprop")), ("dni, in process (K = 1)", {}),
-            ("dni, K = 2 stages", dict(workers=2))]
+            ("dni, K = 2 stages", dict(stages=2))]
+    times = {name: [] for name, _ in rows}
+    for _ in range(args.repeats):
+        for name, overrides in rows:
+            times[name].append(epoch_time(args, data, **overrides))
     measured = {}
-    for name, overrides in rows:
-        each, startup = epoch_time(args, data, **overrides)
+    for name, _ in rows:
+        each, startup = sorted(times[name])[len(times[name]) // 2]
         measured[name] = each
         print(f"{name:28s} {each:7.2f} s per epoch   (start-up {startup:5.2f} s)", flush=True)
     base = measured["dni, in process (K = 1)"]
@@ -164,6 +177,7 @@ def main() -> None:
         one = 64 * b + h
         piped = (64 / k) * b + h + (m if k > 1 else 0.0)
         print(f"  K = {k:2d}: {one / piped:5.2f}x   ({piped * 1e3:.2f} ms per step)")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,13 @@ Per-run quantities (``quantities``; one row per run and quantity, written to
   one seed share initial weights and batches, which would inflate it); for a
   backprop run it is the seed-vs-seed ceiling; ``cka_null``: the 95th
   percentile of the same mean under shuffled sample correspondence
-  (``stats.permutation_null``), the level that shows no shared structure.
+  (``stats.permutation_null``), the level that shows no shared structure;
+- ``grad_cosine_last``: the mean, over every layer with an error signal, of
+  ``grad_cosine`` (the rule's signal against the true gradient, per-sample
+  cosine) at the last checkpoint.
+
+A run's ``rule`` in these tables is its *variant*: the rule's name, with the
+number of pipeline stages for a run trained in stages (``"dni, 2 stages"``).
 """
 
 from __future__ import annotations
@@ -117,6 +123,11 @@ def pool_label(cell) -> str | None:
 
 # -- quantities ----------------------------------------------------------------------
 
+def variant(config) -> str:
+    """The rule as the claims compare it: ``"dni"``, or ``"dni, 2 stages"`` for a run in 2 stage processes."""
+    return config.rule if config.stages == 1 else f"{config.rule}, {config.stages} stages"
+
+
 def _measure(analysis: pd.DataFrame | None, name: str) -> pd.DataFrame:
     if analysis is None or analysis.empty:
         return pd.DataFrame(columns=["run_a", "layer_a", "step_a", "value"])
@@ -186,6 +197,11 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
     for measure in ("rsa_to_last_euclidean", "rsa_to_last_correlation"):
         for run, group in _measure(analysis, measure).groupby("run_a"):
             per_run.setdefault(str(run), {})[measure] = float(group["value"].mean())
+    cosine = _measure(analysis, "grad_cosine")
+    if not cosine.empty:
+        cosine = cosine[cosine["step_a"] == cosine.groupby("run_a")["step_a"].transform("max")]
+        for run, group in cosine.groupby("run_a"):
+            per_run.setdefault(str(run), {})["grad_cosine_last"] = float(group["value"].mean())
     relative = _measure(analysis, "weight_frobenius_relative")
     if not relative.empty:
         relative = relative[relative["step_a"] == relative.groupby("run_a")["step_a"].transform("max")]
@@ -195,7 +211,7 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
                 per_run.setdefault(str(run), {})["weight_norm_slope"] = slope
     cells: dict[tuple, dict[str, dict[int, Path]]] = {}
     for planned, path in context.runs.items():
-        cells.setdefault(planned.cell, {}).setdefault(planned.config.rule, {})[planned.config.seed] = path
+        cells.setdefault(planned.cell, {}).setdefault(variant(planned.config), {})[planned.config.seed] = path
     similarities = {}
     for cell_runs in cells.values() if cka else ():
         if len(cell_runs.get("backprop", {})) >= 2:
@@ -206,7 +222,7 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
         if path in similarities:
             found["cka_to_other_backprop"], found["cka_null"] = similarities[path]
         for name, value in found.items():
-            rows.append((str(path), context.experiment, c.rule, c.seed, scope_label(planned.cell),
+            rows.append((str(path), context.experiment, variant(c), c.seed, scope_label(planned.cell),
                          pool_label(planned.cell), name, value))
     return pd.DataFrame(rows, columns=list(QUANTITY_COLUMNS))
 
@@ -359,9 +375,25 @@ def _alignment_growth(context: Context) -> pd.DataFrame:
     return _frame(out)
 
 
+def _asynchrony(rule: str, stages: int = 2) -> tuple[Part, ...]:
+    """In-process ``rule`` minus ``rule`` in ``stages`` processes, for each quantity the claim names."""
+    staged = f"{rule}, {stages} stages"
+    named = (("test accuracy", "test_acc", 4), ("CKA to other-seed backprop", "cka_to_other_backprop", 3),
+             ("RSA to the last layer, correlation RDMs", "rsa_to_last_correlation", 3),
+             ("RSA to the last layer, Euclidean RDMs", "rsa_to_last_euclidean", 3),
+             ("gradient alignment (cosine, last checkpoint)", "grad_cosine_last", 3))
+    return tuple(Part(f"{rule} {label}: in process − {stages} stages", rule_difference(quantity, rule, staged),
+                      1, 0.0, digits) for label, quantity, digits in named)
+
+
 _SG_VS_BP = ("backprop and sg runs of one seed share initial weights and batch order (the modules aside), so "
              "each seed gives one paired difference; with 3 seeds the 95% bootstrap interval excludes 0 exactly "
              "when every seed agrees in sign.")
+
+NOT_BIT_REPRODUCIBLE = (
+    "Asynchronous runs are not reproducible bit for bit: which targets a stage has received at each step depends "
+    "on the timing of the processes (and so on the machine's load), so rerunning an asynchronous run gives other "
+    "numbers, within the spread over seeds; the in-process runs and the lock-step ones (--sync) are reproducible.")
 
 CLAIMS: dict[str, ClaimSpec] = {
     "critical_points": ClaimSpec(
@@ -456,4 +488,24 @@ CLAIMS: dict[str, ClaimSpec] = {
         "The rewriting of each rule as a 'synthetic gradient' is a definition, not an empirical claim; what is "
         "measured is how good each estimate is.",
         (Part("alignment growth (cosine, last − first)", _alignment_growth),)),
+    "asynchrony": ClaimSpec(
+        "U", "Update unlocking for real costs DNI: with its stages in separate processes, each training on "
+             "whatever targets have arrived (stale by a few steps), DNI and cDNI learn less well, end with "
+             "representations further from backprop's and with error signals less aligned with the true "
+             "gradient than the same rules simulated in one process (not a claim of the 2017 paper: the "
+             "question update unlocking raises).",
+        "Per seed, the in-process run minus the run in 2 stage processes (`train --workers 2`, asynchronous; "
+        "runs of one seed share initial weights and batch order): final test accuracy; linear CKA of each "
+        "layer with the backprop runs of the other seeds, averaged over layers (`cka_to_other_backprop`); "
+        "RSA of each layer with the last (correlation and Euclidean RDMs); the mean per-sample cosine of each "
+        "layer's error signal with the true gradient at the last checkpoint (`grad_cosine_last`). Claimed: "
+        "> 0 (asynchrony costs). An interval across 0 says the two cannot be told apart with these seeds.",
+        "Two stages give one stale boundary (the top module of the lower stage; every other module trains on "
+        "targets from its own pass), so the effect of asynchrony is diluted over the layers; more stages would "
+        "make more of the net stale. " + NOT_BIT_REPRODUCIBLE,
+        _asynchrony("dni") + _asynchrony("cdni"),
+        ("test_acc", "cka_to_other_backprop", "rsa_to_last_correlation", "grad_cosine_last")),
 }
+
+#: Claims that need the cross-seed CKA quantities (slow: a permutation null per layer and pair).
+NEEDS_CKA = {"layers_differ", "asynchrony"}

@@ -131,9 +131,10 @@ def _add_train(sub) -> None:
     g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
                    help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
-    g.add_argument("--workers", type=int, default=d.workers,
+    g.add_argument("--workers", "--stages", dest="stages", type=int, default=d.stages, metavar="K",
                    help="pipeline stages of this one network, each in its own process, cut at the modules: "
-                   "update-unlocked training (sg, dni, cdni); not the Dask workers of reproduce/sweep/analyze/probe")
+                   "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs; "
+                   "not the Dask workers of reproduce/sweep/analyze/probe")
     g.add_argument("--sync", action="store_true",
                    help="with --workers: stages in lock-step, equal to the in-process rule (the check of the machinery)")
     g = p.add_argument_group("fixed feedback (fa, dfa)")

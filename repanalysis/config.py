@@ -67,8 +67,9 @@ class TrainConfig:
     update_prob: float = 1.0
     # fixed feedback (fa, dfa)
     feedback_scale: float = 1.0
-    # stages in separate processes (repanalysis.pipeline): sg, dni, cdni
-    workers: int = 1
+    # pipeline stages, each in its own process (repanalysis.pipeline; ``train --workers K``): sg, dni, cdni.
+    # Named "stages", not "workers", so that a spec's setting is not mistaken for reproduce's Dask workers.
+    stages: int = 1
     sync: bool = False
 
     def resolved(self) -> "TrainConfig":
@@ -119,11 +120,11 @@ class TrainConfig:
             c.sg_lr = c.lr
         if not 0.0 < c.update_prob <= 1.0:
             raise UserError(f"--update-prob must be in (0, 1], got {c.update_prob}")
-        if c.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {c.workers}")
-        if c.sync and c.workers == 1:
+        if c.stages < 1:
+            raise UserError(f"--workers (stages) must be at least 1, got {c.stages}")
+        if c.sync and c.stages == 1:
             raise UserError("--sync is for --workers K > 1 (stages in separate processes in lock-step)")
-        if c.workers > 1 and c.rule not in ("sg", "dni", "cdni"):
+        if c.stages > 1 and c.rule not in ("sg", "dni", "cdni"):
             raise UserError(f"--workers splits the network at its synthetic-gradient modules; "
                             f"{c.rule} has none (use sg, dni or cdni)")
         return c
@@ -134,7 +135,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        stored = json.loads(text)
+        if "workers" in stored:  # runs written before the field was renamed
+            stored.setdefault("stages", stored.pop("workers"))
+        return cls(**{k: v for k, v in stored.items() if k in known})
 
 
 def _check_choice(option: str, value, choices) -> None:

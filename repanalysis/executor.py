@@ -55,8 +55,9 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-#: Dask settings of the local workers: no statistical profiler (a sampling thread in each worker).
-LOCAL_WORKERS = {"distributed.worker.profile.enabled": False}
+#: Dask settings of the local workers: no statistical profiler (a sampling thread in each worker);
+#: not daemonic, so that a task may start processes of its own (the stages of a ``stages > 1`` run).
+LOCAL_WORKERS = {"distributed.worker.profile.enabled": False, "distributed.worker.daemon": False}
 
 
 def _malloc_as_usual() -> None:

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from . import tasks
-from .claims import ClaimResult, PartResult, scope_label
+from .claims import ClaimResult, PartResult, scope_label, variant
 from .datasets import load
 from .runfile import RunFile
 
@@ -179,7 +179,7 @@ def _results_lines(paths: dict[str, dict]) -> list[str]:
             with RunFile(path) as run:
                 e = run.evals
                 acc, loss, step = float(e["test_acc"][-1]), float(e["test_loss"][-1]), int(e["step"][-1])
-            rows.append([experiment, scope_label(planned.cell), planned.config.rule, planned.config.seed, step,
+            rows.append([experiment, scope_label(planned.cell), variant(planned.config), planned.config.seed, step,
                          "n/a" if math.isnan(acc) else f"{acc:.4f}", f"{loss:.4f}", f"`runs/{Path(path).name}`"])
     return _md_table(["experiment", "cell", "rule", "seed", "step", "test accuracy", "test loss", "run file"], rows)
 

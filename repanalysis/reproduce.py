@@ -258,7 +258,7 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
             made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
         frames = {kind: pd.read_csv(path) for kind, path in made.items()}
         context = claims_module.Context(name, paths[name], frames.get("analysis"), frames.get("linear"))
-        need_cka = "layers_differ" in exp.claims
+        need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
         q_path = table(f"{name}_quantities.csv", files + list(made.values()),
                        lambda: claims_module.quantities(context, cka=need_cka), need_cka)
         context.quantities = quantities[name] = pd.read_csv(q_path)

@@ -42,23 +42,26 @@ def _optimizers(rule: Rule) -> list[torch.optim.Optimizer]:
     return rule.optimizers + rule.module_optimizers
 
 
-def capture(rule: Rule, batches) -> dict[str, np.ndarray]:
-    """The rule's optimiser and coin states and the batch stream's state, as named arrays."""
+def capture(rule: Rule, batches=None) -> dict[str, np.ndarray]:
+    """The rule's optimiser and coin states and the batch stream's state (unless ``batches`` is None, as on a
+    pipeline stage that receives its batches), as named arrays."""
     names = _names(rule)
     out = {}
     for opt in _optimizers(rule):
         for param, state in opt.state.items():
             for key, value in state.items():
                 out[f"{_OPT}{names[id(param)]}.{key}"] = value.detach().cpu().numpy()
-    epoch_start, position = batches.state()
-    out["batches.epoch_start"] = epoch_start.numpy()
-    out["batches.position"] = np.int64(position)
+    if batches is not None:
+        epoch_start, position = batches.state()
+        out["batches.epoch_start"] = epoch_start.numpy()
+        out["batches.position"] = np.int64(position)
     out["coin"] = rule.coin.get_state().numpy()
     return out
 
 
 def restore(rule: Rule, batches, arrays: dict[str, np.ndarray], step: int) -> None:
-    """Put back what ``capture`` returned at ``step`` (the parameters are loaded separately)."""
+    """Put back what ``capture`` returned at ``step`` (the parameters are loaded separately; ``batches``
+    None: no batch stream to restore)."""
     per_param: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for name, value in arrays.items():
         if name.startswith(_OPT):
@@ -76,6 +79,7 @@ def restore(rule: Rule, batches, arrays: dict[str, np.ndarray], step: int) -> No
     unknown = sorted(set(per_param) - used)
     if unknown:
         raise UserError(f"the resume state has optimiser state for {', '.join(unknown)}, which this run does not have")
-    batches.restore(torch.from_numpy(np.asarray(arrays["batches.epoch_start"])), int(arrays["batches.position"]))
+    if batches is not None:
+        batches.restore(torch.from_numpy(np.asarray(arrays["batches.epoch_start"])), int(arrays["batches.position"]))
     rule.coin.set_state(torch.from_numpy(np.asarray(arrays["coin"])))
     rule.steps_done = step

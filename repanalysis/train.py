@@ -203,7 +203,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     if out is not None:
         check_file(out, overwrite)
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
-    if config.workers > 1:
+    if config.stages > 1:
         from . import pipeline
 
         dev = pipeline.stage_device(device)
@@ -212,7 +212,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
-    if config.workers > 1:
+    if config.stages > 1:
         pipeline.check(rule)
     writer = None
     if out is not None:
@@ -225,7 +225,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
                     zip(rule.network.interfaces, rule.network.widths, rule.network.blocks)],
             overwrite=overwrite, record_bn=config.record_bn,
         )
-    if config.workers > 1:
+    if config.stages > 1:
         return pipeline.run(config, rule, data, index, writer, quiet)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     return _run(config, rule, stream, data, index, dev, writer, 0, quiet)
@@ -247,16 +247,20 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
             raise UserError(f"{path} failed on a non-finite loss, and would fail again if resumed ({run.error})")
         config = stored_config(run)
         recorded_index = run.probe_index
-    if config.workers > 1:
-        raise UserError(f"{path} was trained in {config.workers} processes (--workers); such a run cannot be "
-                        "resumed yet; train it again with --overwrite")
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
-    dev = choose_device(device)
+    if config.stages > 1:
+        from . import pipeline
+
+        dev = pipeline.stage_device(device)
+    else:
+        dev = choose_device(device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     if not np.array_equal(index, recorded_index):
         raise UserError(f"{path}: its probe set is not this {config.dataset} data set's; it cannot be resumed")
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
+    if config.stages > 1:
+        pipeline.check(rule)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     writer, step, params, state = RunWriter.reopen(path)
     try:
@@ -265,16 +269,17 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
     except BaseException:
         writer.file.close()
         raise
+    if config.stages > 1:  # the stages restore the same state; the parent's rule records and evaluates
+        return pipeline.run(config, rule, data, index, writer, quiet, step, {**params, **state})
     return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)
 
 
-def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, stream: Batches | None = None):
-    """The ``Recorder`` of a run of ``rule`` on ``writer`` (None: nothing is recorded); with ``stream``
-    its checkpoints keep what ``resume`` needs."""
+def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, training_state):
+    """The ``Recorder`` of a run of ``rule`` on ``writer`` (None: nothing is recorded); its checkpoints
+    keep ``training_state()``, what ``resume`` needs (``repanalysis.resume``)."""
     if writer is None:
         return None
-    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_arrays(rule),
-                           None if stream is None else lambda: resume_state.capture(rule, stream))
+    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_arrays(rule), training_state)
 
 
 def non_finite(recorder: Recorder | None, step: int) -> UserError:
@@ -292,7 +297,7 @@ def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index,
          writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
     """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
     probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
-    recording = recorder(writer, rule, probe_x, probe_y, stream)
+    recording = recorder(writer, rule, probe_x, probe_y, lambda: resume_state.capture(rule, stream))
 
     def checkpoint(step: int) -> None:
         if recording is not None:

@@ -53,3 +53,18 @@ def run_arrays(path) -> dict:
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
     return out
+
+
+TIMESTAMPS = {"created", "resumed"}  # the only root attributes a resumed run may differ in
+
+
+def contents(path) -> tuple[dict, dict]:
+    """Every dataset (dtype, shape, raw bytes) and every root attribute but the timestamps."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, o: arrays.__setitem__(name, (o.dtype, o.shape, o[()].tobytes()))
+                     if isinstance(o, h5py.Dataset) else None)
+        attrs = {k: v for k, v in f.attrs.items() if k not in TIMESTAMPS}
+    return arrays, attrs

@@ -3,9 +3,12 @@ training learns and records staleness; a stage that dies ends the run with an er
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,13 +16,15 @@ import h5py
 import numpy as np
 import torch
 import pytest
-from helpers import built, small_config, run_arrays
+from helpers import built, contents, small_config, run_arrays
 
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.pipeline import check
 from repanalysis.pipeline.stages import partition
+from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
+from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
 from repanalysis.train import Batches, resume, state_arrays, train
 
@@ -50,7 +55,7 @@ def test_stages_chained_in_one_process_are_the_in_process_rule_bit_for_bit(data,
     for _ in range(config.steps):
         idx = next(stream)
         reference.step(data.x_train[idx], data.y_train[idx])
-    staged = small_config(rule=rule, depth=5, steps=12, workers=k, **extra)
+    staged = small_config(rule=rule, depth=5, steps=12, stages=k, **extra)
     parts = [stages(built(staged, data)[0])[rank] for rank in range(k)]  # one rule per "process"
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     for step in range(1, config.steps + 1):
@@ -81,7 +86,7 @@ def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
     torch.set_num_threads(1)
     try:
         train(config, tmp_path / "one.h5", data=data, quiet=True)
-        result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, workers=2,
+        result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, stages=2,
                                     sync=True), tmp_path / "two.h5", data=data, quiet=True)
     finally:
         torch.set_num_threads(threads)
@@ -91,7 +96,7 @@ def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
     assert stale == {f"metrics/staleness/h{i}" for i in range(1, 5)}
     for k in stale:
         np.testing.assert_array_equal(two[k], np.zeros(24))  # every target used at its own step
-    assert {k for k in one if not k.startswith("resume/")} == set(two) - stale  # the same schema otherwise
+    assert set(one) == set(two) - stale  # the same schema otherwise, resume state included
     for k in set(two) - stale:
         np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
     with RunFile(tmp_path / "two.h5") as run:
@@ -99,7 +104,7 @@ def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
 
 
 def test_asynchronous_stages_learn_and_record_the_staleness_of_each_target(tmp_path, data):
-    config = small_config(rule="cdni", depth=4, width=32, steps=160, record_every=80, eval_every=160, workers=2)
+    config = small_config(rule="cdni", depth=4, width=32, steps=160, record_every=80, eval_every=160, stages=2)
     result = train(config, tmp_path / "async.h5", data=data, quiet=True)
     assert result.last_eval["test_acc"] > 0.6  # chance is 0.1; in-process cdni: 0.8-0.9 here
     m = run_arrays(tmp_path / "async.h5")
@@ -122,7 +127,7 @@ def _checkpoints(path) -> int:
 
 
 def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
-    config = small_config(rule="dni", depth=4, steps=100000, record_every=20, eval_every=100000, workers=2)
+    config = small_config(rule="dni", depth=4, steps=100000, record_every=20, eval_every=100000, stages=2)
     out = tmp_path / "run.h5"
 
     def kill_stage_2():
@@ -148,7 +153,7 @@ def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
 
 
 def test_a_non_finite_loss_in_the_top_stage_stops_the_run_as_in_process(tmp_path, data):
-    config = small_config(rule="dni", depth=4, lr=1e30, sg_lr=1e30, workers=2, steps=50)
+    config = small_config(rule="dni", depth=4, lr=1e30, sg_lr=1e30, stages=2, steps=50)
     with pytest.raises(UserError, match=r"non-finite at step \d+; the run stopped there"):
         train(config, tmp_path / "nan.h5", data=data, quiet=True)
     with RunFile(tmp_path / "nan.h5") as run:
@@ -157,11 +162,11 @@ def test_a_non_finite_loss_in_the_top_stage_stops_the_run_as_in_process(tmp_path
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(sync=True), "--sync is for --workers K > 1"),
-    (dict(rule="backprop", workers=2), "backprop has none"),
-    (dict(rule="sg", sg_at=[1, 2], workers=2), "--sg-lambda 1.0 mixes the true gradient"),
-    (dict(rule="cdni", sg_condition="error", workers=2), "--sg-condition error"),
-    (dict(rule="dni", workers=4), "--workers 4 needs 3 interface"),
-    (dict(rule="dni", workers=0), "--workers must be at least 1"),
+    (dict(rule="backprop", stages=2), "backprop has none"),
+    (dict(rule="sg", sg_at=[1, 2], stages=2), "--sg-lambda 1.0 mixes the true gradient"),
+    (dict(rule="cdni", sg_condition="error", stages=2), "--sg-condition error"),
+    (dict(rule="dni", stages=4), "--workers 4 needs 3 interface"),
+    (dict(rule="dni", stages=0), r"--workers \(stages\) must be at least 1"),
 ])
 def test_what_stages_cannot_do_is_refused_before_any_file(tmp_path, data, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -169,18 +174,110 @@ def test_what_stages_cannot_do_is_refused_before_any_file(tmp_path, data, overri
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_stages_refuse_cuda_and_their_runs_refuse_resume(tmp_path, data):
+def test_stages_refuse_cuda(tmp_path, data):
     with pytest.raises(UserError, match="--device cuda is not supported"):
-        train(small_config(rule="dni", workers=2), tmp_path / "x.h5", data=data, device="cuda", quiet=True)
-    run = tmp_path / "run.h5"  # a stopped run whose config says --workers 2
-    train(small_config(rule="dni", steps=4), run, data=data, quiet=True)
-    with h5py.File(run, "a") as f:
-        f.attrs.update(status="failed", config=small_config(rule="dni", steps=4, workers=2).to_json())
-    with pytest.raises(UserError, match="trained in 2 processes"):
-        resume(run, data=data, quiet=True)
+        train(small_config(rule="dni", stages=2), tmp_path / "x.h5", data=data, device="cuda", quiet=True)
+
+
+def _stage_pids(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (Linux /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(entry))
+    return children
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _kill_parent_after(path, checkpoints: int, *options) -> None:
+    """Run ``train`` in a subprocess, SIGKILL it once ``path`` has ``checkpoints`` checkpoints; its stages
+    must end by themselves."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    proc = subprocess.Popen([sys.executable, "-m", "repanalysis.cli", "train", *options, "--out", str(path),
+                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while _checkpoints(path) < checkpoints:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    stage_pids = _stage_pids(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in stage_pids):
+        assert time.monotonic() < deadline, "a stage outlived its killed parent"
+        time.sleep(0.1)
+    with RunFile(path) as run:
+        assert run.status == "running", "the run ended before it was killed"
+
+
+def test_lock_step_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path, data):
+    """SIGKILL the parent after a checkpoint: its stages end; resumed, every dataset is bit-identical."""
+    options = dict(rule="cdni", dataset="digits", depth=4, width=16, steps=160, batch_size=32, record_every=20,
+                   eval_every=25, probe_size=20, seed=3, lr_schedule="cosine", update_prob=0.8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess: its stages get one thread each, like these
+    try:
+        train(small_config(**options, stages=2, sync=True), tmp_path / "reference.h5", data=data, quiet=True)
+        path = tmp_path / "killed.h5"
+        _kill_parent_after(path, 3, *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))],
+                           "--workers", "2", "--sync")
+        result = resume(path, data=data, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.status == "complete" and result.steps_done == 160
+    (a, a_attrs), (b, b_attrs) = contents(path), contents(tmp_path / "reference.h5")
+    assert sorted(a) == sorted(b) and a_attrs == b_attrs
+    for name in a:
+        assert a[name] == b[name], name
+    with h5py.File(path, "r") as f:
+        assert [step for step, _ in json.loads(f.attrs["resumed"])][0] % 20 == 0
+
+
+def test_asynchronous_run_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):
+    """Not bit-identical (timing decides which targets arrive when), but every step, checkpoint and
+    evaluation is there, the file is the interrupted run's up to the checkpoint, and it learns on."""
+    config = small_config(rule="dni", depth=4, width=32, steps=300, record_every=30, eval_every=150, stages=2)
+    path = tmp_path / "async.h5"
+
+    class StopAt131(Progress):  # a Ctrl-C in the parent while it records step 131
+        def update(self, step, *args):
+            if step == 131:
+                raise KeyboardInterrupt
+            super().update(step, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(launch, "Progress", StopAt131)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, data=data, quiet=True)
+    before = run_arrays(path)
+    with RunFile(path) as run:
+        assert run.status == "failed" and run.error == "stopped at step 131: KeyboardInterrupt"
+    result = resume(path, data=data, quiet=True)
+    assert result.status == "complete"
+    m = run_arrays(path)
+    np.testing.assert_array_equal(m["metrics/step"], np.arange(1, 301))
+    np.testing.assert_array_equal(m["checkpoints/step"], np.arange(0, 301, 30))
+    np.testing.assert_array_equal(m["eval/step"], [0, 150, 300])
+    for name in m:  # up to the checkpoint it resumed from (step 120, the 5th), the file is as it was
+        if name.startswith("params/"):
+            np.testing.assert_array_equal(m[name][:5], before[name][:5], err_msg=name)
+    assert np.abs(m["params/model.head.weight"][-1] - m["params/model.head.weight"][4]).max() > 0
+    assert result.last_eval["test_acc"] > 0.5
 
 
 def test_check_accepts_what_the_stages_can_run(data):
-    rule, _ = built(small_config(rule="sg", depth=4, workers=2), data)
+    rule, _ = built(small_config(rule="sg", depth=4, stages=2), data)
     check(rule)  # one module, true-gradient target: two stages
     assert [s.name for s in stages(rule)] == ["h1-h2", "h3-h4 and the head"]

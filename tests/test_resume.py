@@ -13,7 +13,7 @@ import time
 import h5py
 import pytest
 import torch
-from helpers import small_config
+from helpers import contents, small_config
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
@@ -21,33 +21,6 @@ from repanalysis.errors import UserError
 from repanalysis.rules.base import Rule
 from repanalysis.runfile import RunFile
 from repanalysis.train import resume, train
-
-TIMESTAMPS = {"created", "resumed"}  # the only root attributes a resumed run may differ in
-
-
-@pytest.fixture(scope="module")
-def data():
-    return {"digits": load("digits"), "nonlinear-regression-2d": load("nonlinear-regression-2d")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run on one thread; so does the reference run in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def contents(path) -> tuple[dict, dict]:
-    """Every dataset (dtype, shape, raw bytes) and every root attribute but the timestamps."""
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, o: arrays.__setitem__(name, (o.dtype, o.shape, o[()].tobytes()))
-                     if isinstance(o, h5py.Dataset) else None)
-        attrs = {k: v for k, v in f.attrs.items() if k not in TIMESTAMPS}
-    return arrays, attrs
-
 
 def assert_same_file(resumed, reference) -> None:
     (a, a_attrs), (b, b_attrs) = contents(resumed), contents(reference)

@@ -116,7 +116,7 @@ def test_the_presets_plan_the_runs_they_promise():
     rules = {e: {r.config.rule for r in digits if r.experiment == e} for e in ("main", "regression", "linear")}
     assert rules == {"main": {"backprop", "sg", "dni", "cdni", "fa", "dfa"},
                      "regression": {"backprop", "fa", "dfa", "kickback"}, "linear": {"backprop", "sg"}}
-    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of digits, paper"):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of async, digits, paper"):
         preset("nope")
 
 
@@ -130,3 +130,30 @@ def test_reproduce_command_line_refuses_bad_specs_with_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_async_preset_compares_stages_in_processes_with_the_rule_in_one():
+    runs = preset("async").runs()
+    assert len(runs) == 3 * 5 and all(r.config.dataset == "mnist" for r in runs)
+    variants = {(r.config.rule, r.config.stages) for r in runs}
+    assert variants == {("backprop", 1), ("dni", 1), ("cdni", 1), ("dni", 2), ("cdni", 2)}  # backprop x 2 excluded
+    assert {r.cell for r in runs} == {()}  # rule and stages vary how one network is trained: one cell
+    assert "unlocked_mnist_mlp_stages2_cdni_s1.h5" in {r.name for r in runs}
+    assert all(not r.config.sync for r in runs)
+
+
+@pytest.mark.parametrize("exclude,message", [
+    ("[{ depth = 3 }]", "exclude names depth, which the grid does not vary"),
+    ("{ rule = 'sg' }", "exclude must be a list of tables"),
+    ("[{}]", "exclude must be a list of tables"),
+])
+def test_an_exclude_entry_must_name_grid_values(exclude, message):
+    with pytest.raises(UserError, match=message):
+        parse(f"[experiments.a]\ngrid = {{ rule = ['sg', 'dni'], stages = [1, 2] }}\nexclude = {exclude}\n", "my.toml")
+
+
+def test_exclude_leaves_out_every_run_that_matches_an_entry():
+    spec = parse("seeds = 1\n[experiments.a]\ngrid = { rule = ['backprop', 'sg', 'dni'], stages = [1, 2] }\n"
+                 "exclude = [{ rule = 'backprop', stages = 2 }, { rule = 'sg', stages = 2 }]\n", "my.toml")
+    assert [(r.config.rule, r.config.stages) for r in spec.runs()] == [
+        ("backprop", 1), ("sg", 1), ("dni", 1), ("dni", 2)]

@@ -14,6 +14,7 @@ A spec has a ``name``, a ``description``, a default ``dataset``, the number of
     settings = { model = "mlp", width = 256, batch_norm = true }   # any TrainConfig field
     grid = { rule = ["backprop", "sg"], depth = [5, 50], activation = ["relu", "tanh"] }
     quick = { steps = 60, depth = [3, 6] }     # what --quick changes (a list replaces a grid axis)
+    exclude = [{ rule = "backprop", depth = 50 }]   # combinations of grid values left out
 
     [experiments.depth.by.activation]          # settings that go with one value of a grid axis
     relu = { bn_beta_init = 2.0 }
@@ -21,7 +22,11 @@ A spec has a ``name``, a ``description``, a default ``dataset``, the number of
 
 The runs of an experiment are every combination of its grid's axes (and the
 seeds), each with the shared settings and those its grid values bring
-(``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``). Command-line overrides (``Overrides``)
+(``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``), less
+those that match every key of an ``exclude`` entry. The rule and ``stages``
+(pipeline stages in processes, ``train --workers``; not the Dask workers of
+``reproduce --workers``) say *how* a network is trained, so runs that differ only
+in them form one cell and are compared with each other. Command-line overrides (``Overrides``)
 replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
 every experiment whose grid has that axis (an override no grid has is an
 error); ``--seeds N`` and ``--steps N`` apply to every experiment.
@@ -43,8 +48,10 @@ FIGURE_SETS = ("standard", "tables", "depth")
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
-                    "quick", "probe_folds", "by"}
+                    "quick", "probe_folds", "by", "exclude"}
 #: Short forms of grid axes in run-file names.
+#: Grid axes that say how one network is trained; they do not make cells.
+VARIANT_AXES = ("rule", "stages")
 _NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
 
 
@@ -68,8 +75,9 @@ class PlannedRun:
 
     @property
     def cell(self) -> tuple[tuple[str, object], ...]:
-        """The grid values apart from the rule: runs of one cell are compared with each other."""
-        return tuple((k, v) for k, v in self.axes if k != "rule")
+        """The grid values apart from how the network is trained (rule, stages): runs of one cell are
+        compared with each other."""
+        return tuple((k, v) for k, v in self.axes if k not in VARIANT_AXES)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,12 @@ class Experiment:
     probe_folds: int = 5
     quick: dict = field(default_factory=dict)
     by: dict[str, dict[str, dict]] = field(default_factory=dict)
+    exclude: tuple[dict, ...] = ()
+
+    def excluded(self, axes: tuple[tuple[str, object], ...]) -> bool:
+        """Whether the grid values ``axes`` match every key of an ``exclude`` entry."""
+        values = dict(axes)
+        return any(all(k in values and values[k] == v for k, v in entry.items()) for entry in self.exclude)
 
     def settings_for(self, axes: tuple[tuple[str, object], ...]) -> dict:
         """The shared settings with those that the grid values ``axes`` bring (``by``)."""
@@ -130,6 +144,8 @@ class Spec:
             for exp in spec.experiments.values():
                 for values in itertools.product(*exp.grid.values()):
                     axes = tuple(zip(exp.grid, values))
+                    if exp.excluded(axes):
+                        continue
                     fields = {"dataset": spec.dataset, **exp.settings_for(axes), **dict(axes), "seed": seed}
                     planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
         names = [r.name for r in planned]
@@ -220,6 +236,15 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
             clash = sorted(set(keys) & (set(grid) | {"seed"}))
             if clash:
                 raise UserError(f"{where}: by.{axis}.{value} sets {', '.join(clash)}, which the grid varies")
+    exclude = table.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise UserError(f"{where}: exclude must be a list of tables of grid values, e.g. "
+                        "exclude = [{ rule = \"backprop\", stages = 2 }]")
+    for entry in exclude:
+        strange = sorted(set(entry) - set(grid))
+        if strange:
+            raise UserError(f"{where}: exclude names {', '.join(strange)}, which the grid does not vary "
+                            f"({', '.join(grid) or 'none'})")
     if "rule" not in grid and "rule" not in settings:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
@@ -231,7 +256,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         tuple(table.get("tables", ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
         tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
-        int(table.get("probe_folds", 5)), quick, by,
+        int(table.get("probe_folds", 5)), quick, by, tuple(exclude),
     )
 
 

@@ -15,6 +15,7 @@ without a word, else one whose error was not a lost neighbour.
 from __future__ import annotations
 
 import math
+import os
 import queue as queues
 import shutil
 import tempfile
@@ -40,17 +41,21 @@ GRACE_S = 2.0  # after a first failure, how long to listen for the others' repor
 
 def stages(rule: SyntheticGradients) -> list[Stage]:
     """The rule's network cut into ``--workers`` stages."""
-    ranges = partition(len(rule.network.blocks), list(rule.cuts), rule.config.workers)
+    ranges = partition(len(rule.network.blocks), list(rule.cuts), rule.config.stages)
     return [Stage(rule, first, last) for first, last in ranges]
 
 
 def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, writer: RunWriter | None,
-        quiet: bool) -> TrainResult:
-    """Train ``config`` in ``config.workers`` stage processes; ``rule`` (the parent's copy) ends at the last step."""
+        quiet: bool, start: int = 0, restored: dict | None = None) -> TrainResult:
+    """Train ``config`` in ``config.stages`` stage processes; ``rule`` (the parent's copy) ends at the last step.
+
+    A resumed run continues from step ``start`` (its checkpoint is in ``writer`` already) with ``restored``:
+    every parameter and buffer at ``start`` (loaded into ``rule`` too) and the resume state.
+    """
     parts = stages(rule)
     k, steps = len(parts), config.steps
-    due_record = {s for s in range(1, steps + 1) if s % config.record_every == 0 or s == steps}
-    due_eval = {s for s in range(1, steps + 1) if s % config.eval_every == 0 or s == steps}
+    due_record = {s for s in range(start + 1, steps + 1) if s % config.record_every == 0 or s == steps}
+    due_eval = {s for s in range(start + 1, steps + 1) if s % config.eval_every == 0 or s == steps}
     probe_x, probe_y = data.x_test[index], data.y_test[index]
     folder = tempfile.mkdtemp(prefix="repanalysis-stages-")
     context = mp.get_context("spawn")
@@ -63,21 +68,23 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             threads=max(1, torch.get_num_threads() // k), timeout_s=TIMEOUT_S, due=due_record | due_eval,
             label_shape=tuple(data.y_train.shape[1:]), label_dtype=data.y_train.dtype,
             x_train=data.x_train if rank == 0 else None, y_train=data.y_train if rank == 0 else None,
+            parent=os.getpid(), start=start, restored=restored,
         )
         procs.append(context.Process(target=main, args=(spec, reports), name=f"repanalysis-stage-{rank + 1}",
                                      daemon=True))
     last_eval: dict[str, float] = {}
     progress = Progress(steps, f"train {config.rule} ({k} stages{', sync' if config.sync else ''})", quiet=quiet)
-    assembly = _Assembly(k)
-    recording = recorder(writer, rule, probe_x, probe_y)
+    assembly = _Assembly(k, start)
+    recording = recorder(writer, rule, probe_x, probe_y, assembly.training_state)
     try:
         for proc in procs:
             proc.start()
-        if recording is not None:
-            recording.checkpoint(0)
-        last_eval.update(step=0, **evaluate(rule, data, torch.device("cpu")))
-        if recording is not None:
-            recording.evaluation(**last_eval)
+        if recording is not None and restored is None:
+            recording.checkpoint(start)
+        if start % config.eval_every == 0 or start == steps:
+            last_eval.update(step=start, **evaluate(rule, data, torch.device("cpu")))
+            if recording is not None:
+                recording.evaluation(**last_eval)
         finished: set[int] = set()
         heard = time.monotonic()
         while assembly.next <= steps or len(finished) < k:
@@ -137,13 +144,18 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
 
 
 class _Assembly:
-    """Per-step reports of ``k`` stages, released in step order once every stage's row (and, where due,
-    state) is in: ``ready`` yields ``(step, merged row, merged state or None)``."""
+    """Per-step reports of ``k`` stages after step ``start``, released in step order once every stage's row
+    (and, where due, state) is in: ``ready`` yields ``(step, merged row, merged state or None)``;
+    ``training_state()`` is the resume state of the last merged state (what ``Recorder`` keeps)."""
 
-    def __init__(self, k: int):
-        self.k, self.next = k, 1
+    def __init__(self, k: int, start: int = 0):
+        self.k, self.next = k, start + 1
         self.rows: dict[int, list[dict]] = {}
         self.states: dict[int, list[dict]] = {}
+        self.last: dict = {}
+
+    def training_state(self) -> dict:
+        return {k: v for k, v in self.last.items() if not k.startswith(("model.", "rule."))}
 
     def ready(self, due: set[int]):
         while len(self.rows.get(self.next, ())) == self.k:
@@ -158,6 +170,7 @@ class _Assembly:
                 state = {}
                 for part in self.states.pop(step):
                     state.update(part)
+                self.last = state
             self.next += 1
             yield step, row, state
 

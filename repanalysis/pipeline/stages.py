@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import resume as resume_state
 from .. import tasks
 from ..errors import UserError
 from ..models import Network, Trace
@@ -170,3 +171,11 @@ class Stage:
         """Copies of this stage's parameters and buffers, named as in ``/params`` (copies: they are sent
         while training goes on)."""
         return {k: v.copy() for k, v in state_arrays(self.rule).items() if k.startswith(self.prefixes)}
+
+    def training_state(self, batches) -> dict[str, np.ndarray]:
+        """Copies of this stage's share of the resume state (``repanalysis.resume``): its own parameters'
+        optimiser state, the coin's state (every stage draws the same coins) and, on the bottom stage
+        (``batches``), the batch stream's."""
+        own = tuple(f"optimizer.{prefix}" for prefix in self.prefixes)
+        return {k: np.array(v, copy=True) for k, v in resume_state.capture(self.rule, batches).items()
+                if k.startswith(own) or not k.startswith("optimizer.")}

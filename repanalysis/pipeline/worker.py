@@ -21,11 +21,19 @@ unfinished send is waited for first (back-pressure on activations, never a
 wait for a gradient). After its last step a stage still receives the targets in
 flight (unused) so that every send completes. Every blocking wait has a time
 limit; a lost peer is reported as such, so the parent can name the stage that
-failed first.
+failed first. A stage whose parent is gone (killed: nobody records the run)
+exits at its next step or wait.
+
+A resumed run's stages start from the checkpoint's parameters and resume state
+(``repanalysis.resume``): optimisers, batch stream, coin. In lock-step that
+continues the run exactly; asynchronously, the boundary targets still in flight
+at the checkpoint (for the last few batches, within the window a stage may run
+ahead) are not kept, so the boundary module never trains on them.
 
 Messages to the parent (a multiprocessing queue): ``("row", rank, step, metrics)``
 every step; ``("state", rank, step, arrays)`` at every checkpoint or evaluation
-step; ``("nonfinite", rank, step)``; ``("error", rank, step, text, lost_peer)``;
+step (the stage's parameters and buffers, and its share of the resume state);
+``("nonfinite", rank, step)``; ``("error", rank, step, text, lost_peer)``;
 ``("done", rank)``.
 """
 
@@ -47,7 +55,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import TrainConfig
-from ..train import Batches, build
+from .. import resume as resume_state
+from ..train import Batches, build, load_arrays
 from .stages import Stage
 
 WINDOW = 2  # batches a stage may run ahead of the stage above it
@@ -76,6 +85,9 @@ class StageSpec:
     label_dtype: torch.dtype
     x_train: torch.Tensor | None = None  # the bottom stage only
     y_train: torch.Tensor | None = None
+    parent: int = 0  # the parent's process id: a stage whose parent is gone (killed) exits
+    start: int = 0  # the step to continue from (a resumed run)
+    restored: dict | None = None  # at ``start``: every parameter and buffer, and the resume state
 
 
 def main(spec: StageSpec, queue) -> None:
@@ -83,6 +95,7 @@ def main(spec: StageSpec, queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     worker = None
     try:
+        _check_parent(spec)
         torch.set_num_threads(spec.threads)
         loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
         if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
@@ -97,6 +110,9 @@ def main(spec: StageSpec, queue) -> None:
         queue.put(("nonfinite", spec.rank, err.args[0]))
         sys.exit(1)
     except BaseException as err:
+        if os.getppid() != spec.parent:  # nobody reads the queue: do not wait to flush it at exit
+            queue.cancel_join_thread()
+            os._exit(1)
         traceback.print_exc()
         step = worker.step if worker is not None else 0
         queue.put(("error", spec.rank, step, f"{type(err).__name__}: {err}", isinstance(err, PeerLost)))
@@ -104,6 +120,15 @@ def main(spec: StageSpec, queue) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class ParentGone(RuntimeError):
+    """The parent process is gone (killed): nobody records this run any more."""
+
+
+def _check_parent(spec: StageSpec) -> None:
+    if os.getppid() != spec.parent:
+        raise ParentGone("the parent process is gone")
 
 
 class _Sends:
@@ -156,7 +181,12 @@ class _Worker:
         self.down = _Sends(self.below, self.timeout, 2, targets) if self.below is not None else None
         self.width_in = rule.network.blocks[first].linear.in_features
         self.waiting: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batches whose boundary target is due
-        self.next_target = 1
+        self.next_target = spec.start + 1
+        self.stream = None if self.below is not None else Batches(len(spec.x_train), spec.config.batch_size,
+                                                                   spec.config.seed)
+        if spec.restored is not None:
+            load_arrays(rule, spec.restored)
+            resume_state.restore(rule, self.stream, spec.restored, spec.start)
         self.inbox: queues.Queue = queues.Queue()
         self.receiver = None
         if self.above is not None:
@@ -167,11 +197,12 @@ class _Worker:
 
     def run(self) -> None:
         config, spec = self.config, self.spec
-        stream = Batches(len(spec.x_train), config.batch_size, config.seed) if self.below is None else None
+        stream = self.stream
         boundary = self.stage.boundary
         names = self.stage.rule.network.interfaces
-        for step in range(1, config.steps + 1):
+        for step in range(spec.start + 1, config.steps + 1):
             self.step = step
+            _check_parent(spec)
             if stream is not None:
                 idx = next(stream)
                 x, y = spec.x_train[idx], spec.y_train[idx]
@@ -196,7 +227,7 @@ class _Worker:
                 metrics.update(self._learn_boundary(step, names[boundary]))
             self.queue.put(("row", spec.rank, step, {k: float(v) for k, v in metrics.items()}))
             if step in spec.due:
-                self.queue.put(("state", spec.rank, step, self.stage.state()))
+                self.queue.put(("state", spec.rank, step, {**self.stage.state(), **self.stage.training_state(stream)}))
         for sends in (self.up, self.down):
             if sends is not None:
                 sends.wait_all()
@@ -218,7 +249,7 @@ class _Worker:
     def _receive_targets(self, group, width: int) -> None:
         """The receiver thread: every batch's boundary target, in order, into ``inbox`` (an error ends it)."""
         try:
-            for t in range(1, self.config.steps + 1):
+            for t in range(self.spec.start + 1, self.config.steps + 1):
                 buffer = torch.empty(self.config.batch_size, width)
                 _wait(_call(self.above, dist.irecv, buffer, self.above, group=group, tag=TAG_TARGET),
                       self.above, self.timeout)
