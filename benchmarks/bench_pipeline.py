@@ -5,13 +5,16 @@ Network (balanced at K = 2): MNIST, 4 hidden layers of ``--width`` (default 512)
 norm, dni (a linear module after every block), batch 256, Adam. Stage 1 holds h1-h2 and their
 modules, stage 2 h3-h4, their modules and the head: 784W + 3W² against 4W² + 10W multiply-adds
 per sample. Every configuration uses ``--threads`` (default 2) threads in all: in-process runs
-``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K).
+``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K). A last row runs dni in
+one process on one thread: if it beats the row with ``--threads``, the threads are not paying (under
+load, two threads of one process wait for each other) and the ratio against it says little.
 
 Per epoch: ``t(s + E steps) - t(s steps)`` with ``E`` the steps of one epoch and ``s`` = ``--lead``
 (20) steps, which leaves out the fixed start-up (spawning the stages, loading data) and the pipeline's
 filling, reported apart; the median of ``--repeats`` (1) such pairs, configurations interleaved. No
-recording, evaluation at the end only. The whole script takes about 3 minutes on the idle 2-core
-machine (``--epoch-steps N`` times N steps instead of an epoch, for a shorter run).
+recording, evaluation at step 0 and at the end only (the same in both runs of a pair). At load average 8
+the script took 7 min 15 s (3 min 28 s of CPU time; before the last row was added), so a few minutes on
+the idle 2-core machine; ``--epoch-steps N`` times N steps instead of an epoch, for a shorter run.
 
 Model: a stage's step costs its compute ``c_k`` (forward, backward, module and block updates,
 timed alone on one thread) plus ``m``, the time to send its activations up and its gradient down
@@ -144,14 +147,19 @@ def main() -> None:
     batch = config(args).batch_size
     print(f"{'digits' if args.quick else 'MNIST'}: {len(data.x_train)} training inputs, batch {batch}, "
           f"{len(data.x_train) // batch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
-    rows = [("backprop, in process", dict(rule="backprop")), ("dni, in process (K = 1)", {}),
-            ("dni, K = 2 stages", dict(stages=2))]
-    times = {name: [] for name, _ in rows}
+    rows = [("backprop, in process", dict(rule="backprop"), args.threads),
+            ("dni, in process (K = 1)", {}, args.threads),
+            ("dni, K = 2 stages", dict(stages=2), args.threads),
+            ("dni, in process, 1 thread", {}, 1)]  # what one stage's thread could do alone: a check on the threads
+    times = {name: [] for name, _, _ in rows}
+    train(config(args, steps=1), None, data=data, quiet=True)  # warm-up: the first run imports seconds of modules
     for _ in range(args.repeats):
-        for name, overrides in rows:
+        for name, overrides, threads in rows:
+            torch.set_num_threads(threads)
             times[name].append(epoch_time(args, data, **overrides))
+    torch.set_num_threads(args.threads)
     measured = {}
-    for name, _ in rows:
+    for name, _, _ in rows:
         each, startup = sorted(times[name])[len(times[name]) // 2]
         measured[name] = each
         print(f"{name:28s} {each:7.2f} s per epoch   (start-up {startup:5.2f} s)", flush=True)

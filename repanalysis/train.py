@@ -190,6 +190,15 @@ def _size_options(config: TrainConfig, values: bool = True) -> str:
     return ", ".join(f"--{n.replace('_', '-')}" + (f" {getattr(config, n)}" if values else "") for n in names)
 
 
+def _device(config: TrainConfig, name: str) -> torch.device:
+    """The device ``--device name`` means for ``config``: a run in stages trains on the CPU."""
+    if config.stages > 1:
+        from . import pipeline
+
+        return pipeline.stage_device(name)
+    return choose_device(name)
+
+
 def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, device: str = "auto",
           overwrite: bool = False, quiet: bool = False, data: Dataset | None = None) -> TrainResult:
     """Train ``config``; record to ``out`` unless it is None. A non-finite loss stops the run.
@@ -203,16 +212,13 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     if out is not None:
         check_file(out, overwrite)
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
-    if config.stages > 1:
-        from . import pipeline
-
-        dev = pipeline.stage_device(device)
-    else:
-        dev = choose_device(device)
+    dev = _device(config, device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
     if config.stages > 1:
+        from . import pipeline
+
         pipeline.check(rule)
     writer = None
     if out is not None:
@@ -248,18 +254,15 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
         config = stored_config(run)
         recorded_index = run.probe_index
     data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
-    if config.stages > 1:
-        from . import pipeline
-
-        dev = pipeline.stage_device(device)
-    else:
-        dev = choose_device(device)
+    dev = _device(config, device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
     if not np.array_equal(index, recorded_index):
         raise UserError(f"{path}: its probe set is not this {config.dataset} data set's; it cannot be resumed")
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
     if config.stages > 1:
+        from . import pipeline
+
         pipeline.check(rule)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     writer, step, params, state = RunWriter.reopen(path)
