@@ -22,6 +22,21 @@ from repanalysis.rules.base import Rule
 from repanalysis.runfile import RunFile
 from repanalysis.train import resume, train
 
+
+@pytest.fixture(scope="module")
+def data():
+    return {"digits": load("digits"), "nonlinear-regression-2d": load("nonlinear-regression-2d")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The subprocesses run on one thread; so does the reference run in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_same_file(resumed, reference) -> None:
     (a, a_attrs), (b, b_attrs) = contents(resumed), contents(reference)
     assert sorted(a) == sorted(b)
