@@ -1,4 +1,4 @@
-"""The claims of PAPER.md §2, each judged from paired differences over seeds (and depths).
+"""The claims of PAPER.md §2 (and claim U, asynchrony), each judged from paired differences over seeds (and depths).
 
 A claim has one or more *parts*; a part names a per-seed value (usually the
 difference of one quantity between two rules of the same seed and grid cell,

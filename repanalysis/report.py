@@ -281,7 +281,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     lines = [
         f"# Reproduction report: {spec.name}", "",
         spec.description, "",
-        f"The claims of PAPER.md §2 (Czarnecki et al. 2017) against numbers measured here, by `{command}` "
+        f"The spec's claims (those of PAPER.md §2, Czarnecki et al. 2017, and any the spec adds) against numbers "
+        f"measured here, by `{command}` "
         f"(seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__}). What each "
         f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "
         "Effects are paired differences over seeds (runs of one seed share initial weights and batches), with "
