@@ -9,7 +9,7 @@ does without a run file (``build``, ``Batches``, ``Rule.step``), so the step
 time is the training steps alone; the test accuracy is measured once at the
 end. Then ``Recorder.checkpoint`` (the default 200 probe inputs, every
 parameter, an HDF5 write) is timed on the backprop network in a plain loop,
-against its training steps. About 10 minutes on two idle cores.
+against its training steps. Meant to take 10-12 minutes on two idle cores.
 
     python benchmarks/bench_cnn.py [--steps 234] [--seeds 0 1 2] [--other-seeds 0] [--channels 32]
                                    [--data-dir DIR] [--device cpu|cuda]
