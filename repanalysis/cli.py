@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_OUTPUTS, TrainConfig
+from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .outputs import check_file, check_folder
@@ -120,10 +120,13 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("synthetic gradients (sg, dni, cdni)")
     g.add_argument("--sg-at", type=_interfaces, help="interfaces with a module for sg, e.g. 2 or 2,4 (default: the middle)")
     g.add_argument("--sg-condition", choices=SG_CONDITIONS, help="module input beside h (default: label; none for dni)")
-    g.add_argument("--sg-hidden", type=int, default=d.sg_hidden, help="hidden layers in each module: 0 (linear), 1 or 2")
+    g.add_argument("--sg-hidden", type=int, help="hidden layers in each module: 0 (linear), 1 or 2 (default 0; 1 for cnn)")
     g.add_argument("--sg-width", type=int, default=d.sg_width, help="units per module hidden layer")
-    g.add_argument("--sg-batch-norm", action="store_true", help="batch norm in the modules' hidden layers")
+    g.add_argument("--sg-batch-norm", action=argparse.BooleanOptionalAction,
+                   help="batch norm in the modules' hidden layers (default: off; on for cnn)")
     g.add_argument("--sg-output", choices=SG_OUTPUTS, default=d.sg_output, help="tanh bounds the prediction (log losses)")
+    g.add_argument("--sg-map", choices=SG_MAPS, default=d.sg_map,
+                   help="modules on feature maps: linear layers on the flattened map, or convolutions")
     g.add_argument("--sg-lambda", type=float, help="target mix: 1 true gradient, 0 bootstrapped (default 1 for sg, 0 for dni/cdni)")
     g.add_argument("--sg-optimizer", choices=OPTIMIZERS, help="the modules' optimiser (default --optimizer)")
     g.add_argument("--sg-lr", type=float, help="the modules' learning rate (default --lr)")

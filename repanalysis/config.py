@@ -16,6 +16,7 @@ LR_SCHEDULES = ("constant", "cosine")
 RECORD_BN = ("batch", "eval")
 SG_CONDITIONS = ("none", "label", "error")
 SG_OUTPUTS = ("linear", "tanh")
+SG_MAPS = ("flat", "conv")
 
 
 @dataclass
@@ -55,10 +56,11 @@ class TrainConfig:
     # synthetic gradients (sg, dni, cdni)
     sg_at: list[int] | None = None
     sg_condition: str | None = None
-    sg_hidden: int = 0
+    sg_hidden: int | None = None  # 0 (linear modules); 1 for cnn
     sg_width: int = 256
-    sg_batch_norm: bool = False
+    sg_batch_norm: bool | None = None  # False; True for cnn
     sg_output: str = "linear"
+    sg_map: str = "flat"  # how a module reads a feature map (rules.synthetic.make_module)
     sg_lambda: float | None = None
     sg_optimizer: str | None = None
     sg_lr: float | None = None
@@ -108,6 +110,12 @@ class TrainConfig:
             c.sg_condition = "none" if c.rule == "dni" else "label"
         _check_choice("sg-condition", c.sg_condition, SG_CONDITIONS)
         _check_choice("sg-output", c.sg_output, SG_OUTPUTS)
+        _check_choice("sg-map", c.sg_map, SG_MAPS)
+        maps = c.model == "cnn"  # on feature maps: one hidden layer with batch norm (README, "Measured")
+        if c.sg_hidden is None:
+            c.sg_hidden = 1 if maps else 0
+        if c.sg_batch_norm is None:
+            c.sg_batch_norm = maps
         if c.sg_hidden not in (0, 1, 2):
             raise UserError(f"--sg-hidden must be 0, 1 or 2, got {c.sg_hidden}")
         if c.sg_lambda is None:

@@ -10,7 +10,7 @@ from helpers import batch, built, parameters_equal, small_config
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
-from repanalysis.rules.synthetic import ConvSyntheticGradientModule, SyntheticGradientModule
+from repanalysis.rules.synthetic import ConvSyntheticGradientModule, FlatSyntheticGradientModule, SyntheticGradientModule
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
 
@@ -112,11 +112,35 @@ def test_conv_modules_start_at_exactly_zero_and_read_the_label_planes(hidden):
         torch.testing.assert_close(module(h, c), expected)
 
 
-def test_the_module_factory_follows_the_interface_shape(digits):
+def test_flat_modules_start_at_zero_and_are_the_vector_module_on_the_flattened_map():
+    torch.manual_seed(0)
+    module = FlatSyntheticGradientModule((3, 4, 5), 10, 0, 8, False, "linear")
+    h, c = torch.randn(6, 3, 4, 5), F.one_hot(torch.arange(6), 10).float()
+    assert torch.equal(module(h, c), torch.zeros_like(h))
+    torch.nn.init.normal_(module.out.weight)
+    torch.nn.init.normal_(module.out.bias)
+    a, b = module.out.weight[:, :60], module.out.weight[:, 60:]  # M(h, c) = hA + cB + b, every position to every other
+    expected = (h.reshape(6, 60) @ a.T + c @ b.T + module.out.bias).reshape(6, 3, 4, 5)
+    torch.testing.assert_close(module(h, c), expected)
+    moved = h.clone()
+    moved[:, :, 0, 0] += 1.0  # one corner moves the far corner's prediction (a 3x3 convolution's would not)
+    assert not torch.allclose(module(moved, c)[:, :, -1, -1], module(h, c)[:, :, -1, -1])
+    hidden = FlatSyntheticGradientModule((3, 4, 5), 0, 1, 8, True, "linear")
+    assert [type(m) for m in hidden.hidden] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    assert hidden.hidden[0].in_features == 60 and torch.equal(hidden(h), torch.zeros_like(h))
+
+
+def test_the_module_factory_follows_the_interface_shape_and_sg_map(digits):
     rule, _ = built(cnn_config(rule="cdni", depth=2), digits)
-    assert all(isinstance(m, ConvSyntheticGradientModule) for m in rule.modules.values())
+    assert all(type(m) is FlatSyntheticGradientModule for m in rule.modules.values())
+    assert rule.config.sg_hidden == 1 and rule.config.sg_batch_norm  # the defaults on feature maps
+    assert [m.out.out_features for m in rule.modules.values()] == [4 * 4 * 4, 4 * 2 * 2]
+    rule, _ = built(cnn_config(rule="cdni", depth=2, sg_map="conv", sg_hidden=0), digits)
+    assert all(type(m) is ConvSyntheticGradientModule for m in rule.modules.values())
+    assert all(len(m.hidden) == 0 for m in rule.modules.values())
     rule, _ = built(small_config(rule="cdni", depth=2), digits)
-    assert all(isinstance(m, SyntheticGradientModule) for m in rule.modules.values())
+    assert all(type(m) is SyntheticGradientModule for m in rule.modules.values())
+    assert rule.config.sg_hidden == 0 and not rule.config.sg_batch_norm  # vectors keep linear modules
 
 
 @pytest.mark.parametrize("rule", ["sg", "dni", "cdni", "fa", "dfa"])
@@ -146,6 +170,12 @@ def test_cli_trains_a_cnn_and_refuses_vectors(tmp_path, capsys):
     with RunFile(tmp_path / "c.h5") as run:
         assert run.config["channels"] == 4 and run.layer_info("h2")["kind"] == "conv+batchnorm+relu+maxpool"
         assert np.isfinite(run.evals["test_acc"]).all()
+    args = ["train", "--model", "cnn", "--rule", "cdni", "--depth", "1", "--channels", "2", "--steps", "2", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "m.h5")]) == 0
+    assert main(args + ["--sg-map", "conv", "--no-sg-batch-norm", "--out", str(tmp_path / "n.h5")]) == 0
+    with RunFile(tmp_path / "m.h5") as run, RunFile(tmp_path / "n.h5") as other:
+        assert (run.config["sg_map"], run.config["sg_hidden"], run.config["sg_batch_norm"]) == ("flat", 1, True)
+        assert (other.config["sg_map"], other.config["sg_hidden"], other.config["sg_batch_norm"]) == ("conv", 1, False)
 
 
 def test_synthetic_loss_of_a_conv_module_is_its_exact_path_integral(tmp_path, digits):
@@ -154,7 +184,8 @@ def test_synthetic_loss_of_a_conv_module_is_its_exact_path_integral(tmp_path, di
     from repanalysis.train import rebuild
 
     path = tmp_path / "cdni.h5"
-    train(cnn_config(rule="cdni", steps=8, record_every=8, sg_lr=0.05), path, quiet=True, data=digits)
+    train(cnn_config(rule="cdni", steps=8, record_every=8, sg_lr=0.05, sg_map="conv", sg_hidden=0), path, quiet=True,
+          data=digits)
     with RunFile(path) as run:
         result = synthetic_losses(run, -1, ["h2"], points=3)["h2"]
         rule = rebuild(run, -1)

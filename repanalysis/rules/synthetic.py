@@ -3,7 +3,8 @@
 A module ``Mi`` at interface ``hi`` predicts the *per-sample* error
 ``∂L_n/∂h_n`` from ``hi`` (and, conditioned, from the one-hot label or the
 per-sample output error ``∂L_n/∂p_n``); linear layers for a vector
-interface, convolutions for a feature map (``make_module``). The blocks below ``hi`` learn from the
+interface, and for a feature map linear layers on the flattened map or
+convolutions (``make_module``). The blocks below ``hi`` learn from the
 prediction (divided by the batch size, to match the batch-mean loss), at once,
 without waiting for the layers above. The module regresses a target with
 ``L_SG = w · mean_n ‖Mi(h_n, c_n) - t_n‖²`` (the squared norm over all of a
@@ -18,6 +19,8 @@ Every target is computed from the same forward pass, before any block updates.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -90,11 +93,34 @@ class ConvSyntheticGradientModule(nn.Module):
         return torch.tanh(z) if self.output == "tanh" else z
 
 
+class FlatSyntheticGradientModule(SyntheticGradientModule):
+    """``SyntheticGradientModule`` on the flattened map ``h [B, C, H, W] -> [B, C·H·W]``, its output read back
+    as the map.
+
+    Every value of the prediction can depend on every position of the map and
+    on the condition position by position (which convolutions, alike at every
+    position, cannot). Its first layer has ``C·H·W`` inputs and its output
+    ``C·H·W`` values: with no hidden layer, ``(C·H·W)²`` weights.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], condition_dim: int, hidden: int, hidden_width: int,
+                 batch_norm: bool, output: str):
+        super().__init__(math.prod(shape), condition_dim, hidden, hidden_width, batch_norm, output)
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(h.flatten(1), condition).reshape(h.shape)
+
+
 def make_module(shape: tuple[int, ...], condition_dim: int, config) -> nn.Module:
-    """The module for an interface of ``shape`` per sample: linear layers for ``(units,)``, convolutions for
-    a feature map ``(C, H, W)``; sized by ``--sg-hidden``, ``--sg-width``, ``--sg-batch-norm``, ``--sg-output``."""
-    kind = SyntheticGradientModule if len(shape) == 1 else ConvSyntheticGradientModule
-    return kind(shape[0], condition_dim, config.sg_hidden, config.sg_width, config.sg_batch_norm, config.sg_output)
+    """The module for an interface of ``shape`` per sample, sized by ``--sg-hidden``, ``--sg-width``,
+    ``--sg-batch-norm``, ``--sg-output``: linear layers for ``(units,)``; for a feature map
+    ``(C, H, W)``, by ``--sg-map``, linear layers on the flattened map (``flat``) or convolutions (``conv``)."""
+    sizes = (config.sg_hidden, config.sg_width, config.sg_batch_norm, config.sg_output)
+    if len(shape) == 1:
+        return SyntheticGradientModule(shape[0], condition_dim, *sizes)
+    if config.sg_map == "flat":
+        return FlatSyntheticGradientModule(shape, condition_dim, *sizes)
+    return ConvSyntheticGradientModule(shape[0], condition_dim, *sizes)
 
 
 class SyntheticGradients(Rule):
