@@ -146,6 +146,8 @@ class TrainConfig:
         stored = json.loads(text)
         if "workers" in stored:  # runs written before the field was renamed
             stored.setdefault("stages", stored.pop("workers"))
+        if stored.get("model") == "cnn":  # cnn runs written before flat modules existed had conv modules
+            stored.setdefault("sg_map", "conv")
         return cls(**{k: v for k, v in stored.items() if k in known})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from helpers import batch, built, parameters_equal, small_config
 
 from repanalysis.cli import main
+from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
 from repanalysis.rules.synthetic import ConvSyntheticGradientModule, FlatSyntheticGradientModule, SyntheticGradientModule
 from repanalysis.runfile import RunFile
@@ -141,6 +144,15 @@ def test_the_module_factory_follows_the_interface_shape_and_sg_map(digits):
     rule, _ = built(small_config(rule="cdni", depth=2), digits)
     assert all(type(m) is SyntheticGradientModule for m in rule.modules.values())
     assert rule.config.sg_hidden == 0 and not rule.config.sg_batch_norm  # vectors keep linear modules
+
+
+def test_run_files_from_before_the_flat_modules_read_back_with_the_modules_they_were_trained_with():
+    """A stored config without ``sg_map`` was written when conv modules were the only map modules."""
+    cnn = {k: v for k, v in json.loads(cnn_config(rule="cdni").resolved().to_json()).items() if k != "sg_map"}
+    mlp = {k: v for k, v in json.loads(small_config(rule="cdni").resolved().to_json()).items() if k != "sg_map"}
+    assert TrainConfig.from_json(json.dumps(cnn)).sg_map == "conv"
+    assert TrainConfig.from_json(json.dumps(mlp)).sg_map == "flat"
+    assert cnn_config(rule="cdni").resolved().sg_map == "flat"
 
 
 @pytest.mark.parametrize("rule", ["sg", "dni", "cdni", "fa", "dfa"])
