@@ -30,10 +30,14 @@ The report is always rewritten. Tables, figures, the report and the manifest
 are written through temporary files, so none is ever half-written. Training,
 analyses, probes and figures run as tasks on an ``executor.Executor``
 (default: a local Dask cluster of one single-threaded worker per CPU core);
-the tables, claims and report are made in this process. ``sweep()`` is the
-training stage alone. With more than one local worker, a script that calls
-them needs the ``if __name__ == "__main__":`` guard (Dask starts its worker
-processes by spawning, which imports the script again).
+the tables, claims and report are made in this process. Each experiment's
+chain of stages (train, tables, claims, figures) is one job of
+``Executor.concurrently``: on a cluster the experiments run at once, so the
+workers do not wait at the end of one experiment's stage; in this process,
+one after another. ``sweep()`` is the training stage alone. With more than
+one local worker, a script that calls them needs the
+``if __name__ == "__main__":`` guard (Dask's worker processes import the
+script again, as spawned processes do).
 
 ``python -m repanalysis.reproduce --gallery`` runs the default reproduction into
 ``out/reproduce`` (reusing what is there) and replaces the PNGs in ``docs/gallery/``
