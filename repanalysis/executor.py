@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -65,12 +66,14 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+_FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
+
 #: Dask settings of a local cluster: worker processes forked from a server that has imported what the tasks
 #: need (``TASK_MODULES``), so each does not import them afresh; no statistical profiler (a sampling thread in
 #: each worker); the event-loop, system and memory monitors polled every few seconds instead of 10-50 times a
 #: second (on 2 cores their polling cost about 6% of a core per process while the tasks ran).
 LOCAL_CLUSTER = {
-    "distributed.worker.multiprocessing-method": "forkserver",
+    "distributed.worker.multiprocessing-method": "forkserver" if _FORK_SERVER else "spawn",
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "5s",
@@ -86,10 +89,10 @@ TASK_MODULES = ["distributed", __name__, "repanalysis.sweep", "repanalysis.train
 def _preload_fork_server() -> None:
     """Have the fork server import ``TASK_MODULES`` (it starts with the first worker). Dask sets its own list
     once, the first time it asks for the forkserver context; ours replaces it (and includes ``distributed``)."""
-    import multiprocessing
-
     from distributed.utils import get_mp_context
 
+    if not _FORK_SERVER:
+        return
     get_mp_context()
     multiprocessing.get_context("forkserver").set_forkserver_preload(TASK_MODULES)
 
@@ -337,8 +340,9 @@ class Executor:
         ``concurrently`` have ended."""
         with self._lock:
             self._cancelled = True
-            if self.client is not None and self._in_flight:
-                self.client.cancel(list(self._in_flight))
+            futures = list(self._in_flight)
+        if self.client is not None and futures:  # not under the lock: Dask's thread takes it (_note_started)
+            self.client.cancel(futures)
 
     def concurrently(self, jobs: list) -> list:
         """``[job() for job in jobs]``, for jobs (functions of no arguments) that give this executor their tasks.
