@@ -30,10 +30,14 @@ The report is always rewritten. Tables, figures, the report and the manifest
 are written through temporary files, so none is ever half-written. Training,
 analyses, probes and figures run as tasks on an ``executor.Executor``
 (default: a local Dask cluster of one single-threaded worker per CPU core);
-the tables, claims and report are made in this process. ``sweep()`` is the
-training stage alone. With more than one local worker, a script that calls
-them needs the ``if __name__ == "__main__":`` guard (Dask starts its worker
-processes by spawning, which imports the script again).
+the tables, claims and report are made in this process. Each experiment's
+chain of stages (train, tables, claims, figures) is one job of
+``Executor.concurrently``: on a cluster the experiments run at once, so the
+workers do not wait at the end of one experiment's stage; in this process,
+one after another. ``sweep()`` is the training stage alone. With more than
+one local worker, a script that calls them needs the
+``if __name__ == "__main__":`` guard (Dask's worker processes import the
+script again, as spawned processes do).
 
 ``python -m repanalysis.reproduce --gallery`` runs the default reproduction into
 ``out/reproduce`` (reusing what is there) and replaces the PNGs in ``docs/gallery/``
@@ -44,9 +48,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +73,7 @@ class Manifest:
     def __init__(self, out: Path):
         self.out = out
         self.path = out / ".reproduce.json"
+        self.lock = threading.Lock()
         try:
             self.entries = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -90,8 +97,9 @@ class Manifest:
         from .report import write_text
 
         names = [str(Path(p).relative_to(self.out)) for p in outputs]
-        self.entries[product] = {"signature": signature, "outputs": names}
-        write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
+        with self.lock:  # experiments record from their own threads
+            self.entries[product] = {"signature": signature, "outputs": names}
+            write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def _made(manifest: Manifest, product: str, inputs: list[Path], settings, make) -> list[Path]:
@@ -158,8 +166,10 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
     spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
     out = _output_dir(out_dir)
     command = _command(spec_arg, quick, overrides, data_dir, out)
-    with contextlib.ExitStack() as stack, one_thread():
+    with contextlib.ExitStack() as stack:
         executor = executor or stack.enter_context(Executor(cores()))
+        executor.start()  # the workers start while this process imports what it needs
+        stack.enter_context(one_thread())
         return _reproduce(out, applied, runs, command, quick=quick, data_dir=data_dir, executor=executor,
                           quiet=quiet)
 
@@ -211,16 +221,39 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
 
 def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
                executor: Executor, quiet: bool) -> Path:
-    """The stages of ``reproduce``: train, tables, claims, figures, report."""
+    """Each experiment's chain (``_experiment``), the experiments at once on a cluster; then the report."""
+    from .report import write_report
+
+    manifest = Manifest(out)
+    jobs = [functools.partial(_experiment, out, manifest, spec, i, name, exp, [r for r in runs if r.experiment == name],
+                              quick=quick, data_dir=data_dir, executor=executor, quiet=quiet)
+            for i, (name, exp) in enumerate(spec.experiments.items())]
+    done = executor.concurrently(jobs)
+    results, quantities, paths, figures, failed = {}, {}, {}, [], {}
+    for name, (made_results, made_quantities, made_paths, made_figures, made_failed) in zip(spec.experiments, done):
+        paths[name] = made_paths
+        if made_quantities is not None:
+            results[name], quantities[name] = made_results, made_quantities
+        figures += made_figures
+        failed.update(made_failed)
+    return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
+                        failed={r.name: failed[r.name] for r in runs if r.name in failed}, figures=figures,
+                        command=command, quick=quick)
+
+
+def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,
+                quick: bool, data_dir, executor: Executor, quiet: bool):
+    """One experiment's stages: train its runs, its tables, its claims, its figures;
+    ``(claim results, quantities, {run: path}, figures, {failed run: error})`` (``None`` for the results and
+    quantities of an experiment whose runs all failed)."""
     import pandas as pd
 
     from . import claims as claims_module
     from .analysis.runs import analyze, write_table
     from .probes import probe_runs
-    from .report import linear_table, write_report
+    from .report import linear_table
 
     failed = failures(train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet))
-    manifest = Manifest(out)
 
     def table(product: str, inputs: list[Path], compute, settings=None) -> Path:
         """``tables/<product>``: the table ``compute()`` returns, written atomically, unless it is fresh."""
@@ -232,41 +265,38 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
 
         return _made(manifest, product, inputs, settings, make)[0]
 
-    def analysis(exp, cells) -> pd.DataFrame:
+    def analysis(cells) -> pd.DataFrame:
         parts = [analyze([out / "runs" / r.name for r in cell], measures=exp.measures, quiet=quiet,
                          executor=executor)
                  for cell in cells.values()]
         return pd.concat(parts, ignore_index=True)
 
-    results, quantities, paths, figures = {}, {}, {}, []
-    for i, (name, exp) in enumerate(spec.experiments.items()):
-        planned = [r for r in runs if r.experiment == name and r.name not in failed]
-        paths[name] = {r: out / "runs" / r.name for r in planned}
-        files = list(paths[name].values())
-        if not files:
-            continue
-        cells = _cells(planned)
-        made: dict[str, Path] = {}
-        measures = list(exp.measures) if exp.measures else None
-        if "analysis" in exp.tables:
-            made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(exp, cells), measures)
-        if "probes" in exp.tables:
-            options = {"folds": 3 if quick else exp.probe_folds}
-            made["probes"] = table(f"{name}_probes.csv", files, lambda: probe_runs(
-                files, checkpoints="last", quiet=quiet, executor=executor, **options), options)
-        if "linear" in exp.tables:
-            made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
-        frames = {kind: pd.read_csv(path) for kind, path in made.items()}
-        context = claims_module.Context(name, paths[name], frames.get("analysis"), frames.get("linear"))
-        need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
-        q_path = table(f"{name}_quantities.csv", files + list(made.values()),
-                       lambda: claims_module.quantities(context, cka=need_cka), need_cka)
-        context.quantities = quantities[name] = pd.read_csv(q_path)
-        results[name] = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
-        figures += _figures(out, manifest, spec, i, exp, planned, files, made, q_path, quantities[name],
-                            frames.get("analysis"), paths[name], executor, quiet)
-    return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
-                        failed=failed, figures=figures, command=command, quick=quick)
+    planned = [r for r in runs if r.name not in failed]
+    paths = {r: out / "runs" / r.name for r in planned}
+    files = list(paths.values())
+    if not files:
+        return None, None, paths, [], failed
+    cells = _cells(planned)
+    made: dict[str, Path] = {}
+    measures = list(exp.measures) if exp.measures else None
+    if "analysis" in exp.tables:
+        made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(cells), measures)
+    if "probes" in exp.tables:
+        options = {"folds": 3 if quick else exp.probe_folds}
+        made["probes"] = table(f"{name}_probes.csv", files, lambda: probe_runs(
+            files, checkpoints="last", quiet=quiet, executor=executor, **options), options)
+    if "linear" in exp.tables:
+        made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
+    frames = {kind: pd.read_csv(path) for kind, path in made.items()}
+    context = claims_module.Context(name, paths, frames.get("analysis"), frames.get("linear"))
+    need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
+    q_path = table(f"{name}_quantities.csv", files + list(made.values()),
+                   lambda: claims_module.quantities(context, cka=need_cka), need_cka)
+    context.quantities = quantities = pd.read_csv(q_path)
+    results = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
+    figures = _figures(out, manifest, spec, index, exp, planned, files, made, q_path, quantities,
+                       frames.get("analysis"), paths, executor, quiet)
+    return results, quantities, paths, figures, failed
 
 
 # -- command line (the gallery) -----------------------------------------------------

@@ -20,9 +20,10 @@ from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
 from repanalysis.executor import Executor
+from repanalysis.errors import UserError
 from repanalysis.experiments import load_spec
 from repanalysis.probes import probe_runs
-from repanalysis.reproduce import sweep
+from repanalysis.reproduce import reproduce, sweep
 from repanalysis.runfile import RunFile
 from repanalysis.sweep import file_state
 from repanalysis.train import train
@@ -166,6 +167,51 @@ def test_the_file_decides_what_a_task_does(tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs.update(error="the training loss became non-finite at step 3; the run stopped there")
     assert file_state(path, config) == "train"  # it would fail again if resumed
+
+
+TWO_EXPERIMENTS = """
+name = "two"
+description = "Two experiments that overlap on a cluster: their chains of stages run at once."
+dataset = "digits"
+seeds = 2
+
+[experiments.first]
+description = "backprop and sg, analysed and probed"
+tables = ["analysis", "probes"]
+figures = ["tables"]
+settings = { model = "mlp", width = 12, steps = 60, batch_size = 32, record_every = 30, eval_every = 30, probe_size = 50 }
+grid = { rule = ["backprop", "sg"], depth = [2] }
+
+[experiments.second]
+description = "backprop and dfa on regression"
+tables = ["analysis"]
+settings = { dataset = "nonlinear-regression-2d", model = "mlp", depth = 2, width = 12, steps = 60, batch_size = 32, record_every = 30, eval_every = 30, probe_size = 50 }
+grid = { rule = ["backprop", "dfa"] }
+"""
+
+
+def _fail(message):
+    raise UserError(message)
+
+
+def test_experiments_overlapped_on_two_workers_write_the_tables_of_one_process(tmp_path):
+    """On a cluster the experiments' chains (train, tables, claims, figures) run at once; the tables are
+    those of one process, byte for byte; a job that fails stops the others and its error is raised."""
+    spec_file = tmp_path / "two.toml"
+    spec_file.write_text(TWO_EXPERIMENTS)
+    spec = load_spec(spec_file)
+    reproduce(tmp_path / "one", spec=spec, executor=Executor(1), quiet=True)
+    with Executor(2) as two:
+        reproduce(tmp_path / "two", spec=spec, executor=two, quiet=True)
+        with pytest.raises(UserError, match="no such thing"):
+            two.concurrently([lambda: two.map(time.sleep, [(2,)] * 4, label="sleep", quiet=True),
+                              lambda: two.map(_fail, [("no such thing",)], label="fail", quiet=True)])
+        assert two.concurrently([lambda: two.map(_square, [(2,), (3,)], label="a"), lambda: 7]) == [[4, 9], 7]
+    names = sorted(p.name for p in (tmp_path / "one" / "tables").glob("*.csv"))
+    assert names == sorted(p.name for p in (tmp_path / "two" / "tables").glob("*.csv")) and len(names) == 5
+    for name in names:
+        one = (tmp_path / "one" / "tables" / name).read_text().replace(str(tmp_path / "one"), "")
+        assert one == (tmp_path / "two" / "tables" / name).read_text().replace(str(tmp_path / "two"), ""), name
 
 
 def _square(x):
