@@ -42,18 +42,22 @@ def _optimizers(rule: Rule) -> list[torch.optim.Optimizer]:
     return rule.optimizers + rule.module_optimizers
 
 
-def capture(rule: Rule, batches) -> dict[str, np.ndarray]:
-    """The rule's optimiser and coin states and the batch stream's state, as named arrays."""
+def capture(rule: Rule, batches) -> dict[str, torch.Tensor | np.ndarray]:
+    """The rule's optimiser and coin states and the batch stream's state, as named tensors (and one number).
+
+    The optimiser's tensors are its own (detached, not copied): the caller
+    copies what it keeps past the next update.
+    """
     names = _names(rule)
     out = {}
     for opt in _optimizers(rule):
         for param, state in opt.state.items():
             for key, value in state.items():
-                out[f"{_OPT}{names[id(param)]}.{key}"] = value.detach().cpu().numpy()
+                out[f"{_OPT}{names[id(param)]}.{key}"] = value.detach()
     epoch_start, position = batches.state()
-    out["batches.epoch_start"] = epoch_start.numpy()
+    out["batches.epoch_start"] = epoch_start
     out["batches.position"] = np.int64(position)
-    out["coin"] = rule.coin.get_state().numpy()
+    out["coin"] = rule.coin.get_state()
     return out
 
 
