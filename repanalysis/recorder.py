@@ -25,13 +25,22 @@ Conventions:
 - every parameter and buffer is recorded at each checkpoint under
   ``/params/model.<state_dict key>``.
 
+The file is written on a background thread (``Background``): ``checkpoint``
+runs the shadow pass and copies the state (tensors the next update would
+change) in the caller's thread and hands them over; the copy to the host, the
+compression and the write follow while training goes on, in order, at most
+two checkpoints in flight. ``wait()`` and ``close()`` wait for them. A failed
+write is raised in the caller's thread at the next hand-over, ``wait()`` or
+``close()`` (an ``OSError`` as a ``UserError`` naming the file), and the run
+is closed as "failed" with it.
+
 Crash safety is ``RunWriter``'s: flushed after every checkpoint and
 evaluation, status "running" until ``close()``; an existing file
 (``overwrite=True``) is replaced only at the second checkpoint (or at
 ``close()``). A Ctrl-C during a checkpoint, evaluation or ``close()`` takes
-effect when it ends, so it never lands inside a file write; leaving a
-with-block on an exception closes the run as "failed" with the exception
-named, and the last step the recorder was given.
+effect when it ends (file writes run on the writer thread, which signals
+never interrupt); leaving a with-block on an exception closes the run as
+"failed" with the exception named, and the last step the recorder was given.
 
 ``train`` records through the same class (``Recorder.attach``), with the
 rule's own shadow pass, which adds each rule's ``signal``.
