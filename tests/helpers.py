@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from repanalysis.config import TrainConfig
@@ -53,3 +54,12 @@ def run_arrays(path) -> dict:
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
     return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Torch on one thread for one test (as the subprocesses that some tests start), then as it was."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import run_arrays, small_config
+from helpers import one_thread, run_arrays, small_config  # noqa: F401 (an autouse fixture)
 
 from repanalysis.background import Background
 from repanalysis.cli import main
@@ -29,15 +29,6 @@ BUSY = dict(rule="sg", steps=16, record_every=2, eval_every=3, update_prob=0.7)
 @pytest.fixture(scope="module")
 def digits():
     return load("digits")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocess runs on one thread; so does the reference run in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_jobs_run_in_order_and_the_first_error_surfaces_once():
