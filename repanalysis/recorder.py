@@ -57,15 +57,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RECORD_BN
 from .background import Background
+from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
 from .outputs import check_file
 from .rules.base import batch_statistics, evaluating
 from .runfile import RunWriter
 
-Arrays = dict[str, np.ndarray]
 Shadow = Callable[[], dict[str, dict[str, torch.Tensor]]]
 State = Callable[[], dict[str, torch.Tensor | np.ndarray]]
 
@@ -93,11 +92,6 @@ def _snapshot(arrays: dict) -> dict:
 def model_tensors(model: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` (its ``state_dict``), detached, named ``prefix + key``."""
     return {f"{prefix}{k}": v.detach() for k, v in model.state_dict().items()}
-
-
-def model_state(model: nn.Module, prefix: str = "model.") -> Arrays:
-    """``model_tensors`` as numpy arrays."""
-    return _numpy(model_tensors(model, prefix))
 
 
 def shadow_pass(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, loss,
