@@ -25,19 +25,23 @@ from repanalysis.runfile import RunWriter
 
 
 def timed_checkpoints(config, data, out: Path, keep_state: bool) -> list[float]:
-    """Train ``config`` to ``out``; the seconds each checkpoint took to capture and write."""
-    seconds = []
+    """Train ``config`` to ``out``; the seconds each checkpoint took to capture and write.
+
+    The capture runs in the training thread and the write on the recorder's
+    writer thread: each is timed on its own and the two are added per checkpoint.
+    """
+    captured, written = [], []
     write, capture = RunWriter.checkpoint, resume.capture
 
     def timed_write(self, *args, **kwargs):
         start = time.perf_counter()
         write(self, *args, **kwargs)
-        seconds.append(time.perf_counter() - start)
+        written.append(time.perf_counter() - start)
 
     def timed_capture(rule, batches):
         start = time.perf_counter()
         state = capture(rule, batches) if keep_state else None
-        seconds.append(time.perf_counter() - start)
+        captured.append(time.perf_counter() - start)
         return state
 
     RunWriter.checkpoint, resume.capture = timed_write, timed_capture
@@ -45,7 +49,7 @@ def timed_checkpoints(config, data, out: Path, keep_state: bool) -> list[float]:
         train.train(config, out, overwrite=True, quiet=True, data=data)
     finally:
         RunWriter.checkpoint, resume.capture = write, capture
-    return [a + b for a, b in zip(seconds[0::2], seconds[1::2])]
+    return [a + b for a, b in zip(captured, written, strict=True)]
 
 
 def slot_bytes(path: Path) -> tuple[int, int]:

@@ -25,13 +25,22 @@ Conventions:
 - every parameter and buffer is recorded at each checkpoint under
   ``/params/model.<state_dict key>``.
 
+The file is written on a background thread (``Background``): ``checkpoint``
+runs the shadow pass and copies the state (tensors the next update would
+change) in the caller's thread and hands them over; the copy to the host, the
+compression and the write follow while training goes on, in order, at most
+two checkpoints in flight. ``wait()`` and ``close()`` wait for them. A failed
+write is raised in the caller's thread at the next hand-over, ``wait()`` or
+``close()`` (an ``OSError`` as a ``UserError`` naming the file), and the run
+is closed as "failed" with it.
+
 Crash safety is ``RunWriter``'s: flushed after every checkpoint and
 evaluation, status "running" until ``close()``; an existing file
 (``overwrite=True``) is replaced only at the second checkpoint (or at
 ``close()``). A Ctrl-C during a checkpoint, evaluation or ``close()`` takes
-effect when it ends, so it never lands inside a file write; leaving a
-with-block on an exception closes the run as "failed" with the exception
-named, and the last step the recorder was given.
+effect when it ends (file writes run on the writer thread, which signals
+never interrupt); leaving a with-block on an exception closes the run as
+"failed" with the exception named, and the last step the recorder was given.
 
 ``train`` records through the same class (``Recorder.attach``), with the
 rule's own shadow pass, which adds each rule's ``signal``.
@@ -39,6 +48,7 @@ rule's own shadow pass, which adds each rule's ``signal``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Callable
@@ -47,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .background import Background
 from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
@@ -54,21 +65,33 @@ from .outputs import check_file
 from .rules.base import batch_statistics, evaluating
 from .runfile import RunWriter
 
-Arrays = dict[str, np.ndarray]
 Shadow = Callable[[], dict[str, dict[str, torch.Tensor]]]
+State = Callable[[], dict[str, torch.Tensor | np.ndarray]]
 
 
 def _number(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _numpy(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, Arrays]:
-    return {name: {k: v.detach().cpu().numpy() for k, v in arrays.items()} for name, arrays in layers.items()}
+def _failed(err: BaseException) -> str:
+    return f"writing the run file failed ({err if isinstance(err, OSError) else type(err).__name__ + ': ' + str(err)})"
 
 
-def model_state(model: nn.Module, prefix: str = "model.") -> Arrays:
-    """Every parameter and buffer of ``model`` (its ``state_dict``), as numpy arrays named ``prefix + key``."""
-    return {f"{prefix}{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+def _numpy(arrays: dict) -> dict:
+    """Nested dicts of tensors (or numpy values) as numpy arrays: the device-to-host copy."""
+    return {k: _numpy(v) if isinstance(v, dict) else v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in arrays.items()}
+
+
+def _snapshot(arrays: dict) -> dict:
+    """A copy of named tensors (and numpy values) that later updates of the originals leave alone."""
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else np.array(v, copy=True)
+            for k, v in arrays.items()}
+
+
+def model_tensors(model: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` (its ``state_dict``), detached, named ``prefix + key``."""
+    return {f"{prefix}{k}": v.detach() for k, v in model.state_dict().items()}
 
 
 def shadow_pass(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, loss,
@@ -189,19 +212,20 @@ class Recorder:
                     for name, m in modules.items()],
             overwrite=overwrite, record_bn=record_bn,
         )
-        self._start(writer, shadow, lambda: model_state(model))
+        self._start(writer, shadow, lambda: model_tensors(model))
 
     @classmethod
-    def attach(cls, writer: RunWriter, shadow: Shadow, state: Callable[[], Arrays],
-               resume: Callable[[], Arrays] | None = None) -> "Recorder":
+    def attach(cls, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None) -> "Recorder":
         """A recorder on an open ``writer``: ``shadow()`` gives the layer arrays, ``state()`` the
         parameters and buffers, ``resume()`` the state that continues training exactly (``train`` uses this)."""
         made = cls.__new__(cls)
         made._start(writer, shadow, state, resume)
         return made
 
-    def _start(self, writer: RunWriter, shadow: Shadow, state, resume=None) -> None:
+    def _start(self, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None) -> None:
         self._writer, self._shadow, self._state, self._resume = writer, shadow, state, resume
+        self._background = Background(f"repanalysis writer of {writer.path.name}")
+        self._rows: list[dict[str, float]] = []  # logged rows not yet handed to the writer
         self._written = 0  # checkpoints written by this recorder
         self.step: int | None = None  # the last step it was given
         self.closed = False
@@ -212,37 +236,102 @@ class Recorder:
 
     @property
     def replacing(self) -> bool:
-        """Whether an existing file at ``path`` is still waiting to be replaced."""
+        """Whether an existing file at ``path`` is still waiting to be replaced (once what is queued is written)."""
+        self.wait()
         return self._writer.replacing
 
+    def wait(self) -> None:
+        """Wait until everything handed over so far is in the file (flushed), e.g. before reading it live."""
+        with whole(), self._failures():
+            self._background.drain()
+
+    @contextlib.contextmanager
+    def _failures(self):
+        """A background write's ``OSError`` (a full disk, say) as a ``UserError`` that names the file."""
+        try:
+            yield
+        except OSError as err:
+            raise UserError(f"{self.path}: {_failed(err)}") from err
+
+    def _submit(self, write: Callable[[], None]) -> None:
+        """Hand the logged rows and then ``write`` to the background writer, in this order."""
+        rows, self._rows = self._rows, []
+
+        def job():
+            for row in rows:
+                self._writer.log(row)
+            write()
+
+        with self._failures():
+            self._background.submit(job)
+
     def checkpoint(self, step: int) -> None:
-        """Record every layer's activations and true gradients on the probe set, and every parameter."""
+        """Record every layer's activations and true gradients on the probe set, and every parameter.
+
+        The shadow pass and a copy of the state run here; the copy to the host
+        and the file write run in the background, while training goes on.
+        """
         with whole():
             self.step = step
-            self._writer.checkpoint(step, _numpy(self._shadow()), self._state(),
-                                    None if self._resume is None else self._resume())
-            if self._written:
-                self._writer.commit()
+            layers = self._shadow()  # fresh tensors, which no later update touches
+            state = _snapshot(self._state())
+            resume = None if self._resume is None else self._resume()
+            resume = None if resume is None else _snapshot(resume)
+            commit = self._written > 0
             self._written += 1
+
+            def write():
+                self._writer.checkpoint(step, _numpy(layers), _numpy(state), None if resume is None else _numpy(resume))
+                if commit:
+                    self._writer.commit()
+
+            self._submit(write)
 
     def log(self, step: int, **metrics) -> None:
         """Record one step's metrics under ``/metrics`` (numbers or 0-d tensors; written at the next flush)."""
         self.step = step
-        self._writer.log({"step": float(step), **{k: _number(v) for k, v in metrics.items()}})
+        self._rows.append({"step": float(step), **{k: _number(v) for k, v in metrics.items()}})
 
     def evaluation(self, step: int, **metrics) -> None:
         """Record one evaluation under ``/eval`` (e.g. ``test_loss``, ``test_acc``); then flush."""
         with whole():
             self.step = step
-            self._writer.evaluation({"step": step, **{k: _number(v) for k, v in metrics.items()}})
+            row = {"step": step, **{k: _number(v) for k, v in metrics.items()}}
+            self._submit(lambda: self._writer.evaluation(row))
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
-        """Write what is buffered and close with ``status`` ("complete", or "failed" with ``error``)."""
+        """Write what is queued and buffered and close with ``status`` ("complete", or "failed" with ``error``).
+
+        After a failed background write the run is closed as "failed", with
+        that failure as its error, which is raised here unless it was already.
+        """
         if self.closed:
             return
         with whole():
             self.closed = True
+            try:
+                with self._failures():
+                    self._background.stop()
+            except BaseException:
+                if self._background.error is not None:
+                    self._close_broken(_failed(self._background.error))
+                raise
+            if self._background.error is not None:  # raised already, where it was handed over
+                self._close_broken(_failed(self._background.error))
+                return
+            for row in self._rows:
+                self._writer.log(row)
             self._writer.close(status, **({} if error is None else {"error": error}))
+
+    def _close_broken(self, error: str) -> None:
+        """Close after a failed write: as "failed" where the file still takes it; never raise a second error."""
+        try:
+            self._writer.close("failed", error=error)
+        except Exception:
+            try:
+                self._writer.file.close()
+            except Exception:
+                pass
 
     def __enter__(self) -> "Recorder":
         return self

@@ -42,20 +42,24 @@ def _optimizers(rule: Rule) -> list[torch.optim.Optimizer]:
     return rule.optimizers + rule.module_optimizers
 
 
-def capture(rule: Rule, batches=None) -> dict[str, np.ndarray]:
+def capture(rule: Rule, batches=None) -> dict[str, torch.Tensor | np.ndarray]:
     """The rule's optimiser and coin states and the batch stream's state (unless ``batches`` is None, as on a
-    pipeline stage that receives its batches), as named arrays."""
+    pipeline stage that receives its batches), as named tensors (and one number).
+
+    The optimiser's tensors are its own (detached, not copied): the caller
+    copies what it keeps past the next update.
+    """
     names = _names(rule)
     out = {}
     for opt in _optimizers(rule):
         for param, state in opt.state.items():
             for key, value in state.items():
-                out[f"{_OPT}{names[id(param)]}.{key}"] = value.detach().cpu().numpy()
+                out[f"{_OPT}{names[id(param)]}.{key}"] = value.detach()
     if batches is not None:
         epoch_start, position = batches.state()
-        out["batches.epoch_start"] = epoch_start.numpy()
+        out["batches.epoch_start"] = epoch_start
         out["batches.position"] = np.int64(position)
-    out["coin"] = rule.coin.get_state().numpy()
+    out["coin"] = rule.coin.get_state()
     return out
 
 

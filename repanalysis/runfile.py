@@ -84,20 +84,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _append(group: h5py.Group, name: str, value: np.ndarray, compress: bool = False) -> None:
-    """Append ``value`` as one new row of the growing dataset ``name`` (created on first use)."""
-    value = np.asarray(value)
-    if name not in group:
-        options = {"compression": "lzf"} if compress and value.size > 1 else {}
-        group.create_dataset(
-            name, shape=(0,) + value.shape, maxshape=(None,) + value.shape, dtype=value.dtype,
-            chunks=(1,) + value.shape if value.shape else (1024,), **options,
-        )
-    ds = group[name]
-    ds.resize(ds.shape[0] + 1, axis=0)
-    ds[-1] = value
-
-
 def _extend(group: h5py.Group, name: str, values: np.ndarray) -> None:
     """Append a 1-D block of scalars to the growing float64 dataset ``name``."""
     if name not in group:
@@ -147,6 +133,7 @@ class RunWriter:
             f.create_group(group)
         self._metrics: dict[str, list[float]] = {}
         self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
         f.flush()
 
     @classmethod
@@ -162,7 +149,7 @@ class RunWriter:
         Call it on a file ``RunFile`` has accepted.
         """
         writer = cls.__new__(cls)
-        writer.path, writer._pending, writer._metrics, writer._resume_sets = Path(path), None, {}, {}
+        writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = Path(path), None, {}, {}, {}
         try:
             writer.file = f = h5py.File(path, "a", locking=False)
         except OSError as err:
@@ -199,10 +186,10 @@ class RunWriter:
         f = self.file
         for name, arrays in layers.items():
             for kind, value in arrays.items():
-                _append(f[f"layers/{name}"], kind, value.astype(np.float32, copy=False), compress=True)
+                self._append(f"layers/{name}", kind, value.astype(np.float32, copy=False), compress=True)
         for name, value in params.items():
-            _append(f["params"], name, value)
-        _append(f["checkpoints"], "step", np.int64(step))
+            self._append("params", name, value)
+        self._append("checkpoints", "step", np.int64(step))
         if resume is None:
             self._flush_metrics()
             return
@@ -222,6 +209,27 @@ class RunWriter:
         f.flush()
         mark[()] = step
         f.flush()
+
+    def _append(self, group: str, name: str, value, compress: bool = False) -> None:
+        """Append ``value`` as one new row of the growing dataset ``group/name`` (created on first use).
+
+        Through h5py's low-level calls on a kept handle: its ``ds[-1] = value``
+        costs ~0.3 ms a call, and a checkpoint appends one row per parameter.
+        """
+        value = np.asarray(value, order="C")
+        ds = self._rows.get((group, name))
+        if ds is None:
+            g = self.file[group]
+            if name not in g:
+                options = {"compression": "lzf"} if compress and value.size > 1 else {}
+                g.create_dataset(name, shape=(0,) + value.shape, maxshape=(None,) + value.shape, dtype=value.dtype,
+                                 chunks=(1,) + value.shape if value.shape else (1024,), **options)
+            ds = self._rows[group, name] = g[name].id
+        n = ds.shape[0]
+        ds.set_extent((n + 1,) + value.shape)
+        space = ds.get_space()
+        space.select_hyperslab((n,) + (0,) * value.ndim, (1,) + value.shape)
+        ds.write(h5py.h5s.create_simple((1,) + value.shape), space, value)
 
     def log(self, row: dict[str, float]) -> None:
         """Record one logged step's metrics (kept in memory until the next flush)."""

@@ -33,7 +33,7 @@ from .memory import check_fits
 from .models import build_network
 from .outputs import check_file
 from .progress import Progress
-from .recorder import Recorder, model_state
+from .recorder import Recorder, model_tensors
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
 
@@ -115,9 +115,14 @@ def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int = 8192)
     return {"test_loss": total / n, "test_acc": math.nan if hits is None else sum(hits) / n}
 
 
-def state_arrays(rule: Rule) -> dict[str, "torch.Tensor"]:
-    """Every parameter and buffer of the network (``model.*``) and of the rule (``rule.*``)."""
-    return {**model_state(rule.network), **model_state(rule.modules, "rule.")}
+def state_tensors(rule: Rule) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the network (``model.*``) and of the rule (``rule.*``), detached."""
+    return {**model_tensors(rule.network), **model_tensors(rule.modules, "rule.")}
+
+
+def state_arrays(rule: Rule) -> dict[str, np.ndarray]:
+    """``state_tensors`` as numpy arrays (on the CPU they share the tensors' memory)."""
+    return {k: v.cpu().numpy() for k, v in state_tensors(rule).items()}
 
 
 def _network(config: TrainConfig, n_features: int, n_outputs: int):
@@ -282,7 +287,8 @@ def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, training_st
     keep ``training_state()``, what ``resume`` needs (``repanalysis.resume``)."""
     if writer is None:
         return None
-    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_arrays(rule), training_state)
+    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_tensors(rule),
+                           training_state)
 
 
 def non_finite(recorder: Recorder | None, step: int) -> UserError:

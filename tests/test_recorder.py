@@ -244,8 +244,10 @@ def test_an_existing_file_is_replaced_only_once_the_new_run_is_under_way(tmp_pat
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]  # kept; the temporary file is gone
     rec = Recorder(path, model, {"conv": "1"}, probe, F.cross_entropy, overwrite=True)
     rec.checkpoint(0)
+    rec.wait()
     assert path.read_bytes() == b"old"
     rec.checkpoint(1)
+    rec.wait()  # the checkpoint is written in the background
     with RunFile(path) as run:
         assert run.status == "running" and list(run.steps) == [0, 1]
     rec.close()

@@ -13,7 +13,7 @@ import time
 import h5py
 import pytest
 import torch
-from helpers import contents, small_config
+from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
@@ -28,13 +28,6 @@ def data():
     return {"digits": load("digits"), "nonlinear-regression-2d": load("nonlinear-regression-2d")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run on one thread; so does the reference run in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_same_file(resumed, reference) -> None:

@@ -94,8 +94,10 @@ class Rule:
         self.config = config
         self.cuts: tuple[int, ...] = ()
         self.modules = nn.ModuleDict()  # the rule's own state, recorded under /params/rule.*
+        # Each block's parameters, then the head's, listed once (a module's ``parameters()`` walks its tree)
+        self._own = [list(part.parameters()) for part in list(network.blocks) + [network.head]]
         # The blocks and the head that have parameters, bottom up: each is updated, or held, as one.
-        self.parts = [ps for ps in (list(part.parameters()) for part in list(network.blocks) + [network.head]) if ps]
+        self.parts = [ps for ps in self._own if ps]
         self.optimizers = [make_optimizer(config.optimizer, [q for ps in self.parts for q in ps], config.lr,
                                           config.momentum)]  # one, over every part (the list: see resume)
         self.module_optimizers: list[torch.optim.Optimizer] = []  # the rule's modules' (none by default)
@@ -163,8 +165,8 @@ class Rule:
         for k, top in enumerate(tops):
             below = bounds[len(bounds) - 1 - k] if k < len(bounds) else None
             first = 0 if below is None else below + 1
-            parts = list(net.blocks[first : top + 1]) + ([net.head] if k == 0 else [])
-            params = [q for part in parts for q in part.parameters()] if into_parameters else []
+            owners = list(range(first, top + 1)) + ([len(net.blocks)] if k == 0 else [])
+            params = [q for j in owners for q in self._own[j]] if into_parameters else []
             inside = [i for i in range(first, top + 1) if interfaces and (k == 0 or i != top)]
             wanted = [trace.inputs[below]] if below is not None else []
             wanted += [trace.output] if k == 0 else []
