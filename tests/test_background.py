@@ -12,7 +12,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-import torch
 from helpers import one_thread, run_arrays, small_config  # noqa: F401 (an autouse fixture)
 
 from repanalysis.background import Background

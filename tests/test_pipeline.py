@@ -248,7 +248,7 @@ def test_lock_step_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path,
 def test_asynchronous_run_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):
     """Not bit-identical (timing decides which targets arrive when), but every step, checkpoint and
     evaluation is there, the file is the interrupted run's up to the checkpoint, and it learns on."""
-    config = small_config(rule="dni", depth=4, width=32, steps=300, record_every=30, eval_every=150, stages=2)
+    config = small_config(rule="cdni", depth=4, width=32, steps=300, record_every=30, eval_every=150, stages=2)
     path = tmp_path / "async.h5"
 
     class StopAt131(Progress):  # a Ctrl-C in the parent while it records step 131

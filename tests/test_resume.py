@@ -12,7 +12,6 @@ import time
 
 import h5py
 import pytest
-import torch
 from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
 
 from repanalysis.cli import main
