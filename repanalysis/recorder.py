@@ -275,8 +275,7 @@ class Recorder:
             self.step = step
             layers = self._shadow()  # fresh tensors, which no later update touches
             state = _snapshot(self._state())
-            resume = None if self._resume is None else self._resume()
-            resume = None if resume is None else _snapshot(resume)
+            resume = None if self._resume is None else _snapshot(self._resume())
             commit = self._written > 0
             self._written += 1
 

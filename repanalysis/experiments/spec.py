@@ -49,9 +49,9 @@ PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
                     "quick", "probe_folds", "by", "exclude"}
-#: Short forms of grid axes in run-file names.
 #: Grid axes that say how one network is trained; they do not make cells.
 VARIANT_AXES = ("rule", "stages")
+#: Short forms of grid axes in run-file names.
 _NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
 
 
