@@ -331,9 +331,10 @@ class RunFile:
         try:
             self._layers = sorted(self.file["layers"], key=lambda n: int(self.file["layers"][n].attrs["position"]))
             self.steps = self.file["checkpoints/step"][:] if "step" in self.file["checkpoints"] else np.zeros(0, np.int64)
-        except (KeyError, OSError) as err:
+        except (KeyError, OSError, RuntimeError) as err:  # HDF5's own errors reach h5py as RuntimeError
             self.file.close()
-            raise UserError(f"{self.path}: damaged or truncated run file ({err})") from None
+            raise UserError(f"{self.path}: damaged or truncated run file, or read in the middle of a write "
+                            f"(a running run's file can be read again a moment later) ({err})") from None
 
     def __enter__(self):
         return self

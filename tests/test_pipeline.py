@@ -122,7 +122,7 @@ def _checkpoints(path) -> int:
     try:
         with h5py.File(path, "r", locking=False) as f:
             return len(f["checkpoints/step"])
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError):  # not yet created, or read during a flush
         return 0
 
 

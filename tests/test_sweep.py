@@ -95,7 +95,7 @@ def _running(folder) -> list:
             with h5py.File(path, "r", locking=False) as f:
                 if f.attrs["status"] == "running" and len(f["checkpoints/step"]) >= 2:
                     found.append(path)
-        except (OSError, KeyError):  # not yet created, or read during a flush
+        except (OSError, KeyError, RuntimeError):  # not yet created, or read during a flush
             pass
     return found
 

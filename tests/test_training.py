@@ -235,6 +235,16 @@ def test_unknown_format_version_is_refused(tmp_path, bn_run):
         RunFile(copy)
 
 
+def test_an_hdf5_error_while_reading_the_structure_is_one_line(bn_run, monkeypatch):
+    """Read while a writer is mid-flush, HDF5 can fail with its own errors (h5py raises them as RuntimeError)."""
+    def caught_mid_write(self, name):
+        raise RuntimeError("Unable to synchronously check link existence (addr overflow)")
+
+    monkeypatch.setattr(h5py.Group, "__contains__", caught_mid_write)
+    with pytest.raises(UserError, match="in the middle of a write.*addr overflow"):
+        RunFile(bn_run)
+
+
 def test_sigkill_leaves_a_readable_running_file_that_plain_h5py_reads_live(tmp_path):
     out = tmp_path / "killed.h5"
     proc = subprocess.Popen(
