@@ -19,6 +19,7 @@ import os
 import queue as queues
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     folder = tempfile.mkdtemp(prefix="repanalysis-stages-")
     context = mp.get_context("spawn")
     reports = context.Queue()
+    inbox = _inbox(reports)
     procs = []
     for rank, part in enumerate(parts):
         spec = StageSpec(
@@ -89,11 +91,11 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
         heard = time.monotonic()
         while assembly.next <= steps or len(finished) < k:
             try:
-                message = reports.get(timeout=0.25)
+                message = inbox.get(timeout=0.25)
             except queues.Empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in finished]
                 if dead or time.monotonic() - heard > TIMEOUT_S + 30:
-                    raise _failure(parts, procs, reports, assembly, finished, None)
+                    raise _failure(parts, procs, inbox, assembly, finished, None)
                 continue
             heard = time.monotonic()
             kind, rank = message[0], message[1]
@@ -106,7 +108,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             elif kind == "nonfinite":
                 raise _NonFinite(message[2])
             else:
-                raise _failure(parts, procs, reports, assembly, finished, message)
+                raise _failure(parts, procs, inbox, assembly, finished, message)
             for step, row, state in assembly.ready(due_record | due_eval):
                 if recording is not None:
                     recording.log(step, **{k: v for k, v in row.items() if k != "step"})
@@ -136,11 +138,25 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
         raise
     finally:
         _stop(procs)
+        reports.put(None)  # ends the forwarding thread (unless a killed stage's partial message holds it)
         shutil.rmtree(folder, ignore_errors=True)
     progress.close()
     if recording is not None:
         recording.close("complete")
     return TrainResult(rule, "complete", steps, last_eval)
+
+
+def _inbox(reports) -> queues.Queue:
+    """The stages' messages, moved from ``reports`` by a thread: a stage killed while it sends leaves a partial
+    message in the pipe, on which a read waits for ever; only that thread waits on it, never the parent."""
+    inbox: queues.Queue = queues.Queue()
+
+    def forward():
+        for message in iter(reports.get, None):
+            inbox.put(message)
+
+    threading.Thread(target=forward, name="repanalysis stage reports", daemon=True).start()
+    return inbox
 
 
 class _Assembly:
@@ -183,7 +199,7 @@ class _NonFinite(Exception):
     """The top stage's loss became non-finite at the step in ``args[0]``."""
 
 
-def _failure(parts, procs, reports, assembly, finished, first) -> _StageFailed:
+def _failure(parts, procs, inbox, assembly, finished, first) -> _StageFailed:
     """Listen a moment for every stage's report, stop them all, and name the stage to blame."""
     errors = {}  # rank -> (step, text, lost_peer)
     if first is not None:
@@ -191,7 +207,7 @@ def _failure(parts, procs, reports, assembly, finished, first) -> _StageFailed:
     until = time.monotonic() + GRACE_S
     while time.monotonic() < until and any(p.exitcode is None for p in procs):
         try:
-            message = reports.get(timeout=0.1)
+            message = inbox.get(timeout=0.1)
         except queues.Empty:
             continue
         if message[0] == "error":
