@@ -152,6 +152,43 @@ def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("repanalysis-stage")]
 
 
+_DIES_MID_MESSAGE = """
+import multiprocessing as mp, os, signal, struct, sys, time
+from repanalysis.pipeline.launch import _inbox
+
+def stage(reports, ready):
+    reports.put(("row", 0))
+    time.sleep(0.5)  # the message above is in the pipe
+    reports._wlock.acquire()  # as a stage killed in the middle of sending: the lock is never released,
+    os.write(reports._writer.fileno(), struct.pack("!i", 1000))  # and 1000 announced bytes never come
+    ready.set()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    context = mp.get_context("spawn")
+    reports, ready = context.Queue(), context.Event()
+    proc = context.Process(target=stage, args=(reports, ready), daemon=True)
+    proc.start()
+    inbox, forwarding = _inbox(reports)
+    print(inbox.get(timeout=30), flush=True)
+    ready.wait(30)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    forwarding.set()
+    print("left", flush=True)
+"""
+
+
+def test_the_parent_exits_after_a_stage_died_in_the_middle_of_a_message(tmp_path):
+    """A killed stage leaves a partial message and the queue's write lock held: the parent's reader must not
+    wait on either, during the run or at interpreter exit (a feeder thread joined at exit once hung CI)."""
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES_MID_MESSAGE)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["('row',", "0)", "left"]
+
+
 def test_a_non_finite_loss_in_the_top_stage_stops_the_run_as_in_process(tmp_path, data):
     config = small_config(rule="dni", depth=4, lr=1e30, sg_lr=1e30, stages=2, steps=50)
     with pytest.raises(UserError, match=r"non-finite at step \d+; the run stopped there"):

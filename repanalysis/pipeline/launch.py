@@ -61,7 +61,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     folder = tempfile.mkdtemp(prefix="repanalysis-stages-")
     context = mp.get_context("spawn")
     reports = context.Queue()
-    inbox = _inbox(reports)
+    inbox, forwarding = _inbox(reports)
     procs = []
     for rank, part in enumerate(parts):
         spec = StageSpec(
@@ -138,7 +138,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
         raise
     finally:
         _stop(procs)
-        reports.put(None)  # ends the forwarding thread (unless a killed stage's partial message holds it)
+        forwarding.set()
         shutil.rmtree(folder, ignore_errors=True)
     progress.close()
     if recording is not None:
@@ -146,17 +146,25 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     return TrainResult(rule, "complete", steps, last_eval)
 
 
-def _inbox(reports) -> queues.Queue:
-    """The stages' messages, moved from ``reports`` by a thread: a stage killed while it sends leaves a partial
-    message in the pipe, on which a read waits for ever; only that thread waits on it, never the parent."""
+def _inbox(reports) -> tuple[queues.Queue, threading.Event]:
+    """The stages' messages, moved from ``reports`` by a thread until the returned event is set.
+
+    A stage killed while it sends leaves a partial message in the pipe, on which a read waits for ever, and
+    holds the queue's write lock for ever; so only this daemon thread reads ``reports``, and the parent never
+    writes to it (a put would leave a feeder thread that the interpreter joins at exit: a hang after the run).
+    """
     inbox: queues.Queue = queues.Queue()
+    stop = threading.Event()
 
     def forward():
-        for message in iter(reports.get, None):
-            inbox.put(message)
+        while not stop.is_set():
+            try:
+                inbox.put(reports.get(timeout=0.25))
+            except queues.Empty:
+                continue
 
     threading.Thread(target=forward, name="repanalysis stage reports", daemon=True).start()
-    return inbox
+    return inbox, stop
 
 
 class _Assembly:
