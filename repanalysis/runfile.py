@@ -142,39 +142,49 @@ class RunWriter:
 
         Everything recorded after that checkpoint's step ``S`` is cut off: later
         checkpoints, metrics of steps after ``S``, evaluations at ``S`` and after
-        (the caller evaluates again at ``S`` where one is due). Sets ``status``
-        back to "running", drops ``error`` and notes the resumption in the
-        ``resumed`` attribute (JSON list of ``[step, UTC time]``). Returns the
+        (the caller evaluates again at ``S`` where one is due). The part kept is
+        copied into a fresh file that then replaces the old one, so a tail left
+        damaged by a kill in the middle of a write (HDF5 files are not crash
+        consistent) is never written to again. Sets ``status`` back to
+        "running", drops ``error`` and notes the resumption in the ``resumed``
+        attribute (JSON list of ``[step, UTC time]``). Returns the
         writer, ``S``, every parameter and buffer at ``S`` and the resume state.
         Call it on a file ``RunFile`` has accepted.
         """
-        writer = cls.__new__(cls)
-        writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = Path(path), None, {}, {}, {}
+        path = Path(path)
         try:
-            writer.file = f = h5py.File(path, "a", locking=False)
+            with h5py.File(path, "r", locking=False) as old:
+                newest = _newest_slot(old)
+                if newest is None:
+                    raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
+                                    "repanalysis wrote it); train it again with --overwrite")
+                step, state = newest
+                kept = np.flatnonzero(old["checkpoints/step"][:] == step)
+                if not len(kept):
+                    raise ValueError(f"no checkpoint at step {step}")
+                rows = dict.fromkeys(["checkpoints", "layers", "params"], int(kept[0]) + 1)
+                rows["metrics"] = int(np.sum(old["metrics/step"][:] <= step)) if "step" in old["metrics"] else 0
+                rows["eval"] = int(np.sum(old["eval/step"][:] < step)) if "step" in old["eval"] else 0
+                fresh = temporary_beside(path)
+                try:
+                    with h5py.File(fresh, "w", locking=False) as new:
+                        _copy_cut(old, new, rows)
+                        resumed = json.loads(old.attrs.get("resumed", "[]")) + [[step, _now()]]
+                        new.attrs.update(status="running", resumed=json.dumps(resumed))
+                        new.attrs.pop("error", None)
+                        params = {name: ds[-1] for name, ds in _walk(new["params"]).items()}
+                except BaseException:
+                    fresh.unlink(missing_ok=True)
+                    raise
+        except (KeyError, ValueError, OSError, RuntimeError) as err:
+            raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None
+        fresh.replace(path)
+        writer = cls.__new__(cls)
+        writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = path, None, {}, {}, {}
+        try:
+            writer.file = h5py.File(path, "a", locking=False)
         except OSError as err:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
-        try:
-            newest = _newest_slot(f)
-            if newest is None:
-                f.close()
-                raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
-                                "repanalysis wrote it); train it again with --overwrite")
-            step, state = newest
-            kept = np.flatnonzero(f["checkpoints/step"][:] == step)
-            if not len(kept):
-                raise ValueError(f"no checkpoint at step {step}")
-            _cut(f, ["checkpoints", "layers", "params"], int(kept[0]) + 1)
-            _cut(f, ["metrics"], int(np.sum(f["metrics/step"][:] <= step)) if "step" in f["metrics"] else 0)
-            _cut(f, ["eval"], int(np.sum(f["eval/step"][:] < step)) if "step" in f["eval"] else 0)
-            params = {name: ds[-1] for name, ds in _walk(f["params"]).items()}
-        except (KeyError, ValueError, OSError) as err:
-            f.close()
-            raise UserError(f"{path}: cannot be resumed: damaged run file ({err})") from None
-        resumed = json.loads(f.attrs.get("resumed", "[]")) + [[step, _now()]]
-        f.attrs.update(status="running", resumed=json.dumps(resumed))
-        f.attrs.pop("error", None)
-        f.flush()
         return writer, step, params, state
 
     def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],
@@ -294,13 +304,28 @@ def _newest_slot(f: h5py.File) -> tuple[int, dict[str, np.ndarray]] | None:
     return int(slot["step"][()]), {name: ds[()] for name, ds in slot.items() if name != "step"}
 
 
-def _cut(f: h5py.File, groups: list[str], rows: int) -> None:
-    """Shorten every dataset under ``groups`` to its first ``rows`` rows (refuse one that has fewer)."""
-    for group in groups:
-        for name, ds in _walk(f[group]).items():
-            if ds.shape[0] < rows:
-                raise ValueError(f"{group}/{name} has {ds.shape[0]} rows, expected at least {rows}")
-            ds.resize(rows, axis=0)
+def _copy_cut(old: h5py.File, new: h5py.File, rows: dict[str, int]) -> None:
+    """Copy every group, dataset and attribute of ``old`` into the empty ``new``, each dataset under a
+    top-level group named in ``rows`` cut to its first ``rows[group]`` rows (refused if it has fewer); each
+    dataset keeps its chunks, compression and maximum shape, so appends continue as in the original."""
+    new.attrs.update(old.attrs)
+
+    def copy(name: str, item) -> None:
+        if isinstance(item, h5py.Group):
+            new.require_group(name).attrs.update(item.attrs)
+            return
+        cut = rows.get(name.split("/")[0])
+        if cut is not None and item.shape[0] < cut:
+            raise ValueError(f"{name} has {item.shape[0]} rows, expected at least {cut}")
+        shape = item.shape if cut is None else (cut,) + item.shape[1:]
+        layout = {} if item.chunks is None else dict(chunks=item.chunks, maxshape=item.maxshape,
+                                                     compression=item.compression)
+        made = new.create_dataset(name, shape=shape, dtype=item.dtype, **layout)
+        if made.size:
+            made[()] = item[()] if cut is None else item[:cut]
+        made.attrs.update(item.attrs)
+
+    old.visititems(copy)
 
 
 class RunFile:

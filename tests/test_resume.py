@@ -102,6 +102,33 @@ def test_a_slot_caught_mid_write_is_passed_over(tmp_path, data, monkeypatch):
         assert json.loads(f.attrs["resumed"])[0][0] == 8
 
 
+def _layout(path) -> dict:
+    """Each group's and dataset's attributes, and each dataset's chunks, compression and maximum shape."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, o: out.__setitem__(name, (
+            dict(o.attrs), (o.chunks, o.compression, o.maxshape) if isinstance(o, h5py.Dataset) else None)))
+    return out
+
+
+def test_resume_continues_in_a_fresh_copy_with_the_same_layout(tmp_path, data, monkeypatch):
+    """The part kept is copied into a new file (a tail damaged by a kill mid-write is never written to
+    again), with every dataset's storage layout and every attribute, so appends go on as in the original."""
+    config = small_config(rule="cdni", steps=16, record_every=4, eval_every=5)
+    train(config, tmp_path / "reference.h5", quiet=True, data=data["digits"])
+    path = tmp_path / "run.h5"
+    with monkeypatch.context() as patch:
+        interrupted_at(patch, 11)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, quiet=True, data=data["digits"])
+    before = os.stat(path).st_ino
+    resume(path, quiet=True, data=data["digits"])
+    assert os.stat(path).st_ino != before
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert _layout(path) == _layout(tmp_path / "reference.h5")
+    assert_same_file(path, tmp_path / "reference.h5")
+
+
 def _cli(*args, **popen) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     # a shell that starts jobs in the background makes them ignore SIGINT, and so would the child: restore it
