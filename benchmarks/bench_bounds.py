@@ -7,8 +7,12 @@ machine speed hit both) and the table gives medians.
 1. recording: ``train`` of the 6x256 batch-norm MLP on MNIST with and without
    a run file, default cadence (as ``bench_recording.py``);
 2. 6x256 step: ``rule.step`` of each rule against backprop's, same batches;
+   dni and cdni also against a plain-PyTorch step of theirs (``plain_synthetic``:
+   the same arithmetic, nothing else), which shows what the arithmetic itself
+   costs against backprop;
 3. depth 50 x 256, batch 256, one step: backprop against a plain
-   ``nn.Sequential`` with one Adam; sg and cdni against backprop;
+   ``nn.Sequential`` with one Adam; sg and cdni against backprop; cdni against
+   its plain-PyTorch step;
 4. CCA (mean ρ) and PWCCA of ``repanalysis.analysis`` against a plain float64
    numpy Cholesky-whitening CCA, on activation-like fixtures: low rank plus
    noise (``X = Z·A + noise``), sparse ReLU, and activations read from a run
@@ -96,12 +100,71 @@ def row_rules(args, data, out):
     for rule in ("backprop",) + RULES:
         config = mnist_config(args, rule=rule).resolved()
         fns[rule] = stepper(build(config, data.task, data.n_features, data.n_outputs, args.device), xs, args.device)
+    for rule in ("dni", "cdni"):
+        fns[f"plain {rule}"] = plain_synthetic(data, 6, rule == "cdni", xs, args.device)
     t = alternate(fns, args.repeats)
     base = t["backprop"] / len(xs)
     for rule in RULES:
         target = "<= 1.3" if rule in ("dni", "cdni") else ""
         out.append((f"6x256 BN step, {rule} / backprop", f"{1e3 * t[rule] / len(xs):.2f} / {1e3 * base:.2f} ms",
                     t[rule] / t["backprop"], target))
+    for rule in ("dni", "cdni"):
+        floor = t[f"plain {rule}"]
+        out.append((f"6x256 BN step, plain-PyTorch {rule} (its arithmetic alone) / backprop",
+                    f"{1e3 * floor / len(xs):.2f} / {1e3 * base:.2f} ms", floor / t["backprop"], ""))
+        out.append((f"6x256 BN step, {rule} / plain-PyTorch {rule}", f"{1e3 * t[rule] / len(xs):.2f} / "
+                    f"{1e3 * floor / len(xs):.2f} ms", t[rule] / floor, ""))
+
+
+def plain_synthetic(data, depth: int, conditioned: bool, xs, device, width: int = 256):
+    """One step of dni (cdni: ``conditioned``) written plainly: the work our rule's step must do and no more.
+
+    Blocks ``linear -> batch norm -> ReLU`` and a linear head, each block's input cut off from the block
+    below; a linear module after every block, zero at first, fed the block's output (and the one-hot label);
+    the head learns from the loss, block ``i`` from module ``i``'s prediction / B; module ``i`` regresses
+    the gradient that arrives at block ``i + 1``'s input (the top one: the true gradient at the head's
+    input), times B; Adam for the blocks and head, another for the modules.
+    """
+    torch.manual_seed(0)
+    blocks, d = [], data.n_features
+    for _ in range(depth):
+        blocks.append(nn.Sequential(nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU()).to(device))
+        d = width
+    head = nn.Linear(width, data.n_outputs).to(device)
+    modules = [nn.Linear(width + (data.n_outputs if conditioned else 0), width).to(device) for _ in range(depth)]
+    for m in modules:
+        nn.init.zeros_(m.weight)
+        nn.init.zeros_(m.bias)
+    trained = [q for part in blocks + [head] for q in part.parameters()]
+    opt = torch.optim.Adam(trained, lr=1e-3, foreach=True)
+    module_opt = torch.optim.Adam([q for m in modules for q in m.parameters()], lr=1e-4, foreach=True)
+    dev_xs = [(x.to(device), y.to(device)) for x, y in xs]
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        module_opt.zero_grad(set_to_none=True)
+        inputs, outputs, h = [], [], x
+        for block in blocks:
+            h = h.detach().requires_grad_(bool(inputs))
+            inputs.append(h)
+            h = block(h)
+            outputs.append(h)
+        top = h.detach().requires_grad_(True)
+        nn.functional.cross_entropy(head(top), y).backward()
+        one_hot = nn.functional.one_hot(y, data.n_outputs).to(x.dtype) if conditioned else None
+        predictions = [m(o.detach() if one_hot is None else torch.cat([o.detach(), one_hot], 1))
+                       for m, o in zip(modules, outputs)]
+        for o, p in zip(outputs[::-1], predictions[::-1]):
+            o.backward(p.detach() / len(y))
+        arriving = [h.grad for h in inputs[1:]] + [top.grad]
+        sum((p - a * len(y)).pow(2).sum(1).mean() for p, a in zip(predictions, arriving)).backward()
+        opt.step()
+        module_opt.step()
+
+    def run():
+        for x, y in dev_xs:
+            step(x, y)
+    return run
 
 
 # -- 3. depth 50 --------------------------------------------------------------
@@ -124,6 +187,7 @@ def row_deep(args, data, out):
     for rule in ("backprop", "sg", "cdni"):
         config = mnist_config(args, rule=rule, depth=depth).resolved()
         fns[rule] = stepper(build(config, data.task, data.n_features, data.n_outputs, args.device), xs, args.device)
+    fns["plain cdni"] = plain_synthetic(data, depth, True, xs, args.device)
     net, opt = plain_sequential(data.n_features, data.n_outputs, depth, 256, args.device)
     dev_xs = [(x.to(args.device), y.to(args.device)) for x, y in xs]
 
@@ -140,6 +204,10 @@ def row_deep(args, data, out):
     for rule, target in (("sg", "<= 1.15"), ("cdni", "<= 1.5")):
         out.append((f"depth {depth} x 256 BN step, {rule} / backprop", f"{ms[rule]:.1f} / {ms['backprop']:.1f} ms",
                     t[rule] / t["backprop"], target))
+    out.append((f"depth {depth} x 256 BN step, plain-PyTorch cdni (its arithmetic alone) / plain nn.Sequential",
+                f"{ms['plain cdni']:.1f} / {ms['plain']:.1f} ms", t["plain cdni"] / t["plain"], ""))
+    out.append((f"depth {depth} x 256 BN step, cdni / plain-PyTorch cdni",
+                f"{ms['cdni']:.1f} / {ms['plain cdni']:.1f} ms", t["cdni"] / t["plain cdni"], ""))
 
 
 # -- 4. CCA and PWCCA ---------------------------------------------------------

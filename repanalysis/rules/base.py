@@ -80,6 +80,7 @@ class Pass:
     signals: dict[int, torch.Tensor] = field(default_factory=dict)
     interface_grads: dict[int, torch.Tensor] = field(default_factory=dict)
     predictions: dict[int, torch.Tensor] = field(default_factory=dict)  # learned modules' outputs, attached
+    condition: torch.Tensor | None = None  # what learned modules are conditioned on, made once per pass
 
 
 class Rule:

@@ -147,25 +147,28 @@ class SyntheticGradients(Rule):
         """During the first ``--sg-warmup`` steps the blocks below the top module hold still while it fits."""
         return max(self.cuts) + 1 if self.steps_done <= self.config.sg_warmup else 0
 
-    def predict(self, i: int, h: torch.Tensor, target: torch.Tensor, output_error: torch.Tensor) -> torch.Tensor:
-        """Module ``i``'s per-sample prediction at ``h``; ``output_error`` is per-sample ``∂L_n/∂p_n``.
-
-        The condition is the one-hot label (the target itself for regression and
-        binary tasks), the output error, or nothing, by ``--sg-condition``.
-        """
+    def conditioning(self, target: torch.Tensor, output_error: torch.Tensor | None, dtype) -> torch.Tensor | None:
+        """What the modules are conditioned on, by ``--sg-condition``: the one-hot label (the target itself
+        for regression and binary tasks), the per-sample output error ``∂L_n/∂p_n``, or nothing."""
         if self.condition == "none":
-            condition = None
-        elif self.condition == "error":
-            condition = output_error.detach()
-        elif self.task == "classification":
-            condition = F.one_hot(target, self.n_outputs).to(h.dtype)
-        else:
-            condition = target
-        return self.modules[self.network.interfaces[i]](h.detach(), condition)
+            return None
+        if self.condition == "error":
+            return output_error.detach()
+        if self.task == "classification":
+            return F.one_hot(target, self.n_outputs).to(dtype)
+        return target
+
+    def predict(self, i: int, h: torch.Tensor, target: torch.Tensor, output_error: torch.Tensor) -> torch.Tensor:
+        """Module ``i``'s per-sample prediction at ``h``; ``output_error`` is per-sample ``∂L_n/∂p_n``."""
+        return self.modules[self.network.interfaces[i]](h.detach(), self.conditioning(target, output_error, h.dtype))
 
     def signal(self, i: int, p: Pass) -> torch.Tensor:
         batch = len(p.target)
-        prediction = self.predict(i, p.trace.hidden[i], p.target, p.output_grad * batch)
+        h = p.trace.hidden[i]
+        if p.condition is None and self.condition != "none":  # made once per pass, for every module
+            p.condition = self.conditioning(p.target, None if p.output_grad is None else p.output_grad * batch,
+                                            h.dtype)
+        prediction = self.modules[self.network.interfaces[i]](h.detach(), p.condition)
         p.predictions[i] = prediction
         return prediction.detach() / batch
 
@@ -177,7 +180,7 @@ class SyntheticGradients(Rule):
         out = {cuts[-1]: p.arriving[cuts[-1]] * batch}
         true = p.arriving[cuts[-1]]
         for below, above in zip(cuts[-2::-1], cuts[:0:-1]):
-            target = (1 - lam) * p.arriving[below]
+            target = p.arriving[below] if lam == 0 else (1 - lam) * p.arriving[below]
             if lam > 0:
                 (true,) = torch.autograd.grad(p.trace.hidden[above], p.trace.inputs[below], true, retain_graph=True)
                 target = target + lam * true
@@ -193,11 +196,13 @@ class SyntheticGradients(Rule):
         metrics = {}
         for opt in self.module_optimizers:
             opt.zero_grad(set_to_none=True)
-        total = 0.0
+        weight = self.config.sg_loss_weight
+        total = None
         for i, target in targets.items():
             loss = (predictions[i] - target.detach()).pow(2).flatten(1).sum(1).mean()
             metrics[f"sg_loss/{self.network.interfaces[i]}"] = loss.detach()
-            total = total + self.config.sg_loss_weight * loss
+            weighted = loss if weight == 1 else weight * loss
+            total = weighted if total is None else total + weighted
         total.backward()
         for opt in self.module_optimizers:
             opt.step()
