@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +156,8 @@ def _last_activations(path) -> dict[str, np.ndarray]:
 
 def _other_seed_cka(cell_runs: dict[str, dict[int, Path]]) -> dict[Path, tuple[float, float]]:
     """Per run of a cell: mean linear CKA with the other seeds' backprop runs, and its permutation null."""
-    from .analysis import RepanalysisWarning, linear_cka
+    from .analysis import linear_cka
+    from .analysis._arrays import collected
 
     backprop = cell_runs.get("backprop", {})
     cache: dict[Path, dict[str, np.ndarray]] = {}
@@ -175,8 +175,7 @@ def _other_seed_cka(cell_runs: dict[str, dict[int, Path]]) -> dict[Path, tuple[f
                 if other == seed:
                     continue
                 x, y = acts(path), acts(reference)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RepanalysisWarning)  # small-n inflation hits every pair alike
+                with collected():  # dropped: small-n inflation hits every pair alike
                     for layer in x:
                         values.append(linear_cka(x[layer], y[layer]))
                         nulls.append(stats.permutation_null(linear_cka, x[layer], y[layer],

@@ -239,3 +239,29 @@ def test_within_run_and_per_run_measures_have_their_known_values(table, paths):
         rows = table[(table.measure == f"steps_to_test_acc_{level}") & (table.run_a == path)]
         reached = evals["step"][evals["test_acc"] >= level / 100]
         assert list(rows.value) == ([reached[0]] if len(reached) else [])
+
+
+def test_collected_warnings_stay_with_their_thread():
+    """Tables of experiments computed at once, in threads, each keep their own warnings (``catch_warnings``,
+    process-wide, would send both to the list of whichever thread entered last)."""
+    import threading
+
+    from repanalysis.analysis._arrays import collected, warn
+
+    barrier, got = threading.Barrier(2), {}
+
+    def work(name):
+        with collected() as sink:
+            barrier.wait()
+            warn(f"from {name}", where=name)
+            barrier.wait()
+        got[name] = sink
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {"a": ["from a (a)"], "b": ["from b (b)"]}
+    with pytest.warns(RepanalysisWarning, match="outside"):
+        warn("outside")

@@ -14,9 +14,11 @@ is appended to its errors and warnings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -31,6 +33,7 @@ __all__ = [
     "prepare",
     "check_same_samples",
     "warn",
+    "collected",
     "at",
 ]
 
@@ -47,11 +50,31 @@ def at(where: str | None) -> str:
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_local = threading.local()  # ``sink``: the list ``collected`` gathers this thread's warnings in, or None
+
+
+@contextlib.contextmanager
+def collected():
+    """Inside the block this thread's warnings from ``warn`` go, as messages, to the yielded list instead of
+    being emitted. Other threads are untouched (``warnings.catch_warnings`` swaps process-wide state, so
+    threads that use it at once can lose or take each other's warnings)."""
+    outer = getattr(_local, "sink", None)
+    _local.sink = sink = []
+    try:
+        yield sink
+    finally:
+        _local.sink = outer
+
+
 def warn(message: str, where: str | None = None, stacklevel: int | None = None) -> None:
-    """Emit a :class:`RepanalysisWarning` with the ``where`` suffix.
+    """Emit a :class:`RepanalysisWarning` with the ``where`` suffix (or keep it, inside ``collected``).
 
     The warning is attributed to the first caller outside this package.
     """
+    sink = getattr(_local, "sink", None)
+    if sink is not None:
+        sink.append(message + at(where))
+        return
     if stacklevel is None:
         stacklevel = 2
         frame = sys._getframe(1)

@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -98,7 +97,7 @@ from ..errors import UserError
 from ..outputs import write_atomically
 from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
-from ._arrays import RepanalysisWarning, as_float64, at, warn
+from ._arrays import as_float64, at, collected, warn
 from .gradients import gradient_error
 from .rdm import compare_rdms, rdm
 from .spectrum import effective_rank, numerical_rank, participation_ratio, spectrum, stable_rank, weight_norms
@@ -174,17 +173,13 @@ class _Notes:
     def call(self, measure: str, place: str, fn, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, or None where it refuses the data (a ``UserError``); ``place``: its ``where``."""
         value = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RepanalysisWarning)
+        with collected() as caught:
             try:
                 value = fn(*args, **kwargs)
             except UserError as err:
                 self._add(measure, str(err), place, "skipped")
-        for w in caught:
-            if issubclass(w.category, RepanalysisWarning):
-                self._add(measure, str(w.message), place, "warned")
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for message in caught:
+            self._add(measure, message, place, "warned")
         return value
 
     def absorb(self, kinds: dict) -> None:
