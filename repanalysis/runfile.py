@@ -167,7 +167,10 @@ class RunWriter:
                 rows = dict.fromkeys(["checkpoints", "layers", "params"], int(kept[0]) + 1)
                 rows["metrics"] = int(np.sum(old["metrics/step"][:] <= step)) if "step" in old["metrics"] else 0
                 rows["eval"] = int(np.sum(old["eval/step"][:] < step)) if "step" in old["eval"] else 0
-                fresh = temporary_beside(path)
+                try:
+                    fresh = temporary_beside(path)
+                except OSError as err:
+                    raise UserError(f"{path}: cannot be resumed: no new file can be written beside it ({err})") from None
                 try:
                     with h5py.File(fresh, "w", locking=False) as new:
                         _copy_cut(old, new, rows)
@@ -175,8 +178,11 @@ class RunWriter:
                         new.attrs.update(status="running", resumed=json.dumps(resumed))
                         new.attrs.pop("error", None)
                         params = {name: ds[-1] for name, ds in _walk(new["params"]).items()}
-                except BaseException:
+                except BaseException as err:
                     fresh.unlink(missing_ok=True)
+                    if isinstance(err, (OSError, RuntimeError)):  # a full disk, or a part that cannot be read
+                        raise UserError(f"{path}: cannot be resumed: copying the part kept into a new file beside "
+                                        f"it failed ({str(err).splitlines()[0]})") from None
                     raise
         except (KeyError, ValueError, OSError, RuntimeError) as err:
             raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None

@@ -239,3 +239,23 @@ def test_foreign_damaged_and_unrebuildable_files_are_refused(tmp_path, data, mon
     with pytest.raises(UserError, match="no checkpoint with a resume state"):
         resume(stateless, data=data["digits"])
     assert resume(path, quiet=True, data=data["digits"]).status == "complete"
+
+
+def test_a_resume_that_cannot_write_its_copy_says_so_and_leaves_the_run_as_it_was(tmp_path, data, monkeypatch):
+    config = small_config(rule="dni", steps=12, record_every=4)
+    path = tmp_path / "run.h5"
+    with monkeypatch.context() as patch:
+        interrupted_at(patch, 7)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, quiet=True, data=data["digits"])
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", full_disk)
+    with pytest.raises(UserError, match=r"cannot be resumed: copying the part kept into a new file beside it failed "
+                                        r"\(\[Errno 28\] No space left on device\)"):
+        resume(path, quiet=True, data=data["digits"])
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
