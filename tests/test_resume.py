@@ -50,6 +50,14 @@ def interrupted_at(monkeypatch, step: int):
     monkeypatch.setattr(Rule, "step", step_or_stop)
 
 
+def train_interrupted(monkeypatch, config, path, data, step: int) -> None:
+    """Train ``config`` into ``path`` until a Ctrl-C on entering ``step`` stops it."""
+    with monkeypatch.context() as patch:
+        interrupted_at(patch, step)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, quiet=True, data=data)
+
+
 CASES = {  # rule: (config overrides, step at which training is interrupted)
     "backprop": (dict(steps=20, record_every=5, eval_every=7), 13),
     "sg": (dict(steps=24, record_every=5, eval_every=4, update_prob=0.5, lr_schedule="cosine", warmup_steps=3,
@@ -67,10 +75,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, data
     config = small_config(rule=rule, **overrides)
     train(config, tmp_path / "reference.h5", quiet=True, data=data["digits"])
     path = tmp_path / "interrupted.h5"
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, stop)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, path, quiet=True, data=data["digits"])
+    train_interrupted(monkeypatch, config, path, data["digits"], stop)
     with RunFile(path) as run:
         assert run.status == "failed" and run.error == f"stopped at step {stop}: KeyboardInterrupt"
         assert len(run.metrics["step"]) == stop - 1  # rows logged after the last checkpoint, to be dropped
@@ -87,10 +92,7 @@ def test_a_slot_caught_mid_write_is_passed_over(tmp_path, data, monkeypatch):
     config = small_config(rule="sg", steps=20, record_every=4, update_prob=0.6)
     train(config, tmp_path / "reference.h5", quiet=True, data=data["digits"])
     path = tmp_path / "run.h5"
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, 14)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, path, quiet=True, data=data["digits"])
+    train_interrupted(monkeypatch, config, path, data["digits"], 14)
     with h5py.File(path, "a") as f:
         newest = max(f["resume"].values(), key=lambda g: g["step"][()])
         assert newest["step"][()] == 12
@@ -117,10 +119,7 @@ def test_resume_continues_in_a_fresh_copy_with_the_same_layout(tmp_path, data, m
     config = small_config(rule="cdni", steps=16, record_every=4, eval_every=5)
     train(config, tmp_path / "reference.h5", quiet=True, data=data["digits"])
     path = tmp_path / "run.h5"
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, 11)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, path, quiet=True, data=data["digits"])
+    train_interrupted(monkeypatch, config, path, data["digits"], 11)
     before = os.stat(path).st_ino
     resume(path, quiet=True, data=data["digits"])
     assert os.stat(path).st_ino != before
@@ -222,10 +221,7 @@ def test_foreign_damaged_and_unrebuildable_files_are_refused(tmp_path, data, mon
     _refused(text, "not a readable HDF5 file", capsys)
 
     path = tmp_path / "run.h5"
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, 15)
-        with pytest.raises(KeyboardInterrupt):
-            train(small_config(), path, quiet=True, data=data["digits"])
+    train_interrupted(monkeypatch, small_config(), path, data["digits"], 15)
     _refused(path, "--steps, --out cannot be given with it", capsys, "--steps", "5", "--out", "x.h5")
     unrebuildable = tmp_path / "config.h5"
     unrebuildable.write_bytes(path.read_bytes())
@@ -244,10 +240,7 @@ def test_foreign_damaged_and_unrebuildable_files_are_refused(tmp_path, data, mon
 def test_a_resume_that_cannot_write_its_copy_says_so_and_leaves_the_run_as_it_was(tmp_path, data, monkeypatch):
     config = small_config(rule="dni", steps=12, record_every=4)
     path = tmp_path / "run.h5"
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, 7)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, path, quiet=True, data=data["digits"])
+    train_interrupted(monkeypatch, config, path, data["digits"], 7)
     before = path.read_bytes()
 
     def full_disk(*args, **kwargs):
