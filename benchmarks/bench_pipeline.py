@@ -1,32 +1,44 @@
 """Wall time per epoch of dni in stages (``train --workers K``) against in-process dni and backprop,
-and a pipeline model of the speed-up for K up to 64 stages, from measured compute and communication.
+and a pipeline model of the speed-up for K up to 64 stages, from measured compute, communication and overhead.
 
-Network (balanced at K = 2): MNIST, 4 hidden layers of ``--width`` (default 512) units with batch
-norm, dni (a linear module after every block), batch 256, Adam. Stage 1 holds h1-h2 and their
-modules, stage 2 h3-h4, their modules and the head: 784W + 3W² against 4W² + 10W multiply-adds
-per sample. Every configuration uses ``--threads`` (default 2) threads in all: in-process runs
-``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K). A last row runs dni in
-one process on one thread: if it beats the row with ``--threads``, the threads are not paying (under
-load, two threads of one process wait for each other) and the ratio against it says little.
+Network: MNIST, 4 hidden layers of ``--width`` (default 512) units with batch norm, dni (a linear module
+after every block), batch ``--batch`` (256), Adam. Stage 1 holds h1-h2 and their modules, stage 2
+h3-h4, their modules and the head: 784W + 3W² against 4W² + 10W multiply-adds per sample (balanced
+at large W; at small W the per-operation Python cost dominates and the bottom stage, which also
+draws the batch, is the slower). Every configuration uses ``--threads`` (default 2) threads in
+all: in-process runs ``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K). A
+last row runs dni in one process on one thread: what the stages' split could at best halve, and a
+check on the threads (if it beats the row with ``--threads``, two threads of one process are
+waiting for each other: load).
 
 Per epoch: ``t(s + E steps) - t(s steps)`` with ``E`` the steps of one epoch and ``s`` = ``--lead``
 (20) steps, which leaves out the fixed start-up (spawning the stages, loading data) and the pipeline's
 filling, reported apart; the median of ``--repeats`` (1) such pairs, configurations interleaved. No
-recording, evaluation at step 0 and at the end only (the same in both runs of a pair). At load average 8
-the script took 7 min 15 s (3 min 28 s of CPU time; before the last row was added), so a few minutes on
-the idle 2-core machine; ``--epoch-steps N`` times N steps instead of an epoch, for a shorter run.
+recording, evaluation at step 0 and at the end only (the same in both runs of a pair). About 2 min
+at width 128 and 4 min at 512 on the idle 2-core machine; ``--epoch-steps N`` times N steps instead
+of an epoch, for a shorter run.
 
-Model: a stage's step costs its compute ``c_k`` (forward, backward, module and block updates,
-timed alone on one thread) plus ``m``, the time to send its activations up and its gradient down
-and receive theirs (timed as a loopback gloo ping-pong of one [256, W] float32 tensor: ``m`` = one
-round trip). In the asynchronous pipeline, steps overlap, so one step of the whole net takes
-``max_k c_k + m``; in one process it takes ``Σ_k c_k``. For K up to 64 the net is 64 equal blocks
-(W x W, with a module; ``b`` each) and the head and loss (``h``, on the top stage only):
-``speed-up(K) = (64 b + h) / ((64 / K) b + h + m)`` (``m`` = 0 for K = 1). Assumes one core per
-stage, a network that splits evenly, and ``m`` independent of K (each stage talks to two
-neighbours only); start-up and the K - 1 steps that fill the pipeline are left out (an epoch has 234).
+Model: a stage's step costs its compute ``c_k`` (forward, backward, block and module updates, timed
+alone on one thread), ``m``, one loopback gloo round trip of a [batch, W] float32 tensor (it sends
+activations up and a gradient down and receives theirs), and ``o``, the stage machinery's own cost
+per step (its Python around the compute, the sends and receives, the receiver thread's hand-off,
+the metrics rows to the parent and the parent's assembly, and the other stages' threads it shares
+the cores with). ``o`` is measured, not fitted: the per-step time of the same K = 2 run on a 4 x 8
+net (same batch; compute nearly nil) less its ``max_k c_k`` and its ``m``. In the asynchronous
+pipeline, steps overlap, so one step of the whole net takes ``max_k c_k + m + o``; in one process
+on one thread it takes ``Σ_k c_k``; both are printed against the measurements (K = 2 stages, and
+in-process dni on one thread). On 2 cores the 2-thread in-process run gains ``s2 = t(1 thread) /
+t(2 threads)`` from intra-op threads, and a perfect 2-stage pipeline (no ``m``, no ``o``, equal
+stages) at most ``t(1 thread) / 2``: the stages can beat it by at most ``2 / s2``, so a 1.4x target
+needs ``s2 <= 1.43``; the script prints this bound and the one the measured ``c_k``, ``m`` and ``o``
+allow. For K up to 64 the net is 64 equal blocks (W x W, with a module; ``b`` each) and the head and
+loss (``h``, on the top stage only): ``speed-up(K) = (64 b + h) / ((64 / K) b + h + m + o)`` over one
+process on one core (``m`` = ``o`` = 0 for K = 1). Assumes one core per stage (a 2-core machine runs
+only K = 2 this way), a network that splits evenly, and ``m`` and ``o`` independent of K (each stage
+talks to two neighbours only; ``o`` as measured here with 2 stages on 2 cores); start-up and the K - 1
+steps that fill the pipeline are left out (an epoch has 234 at batch 256).
 
-    python benchmarks/bench_pipeline.py [--width 512] [--threads 2] [--repeats 1] [--data-dir DIR] [--quick]
+    python benchmarks/bench_pipeline.py [--width 512] [--batch 256] [--threads 2] [--repeats 1] [--data-dir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -48,8 +60,9 @@ from repanalysis.train import Batches, build, train
 
 
 def config(args, **overrides) -> TrainConfig:
-    base = dict(dataset="digits" if args.quick else "mnist", depth=4, width=args.width, batch_size=256 if not args.quick else 64,
-                rule="dni", record_every=10**9, eval_every=10**9, seed=0)
+    base = dict(dataset="digits" if args.quick else "mnist", depth=4, width=args.width,
+                batch_size=args.batch if not args.quick else 64, rule="dni", record_every=10**9,
+                eval_every=10**9, seed=0)
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -69,10 +82,10 @@ def epoch_time(args, data, **overrides) -> tuple[float, float]:
     return step * per_epoch, times[0] - args.lead * step
 
 
-def stage_compute(args, data, depth: int, k: int, steps: int = 30) -> list[float]:
+def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) -> list[float]:
     """Median seconds per step of each of ``k`` stages of a dni net of ``depth`` blocks, alone, one thread."""
     torch.set_num_threads(1)
-    c = config(args, depth=depth, stages=k).resolved()
+    c = config(args, depth=depth, stages=k, **overrides).resolved()
     rule = build(c, data.task, data.n_features, data.n_outputs)
     parts = stages(rule)
     stream = Batches(len(data.x_train), c.batch_size, 0)
@@ -87,10 +100,9 @@ def stage_compute(args, data, depth: int, k: int, steps: int = 30) -> list[float
             start = time.perf_counter()
             trace, leaf = part.forward(x)
             back = part.backward(trace, leaf, y)
-            part.learn(back)
             part.update(step)
-            if part.boundary is not None:
-                part.learn_boundary(trace.hidden[-1].detach(), y, torch.randn_like(trace.hidden[-1]) * 1e-3)
+            h = trace.hidden[-1].detach()
+            part.learn(back, (h, y, torch.randn_like(h) * 1e-3) if part.boundary is not None else None)
             times.append(time.perf_counter() - start)
         out.append(sorted(times)[len(times) // 2])
     torch.set_num_threads(args.threads)
@@ -133,9 +145,13 @@ def round_trip(shape, rounds: int = 200) -> float:
     return value
 
 
+TINY = 8  # the width of the net whose K = 2 run measures the per-step overhead o
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=512)
+    p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lead", type=int, default=20, help="steps timed alone, subtracted (start-up)")
     p.add_argument("--epoch-steps", type=int, default=0, help="time this many steps, not a whole epoch")
@@ -145,12 +161,14 @@ def main() -> None:
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     data = load("digits") if args.quick else load("mnist", data_dir=args.data_dir)
     batch = config(args).batch_size
+    per_epoch = len(data.x_train) // batch
     print(f"{'digits' if args.quick else 'MNIST'}: {len(data.x_train)} training inputs, batch {batch}, "
-          f"{len(data.x_train) // batch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
+          f"{per_epoch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
     rows = [("backprop, in process", dict(rule="backprop"), args.threads),
             ("dni, in process (K = 1)", {}, args.threads),
             ("dni, K = 2 stages", dict(stages=2), args.threads),
-            ("dni, in process, 1 thread", {}, 1)]  # what one stage's thread could do alone: a check on the threads
+            ("dni, in process, 1 thread", {}, 1),  # what the stages' split could at best halve
+            (f"dni, K = 2 stages, 4 x {TINY}", dict(stages=2, width=TINY), args.threads)]  # for o
     times = {name: [] for name, _, _ in rows}
     train(config(args, steps=1), None, data=data, quiet=True)  # warm-up: the first run imports seconds of modules
     for _ in range(args.repeats):
@@ -163,28 +181,41 @@ def main() -> None:
         each, startup = sorted(times[name])[len(times[name]) // 2]
         measured[name] = each
         print(f"{name:28s} {each:7.2f} s per epoch   (start-up {startup:5.2f} s)", flush=True)
-    base = measured["dni, in process (K = 1)"]
-    print(f"speed-up of K = 2 against in-process dni: {base / measured['dni, K = 2 stages']:.2f}x; "
-          f"against in-process backprop: {measured['backprop, in process'] / measured['dni, K = 2 stages']:.2f}x")
+    two, one, single = (measured[n] for n in ("dni, K = 2 stages", "dni, in process (K = 1)",
+                                              "dni, in process, 1 thread"))
+    print(f"speed-up of K = 2 against in-process dni: {one / two:.2f}x; against in-process backprop: "
+          f"{measured['backprop, in process'] / two:.2f}x; against in-process dni on 1 thread: {single / two:.2f}x")
 
-    steps_per_epoch = len(data.x_train) // batch
     c = stage_compute(args, data, depth=4, k=2)
     m = round_trip((batch, args.width))
     whole = sum(stage_compute(args, data, depth=4, k=1))
+    tiny_c = stage_compute(args, data, depth=4, k=2, width=TINY)
+    tiny_m = round_trip((batch, TINY))
+    o = measured[f"dni, K = 2 stages, 4 x {TINY}"] / per_epoch - max(tiny_c) - tiny_m
     print(f"compute per step, one thread: stage 1 {c[0] * 1e3:.2f} ms, stage 2 {c[1] * 1e3:.2f} ms; "
           f"whole net {whole * 1e3:.2f} ms; loopback round trip of [{batch}, {args.width}] float32: {m * 1e3:.2f} ms")
-    print(f"model, K = 2: {(max(c) + m) * steps_per_epoch:.2f} s per epoch (measured "
-          f"{measured['dni, K = 2 stages']:.2f}); K = 1 on one thread: {whole * steps_per_epoch:.2f} s")
+    print(f"overhead o: 4 x {TINY} in 2 stages {measured[f'dni, K = 2 stages, 4 x {TINY}'] / per_epoch * 1e3:.2f} ms "
+          f"per step, less its compute {max(tiny_c) * 1e3:.2f} ms (stages {tiny_c[0] * 1e3:.2f}, "
+          f"{tiny_c[1] * 1e3:.2f}) and round trip {tiny_m * 1e3:.2f} ms: o = {o * 1e3:.2f} ms per step")
+    model_two, model_one = (max(c) + m + o) * per_epoch, whole * per_epoch
+    print(f"model, K = 2: (max c_k + m + o) = {model_two:.2f} s per epoch, measured {two:.2f} "
+          f"(error {100 * (model_two - two) / two:+.0f}%; without o: {(max(c) + m) * per_epoch:.2f} s)")
+    print(f"model, K = 1 on one thread: sum c_k = {model_one:.2f} s per epoch, measured {single:.2f} "
+          f"(error {100 * (model_one - single) / single:+.0f}%)")
+    s2 = single / one
+    print(f"bound on 2 cores: in-process 2 threads gain s2 = {s2:.2f}x over 1 thread; a perfect 2-stage pipeline "
+          f"({single / 2:.2f} s per epoch) would be {2 / s2:.2f}x the 2-thread run (1.4x needs s2 <= 1.43); "
+          f"with the measured stages (max c_k + m + o) {one / model_two:.2f}x")
 
     blocks = stage_compute(args, data, depth=3, k=3)  # h1 | h2 | h3 and the head: a middle block alone
     b, top = blocks[1], blocks[2]
     h = max(top - b, 0.0)
     print(f"per block (W x W with its module): {b * 1e3:.2f} ms; head and loss: {h * 1e3:.2f} ms")
-    print("model for a 64-block net (speed-up over one process on one core):")
+    print("model for a 64-block net (speed-up over one process on one core; one core per stage):")
     for k in (1, 2, 4, 8, 16, 32, 64):
-        one = 64 * b + h
-        piped = (64 / k) * b + h + (m if k > 1 else 0.0)
-        print(f"  K = {k:2d}: {one / piped:5.2f}x   ({piped * 1e3:.2f} ms per step)")
+        serial = 64 * b + h
+        piped = (64 / k) * b + h + (m + o if k > 1 else 0.0)
+        print(f"  K = {k:2d}: {serial / piped:5.2f}x   ({piped * 1e3:.2f} ms per step)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -145,18 +145,24 @@ class Stage:
         targets = {c + first: arriving[c] * batch for c in local if c in arriving}
         return Backward(arriving.get(-1), targets, predictions, metrics)
 
-    def learn(self, backward: Backward) -> dict[str, torch.Tensor]:
-        """Train the modules below the boundary on their targets from this stage's own pass."""
-        if not backward.targets:
-            return {}
-        return self.rule.regress(backward.predictions, backward.targets)
+    def learn(self, backward: Backward | None, arrived: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+        """One optimiser step of this stage's modules: those below the boundary on their targets from the
+        stage's own pass (``backward``), and, with ``arrived = (h, y, gradient)``, the boundary module on the
+        gradient that arrived from above for the batch ``(h, y)``, predicting with its current parameters.
 
-    def learn_boundary(self, h: torch.Tensor, y: torch.Tensor, arrived: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Train the boundary module on the gradient ``arrived`` from above for the batch ``(h, y)``,
-        predicting with its current parameters."""
-        b = self.boundary
-        prediction = self.rule.predict(b, h, y, None)
-        return self.rule.regress({b: prediction}, {b: arrived * len(y)})
+        The modules' parameters are disjoint, so one step over all of them is, bit for bit, one step per
+        module (the in-process rule steps them all at once).
+        """
+        predictions = dict(backward.predictions) if backward is not None else {}
+        targets = dict(backward.targets) if backward is not None else {}
+        if arrived is not None:
+            h, y, gradient = arrived
+            predictions[self.boundary] = self.rule.predict(self.boundary, h, y, None)
+            targets[self.boundary] = gradient * len(y)
+        if not targets:
+            return {}
+        return self.rule.regress(predictions, targets)
 
     def update(self, step: int) -> None:
         """Step this stage's blocks' optimisers as the in-process rule would at ``step`` (1-based).
