@@ -13,7 +13,9 @@ waiting for each other: load).
 
 Per epoch: ``t(s + E steps) - t(s steps)`` with ``E`` the steps of one epoch and ``s`` = ``--lead``
 (20) steps, which leaves out the fixed start-up (spawning the stages, loading data) and the pipeline's
-filling, reported apart; the median of ``--repeats`` (1) such pairs, configurations interleaved. No
+filling, reported apart (E is 2 epochs for the stages, 4 for the tiny net below: their start-up
+varies by a second or more); the fastest of ``--repeats`` (1) such pairs, configurations interleaved (load
+on a shared machine only slows a run, so the fastest is the nearest to an idle one). No
 recording, evaluation at step 0 and at the end only (the same in both runs of a pair). About 2 min
 at width 128 and 4 min at 512 on the idle 2-core machine; ``--epoch-steps N`` times N steps instead
 of an epoch, for a shorter run.
@@ -67,11 +69,11 @@ def config(args, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def epoch_time(args, data, **overrides) -> tuple[float, float]:
-    """Seconds per epoch (``t(lead + epoch) - t(lead)``, scaled to a whole epoch when ``--epoch-steps`` is
-    shorter) and the start-up seconds (``t(lead)`` less ``lead`` steps at that rate) of ``train``."""
+def epoch_time(args, data, epochs: int = 1, **overrides) -> tuple[float, float]:
+    """Seconds per epoch (``t(lead + epochs) - t(lead)`` per epoch, scaled to a whole epoch when
+    ``--epoch-steps`` is shorter) and the start-up seconds (``t(lead)`` less ``lead`` steps at that rate)."""
     per_epoch = len(data.x_train) // config(args).batch_size
-    span = args.epoch_steps or per_epoch
+    span = epochs * (args.epoch_steps or per_epoch)
     times = []
     for steps in (args.lead, args.lead + span):
         c = config(args, steps=steps, **overrides)
@@ -166,9 +168,9 @@ def main() -> None:
           f"{per_epoch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
     rows = [("backprop, in process", dict(rule="backprop"), args.threads),
             ("dni, in process (K = 1)", {}, args.threads),
-            ("dni, K = 2 stages", dict(stages=2), args.threads),
+            ("dni, K = 2 stages", dict(stages=2, epochs=2), args.threads),  # 2 epochs: start-up varies
             ("dni, in process, 1 thread", {}, 1),  # what the stages' split could at best halve
-            (f"dni, K = 2 stages, 4 x {TINY}", dict(stages=2, width=TINY), args.threads)]  # for o
+            (f"dni, K = 2 stages, 4 x {TINY}", dict(stages=2, width=TINY, epochs=4), args.threads)]  # for o
     times = {name: [] for name, _, _ in rows}
     train(config(args, steps=1), None, data=data, quiet=True)  # warm-up: the first run imports seconds of modules
     for _ in range(args.repeats):
@@ -178,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     measured = {}
     for name, _, _ in rows:
-        each, startup = sorted(times[name])[len(times[name]) // 2]
+        each, startup = min(times[name])
         measured[name] = each
         print(f"{name:28s} {each:7.2f} s per epoch   (start-up {startup:5.2f} s)", flush=True)
     two, one, single = (measured[n] for n in ("dni, K = 2 stages", "dni, in process (K = 1)",

@@ -73,6 +73,7 @@ from ..train import Batches, build, load_arrays
 from .stages import Stage
 
 WINDOW = 2  # batches a stage may run ahead of the stage above it
+TARGETS_AHEAD = 4  # receives of boundary targets kept posted
 ROWS_EVERY_S = 0.5  # metrics rows go to the parent at least this often (and at every due step) ...
 ROWS_MAX = 256  # ... or once this many are waiting
 TAG_H, TAG_TARGET = 1, 3
@@ -280,12 +281,28 @@ class _Worker:
         return x, _call(self.below, dist.irecv, x, self.below, tag=TAG_H)
 
     def _receive_targets(self, group, width: int) -> None:
-        """The receiver thread: every batch's boundary target, in order, into ``inbox`` (an error ends it)."""
-        try:
-            for t in range(self.spec.start + 1, self.config.steps + 1):
+        """The receiver thread: every batch's boundary target, in order, into ``inbox`` (an error ends it).
+
+        ``TARGETS_AHEAD`` receives are kept posted (gloo sends a message only once its receive is posted), so
+        the stage above never waits for this thread, which must take the interpreter lock from the
+        training thread before it can post the next one."""
+        steps = iter(range(self.spec.start + 1, self.config.steps + 1))
+        posted: deque = deque()
+
+        def post() -> None:
+            t = next(steps, None)
+            if t is not None:
                 buffer = torch.empty(self.config.batch_size, width)
-                _wait(_call(self.above, dist.irecv, buffer, self.above, group=group, tag=TAG_TARGET),
-                      self.above, self.timeout)
+                posted.append((t, buffer, _call(self.above, dist.irecv, buffer, self.above, group=group,
+                                                tag=TAG_TARGET)))
+
+        try:
+            for _ in range(TARGETS_AHEAD):
+                post()
+            while posted:
+                t, buffer, work = posted.popleft()
+                _wait(work, self.above, self.timeout)
+                post()
                 self.inbox.put((t, buffer))
         except BaseException as err:
             self.inbox.put((None, err))
