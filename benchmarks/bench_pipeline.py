@@ -11,34 +11,37 @@ last row runs dni in one process on one thread: what the stages' split could at 
 check on the threads (if it beats the row with ``--threads``, two threads of one process are
 waiting for each other: load).
 
-Per epoch: ``t(s + E steps) - t(s steps)`` with ``E`` the steps of one epoch and ``s`` = ``--lead``
-(20) steps, which leaves out the fixed start-up (spawning the stages, loading data) and the pipeline's
-filling, reported apart (E is 2 epochs for the stages, 4 for the tiny net below: their start-up
-varies by a second or more); the fastest of ``--repeats`` (1) such pairs, configurations interleaved (load
-on a shared machine only slows a run, so the fastest is the nearest to an idle one). No
-recording, evaluation at step 0 and at the end only (the same in both runs of a pair). About 2 min
-at width 128 and 4 min at 512 on the idle 2-core machine; ``--epoch-steps N`` times N steps instead
-of an epoch, for a shorter run.
+Per epoch: one run of ``s + E`` steps (``s`` = ``--lead``, 20; ``E`` one epoch, 2 for the stages, 4
+for the tiny net below), timed from its metrics rows as they reach the loop that logs them: the
+seconds from the first batch of rows past step ``s`` to the last row, per step (a stage sends its
+rows in batches, every 0.5 s; a batch's time is that of its last step). So the start-up (spawning
+the stages, loading data, the pipeline's filling), which varies by seconds under load, is left out,
+and reported apart. The fastest of ``--repeats`` (1) runs, configurations interleaved (load on a
+shared machine only slows a run, so the fastest is the nearest to an idle one). No
+recording, evaluation at step 0 and at the end only. A few minutes on the 2-core machine;
+``--epoch-steps N`` times N steps instead of an epoch, for a shorter run.
 
 Model: a stage's step costs its compute ``c_k`` (forward, backward, block and module updates, timed
-alone on one thread), ``m``, one loopback gloo round trip of a [batch, W] float32 tensor (it sends
-activations up and a gradient down and receives theirs), and ``o``, the stage machinery's own cost
-per step (its Python around the compute, the sends and receives, the receiver thread's hand-off,
-the metrics rows to the parent and the parent's assembly, and the other stages' threads it shares
-the cores with). ``o`` is measured, not fitted: the per-step time of the same K = 2 run on a 4 x 8
-net (same batch; compute nearly nil) less its ``max_k c_k`` and its ``m``. In the asynchronous
-pipeline, steps overlap, so one step of the whole net takes ``max_k c_k + m + o``; in one process
-on one thread it takes ``Σ_k c_k``; both are printed against the measurements (K = 2 stages, and
-in-process dni on one thread). On 2 cores the 2-thread in-process run gains ``s2 = t(1 thread) /
-t(2 threads)`` from intra-op threads, and a perfect 2-stage pipeline (no ``m``, no ``o``, equal
-stages) at most ``t(1 thread) / 2``: the stages can beat it by at most ``2 / s2``, so a 1.4x target
-needs ``s2 <= 1.43``; the script prints this bound and the one the measured ``c_k``, ``m`` and ``o``
-allow. For K up to 64 the net is 64 equal blocks (W x W, with a module; ``b`` each) and the head and
-loss (``h``, on the top stage only): ``speed-up(K) = (64 b + h) / ((64 / K) b + h + m + o)`` over one
-process on one core (``m`` = ``o`` = 0 for K = 1). Assumes one core per stage (a 2-core machine runs
-only K = 2 this way), a network that splits evenly, and ``m`` and ``o`` independent of K (each stage
-talks to two neighbours only; ``o`` as measured here with 2 stages on 2 cores); start-up and the K - 1
-steps that fill the pipeline are left out (an epoch has 234 at batch 256).
+alone on one thread) and ``o``, the stage machinery's own cost per step (its Python around the
+compute, posting and completing the sends and receives, the receiver thread's hand-off, the metrics
+rows to the parent and the parent's assembly, and the threads it shares the cores with). ``o`` is
+measured, not fitted: the per-step time of the same K = 2 run on a 4 x 8 net (same batch; little
+compute) less its ``max_k c_k``. In the asynchronous pipeline, steps overlap, so one step of the whole
+net takes ``max_k c_k + o``; in one process on one thread it takes ``Σ_k c_k``; both are printed
+against the measurements (K = 2 stages, and in-process dni on one thread). The loopback gloo round
+trip ``m`` of a [batch, W] float32 tensor is printed too, but is not in the step: a stage's receives
+are posted ahead and its sends wait only when 2 are unfinished, so latency is hidden as long as
+``m`` stays under about 2 steps (what a message costs the CPU is in ``o``). On 2 cores the 2-thread
+in-process run gains ``s2 = t(1 thread) / t(2 threads)`` from intra-op threads, and a perfect
+2-stage pipeline (no ``o``, equal stages) at most ``t(1 thread) / 2``: the stages can beat it by at
+most ``2 / s2``, so a 1.4x target needs ``s2 <= 1.43``; the script prints this bound and the one the
+measured ``c_k`` and ``o`` allow. For K up to 64 the net is 64 equal blocks (W x W, with a module;
+``b`` each) and the head and loss (``h``, on the top stage only): ``speed-up(K) = (64 b + h) /
+((64 / K) b + h + o)`` over one process on one core (``o`` = 0 for K = 1). Assumes one core per stage
+(a 2-core machine runs only K = 2 this way), a network that splits evenly, ``o`` independent of K
+(each stage talks to two neighbours only; ``o`` as measured here, 2 stages on 2 cores with the
+parent) and ``m`` under 2 steps of a stage; start-up and the K - 1 steps that fill the pipeline are
+left out (an epoch has 234 steps at batch 256).
 
     python benchmarks/bench_pipeline.py [--width 512] [--batch 256] [--threads 2] [--repeats 1] [--data-dir DIR] [--quick]
 """
@@ -57,7 +60,10 @@ from common import parser
 
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
+from repanalysis import train as training
+from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
+from repanalysis.progress import Progress
 from repanalysis.train import Batches, build, train
 
 
@@ -69,19 +75,35 @@ def config(args, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+class _Clock(Progress):
+    """``train``'s progress, noting when each step's row reached the loop that logs it (in process: after the
+    step; in stages: when the parent has every stage's row, which come in batches)."""
+
+    marks: list[tuple[float, int]] = []
+
+    def update(self, done: int, note: str = "") -> None:
+        _Clock.marks.append((time.perf_counter(), done))
+        super().update(done, note)
+
+
+training.Progress = launch.Progress = _Clock
+
+
 def epoch_time(args, data, epochs: int = 1, **overrides) -> tuple[float, float]:
-    """Seconds per epoch (``t(lead + epochs) - t(lead)`` per epoch, scaled to a whole epoch when
-    ``--epoch-steps`` is shorter) and the start-up seconds (``t(lead)`` less ``lead`` steps at that rate)."""
+    """Seconds per epoch and start-up seconds of one ``train`` run of ``lead`` + ``epochs`` epochs (or
+    ``--epoch-steps``) steps, timed from its rows: from the first batch of rows past step ``lead`` to the last
+    row (a batch's rows reach the parent together; its time is that of its last step)."""
     per_epoch = len(data.x_train) // config(args).batch_size
-    span = epochs * (args.epoch_steps or per_epoch)
-    times = []
-    for steps in (args.lead, args.lead + span):
-        c = config(args, steps=steps, **overrides)
-        start = time.perf_counter()
-        train(c, None, data=data, quiet=True)
-        times.append(time.perf_counter() - start)
-    step = (times[1] - times[0]) / span
-    return step * per_epoch, times[0] - args.lead * step
+    steps = args.lead + epochs * (args.epoch_steps or per_epoch)
+    _Clock.marks = []
+    start = time.perf_counter()
+    train(config(args, steps=steps, **overrides), None, data=data, quiet=True)
+    marks = _Clock.marks
+    ends = [(t, s) for (t, s), (later, _) in zip(marks, marks[1:]) if later - t > 2e-4] + [marks[-1]]
+    t_a, s_a = next((t, s) for t, s in ends if s >= args.lead)
+    t_b, s_b = ends[-1]
+    step = (t_b - t_a) / (s_b - s_a)
+    return step * per_epoch, t_a - start - s_a * step
 
 
 def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) -> list[float]:
@@ -104,7 +126,7 @@ def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) 
             back = part.backward(trace, leaf, y)
             part.update(step)
             h = trace.hidden[-1].detach()
-            part.learn(back, (h, y, torch.randn_like(h) * 1e-3) if part.boundary is not None else None)
+            part.learn(back, torch.randn_like(h) * 1e-3 if part.boundary is not None else None, (h, y))
             times.append(time.perf_counter() - start)
         out.append(sorted(times)[len(times) // 2])
     torch.set_num_threads(args.threads)
@@ -192,22 +214,21 @@ def main() -> None:
     m = round_trip((batch, args.width))
     whole = sum(stage_compute(args, data, depth=4, k=1))
     tiny_c = stage_compute(args, data, depth=4, k=2, width=TINY)
-    tiny_m = round_trip((batch, TINY))
-    o = measured[f"dni, K = 2 stages, 4 x {TINY}"] / per_epoch - max(tiny_c) - tiny_m
+    o = measured[f"dni, K = 2 stages, 4 x {TINY}"] / per_epoch - max(tiny_c)
     print(f"compute per step, one thread: stage 1 {c[0] * 1e3:.2f} ms, stage 2 {c[1] * 1e3:.2f} ms; "
           f"whole net {whole * 1e3:.2f} ms; loopback round trip of [{batch}, {args.width}] float32: {m * 1e3:.2f} ms")
     print(f"overhead o: 4 x {TINY} in 2 stages {measured[f'dni, K = 2 stages, 4 x {TINY}'] / per_epoch * 1e3:.2f} ms "
           f"per step, less its compute {max(tiny_c) * 1e3:.2f} ms (stages {tiny_c[0] * 1e3:.2f}, "
-          f"{tiny_c[1] * 1e3:.2f}) and round trip {tiny_m * 1e3:.2f} ms: o = {o * 1e3:.2f} ms per step")
-    model_two, model_one = (max(c) + m + o) * per_epoch, whole * per_epoch
-    print(f"model, K = 2: (max c_k + m + o) = {model_two:.2f} s per epoch, measured {two:.2f} "
-          f"(error {100 * (model_two - two) / two:+.0f}%; without o: {(max(c) + m) * per_epoch:.2f} s)")
+          f"{tiny_c[1] * 1e3:.2f}): o = {o * 1e3:.2f} ms per step")
+    model_two, model_one = (max(c) + o) * per_epoch, whole * per_epoch
+    print(f"model, K = 2: (max c_k + o) = {model_two:.2f} s per epoch, measured {two:.2f} "
+          f"(error {100 * (model_two - two) / two:+.0f}%; without o: {max(c) * per_epoch:.2f} s)")
     print(f"model, K = 1 on one thread: sum c_k = {model_one:.2f} s per epoch, measured {single:.2f} "
           f"(error {100 * (model_one - single) / single:+.0f}%)")
     s2 = single / one
     print(f"bound on 2 cores: in-process 2 threads gain s2 = {s2:.2f}x over 1 thread; a perfect 2-stage pipeline "
           f"({single / 2:.2f} s per epoch) would be {2 / s2:.2f}x the 2-thread run (1.4x needs s2 <= 1.43); "
-          f"with the measured stages (max c_k + m + o) {one / model_two:.2f}x")
+          f"with the measured stages (max c_k + o) {one / model_two:.2f}x")
 
     blocks = stage_compute(args, data, depth=3, k=3)  # h1 | h2 | h3 and the head: a middle block alone
     b, top = blocks[1], blocks[2]
@@ -216,7 +237,7 @@ def main() -> None:
     print("model for a 64-block net (speed-up over one process on one core; one core per stage):")
     for k in (1, 2, 4, 8, 16, 32, 64):
         serial = 64 * b + h
-        piped = (64 / k) * b + h + (m + o if k > 1 else 0.0)
+        piped = (64 / k) * b + h + (o if k > 1 else 0.0)
         print(f"  K = {k:2d}: {serial / piped:5.2f}x   ({piped * 1e3:.2f} ms per step)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

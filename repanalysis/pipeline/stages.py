@@ -145,21 +145,22 @@ class Stage:
         targets = {c + first: arriving[c] * batch for c in local if c in arriving}
         return Backward(arriving.get(-1), targets, predictions, metrics)
 
-    def learn(self, backward: Backward | None, arrived: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-              ) -> dict[str, torch.Tensor]:
+    def learn(self, backward: Backward | None, target: torch.Tensor | None = None,
+              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser step of this stage's modules: those below the boundary on their targets from the
-        stage's own pass (``backward``), and, with ``arrived = (h, y, gradient)``, the boundary module on the
-        gradient that arrived from above for the batch ``(h, y)``, predicting with its current parameters.
+        stage's own pass (``backward``), and, with ``target`` (the gradient that arrived from above), the
+        boundary module: for ``batch = (h, y)``, an earlier batch, predicting anew with its current
+        parameters; for this pass's batch (``batch`` None), with the pass's own prediction (the same numbers).
 
         The modules' parameters are disjoint, so one step over all of them is, bit for bit, one step per
         module (the in-process rule steps them all at once).
         """
         predictions = dict(backward.predictions) if backward is not None else {}
         targets = dict(backward.targets) if backward is not None else {}
-        if arrived is not None:
-            h, y, gradient = arrived
-            predictions[self.boundary] = self.rule.predict(self.boundary, h, y, None)
-            targets[self.boundary] = gradient * len(y)
+        if target is not None:
+            if batch is not None:
+                predictions[self.boundary] = self.rule.predict(self.boundary, *batch, None)
+            targets[self.boundary] = target * len(target)
         if not targets:
             return {}
         return self.rule.regress(predictions, targets)

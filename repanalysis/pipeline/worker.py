@@ -17,7 +17,9 @@ ephemeral loopback ports). Per step ``t`` (1-based):
    (asynchronous), or waits for batch ``t``'s target (``--sync``, lock-step:
    the in-process rule's arithmetic), and trains its modules in one optimiser
    step: those below the boundary on this pass's targets, the boundary module
-   on the oldest target taken (any further one gets a step of its own). A
+   on the oldest target taken (predicting anew on its batch's activations, or,
+   for this step's own batch, reusing the pass's prediction; any further
+   target gets a step of its own). A
    target for batch ``t'`` used at step ``t`` has *staleness* ``t - t'``,
    logged as ``staleness/<interface>``. (Blocks and modules have disjoint
    parameters and optimisers, so updating the blocks first changes no number.)
@@ -336,8 +338,8 @@ class _Worker:
             return {**self.stage.learn(back), key: math.nan, f"staleness/{name}": math.nan}
         metrics, losses = {}, []
         for i, (t, target) in enumerate(arrived):
-            h, y = self.waiting.pop(t)
-            learned = self.stage.learn(back if i == 0 else None, (h, y, target))
+            batch = self.waiting.pop(t)
+            learned = self.stage.learn(back if i == 0 else None, target, None if i == 0 and t == step else batch)
             losses.append(learned.pop(key).item())
             metrics.update(learned)
         ages = [step - t for t, _ in arrived]
