@@ -28,7 +28,10 @@ rows to the parent and the parent's assembly, and the threads it shares the core
 measured, not fitted: the per-step time of the same K = 2 run on a 4 x 8 net (same batch; little
 compute) less its ``max_k c_k``. In the asynchronous pipeline, steps overlap, so one step of the whole
 net takes ``max_k c_k + o``; in one process on one thread it takes ``Σ_k c_k``; both are printed
-against the measurements (K = 2 stages, and in-process dni on one thread). The loopback gloo round
+against the measurements (K = 2 stages, and in-process dni on one thread), and so is the overhead
+the K = 2 run implies (its step less ``max_k c_k``). Under load a small message's round trip grows
+(4 ms for 8 KB, against 0.3 ms for 512 KB in one run at load 3), so the 4 x 8 run turns latency-bound
+and overstates ``o``: trust ``o`` from an idle machine only. The loopback gloo round
 trip ``m`` of a [batch, W] float32 tensor is printed too, but is not in the step: a stage's receives
 are posted ahead and its sends wait only when 2 are unfinished, so latency is hidden as long as
 ``m`` stays under about 2 steps (what a message costs the CPU is in ``o``). On 2 cores the 2-thread
@@ -220,6 +223,8 @@ def main() -> None:
     print(f"overhead o: 4 x {TINY} in 2 stages {measured[f'dni, K = 2 stages, 4 x {TINY}'] / per_epoch * 1e3:.2f} ms "
           f"per step, less its compute {max(tiny_c) * 1e3:.2f} ms (stages {tiny_c[0] * 1e3:.2f}, "
           f"{tiny_c[1] * 1e3:.2f}): o = {o * 1e3:.2f} ms per step")
+    print(f"(the overhead the K = 2 run itself implies, its step less max c_k: "
+          f"{(two / per_epoch - max(c)) * 1e3:.2f} ms)")
     model_two, model_one = (max(c) + o) * per_epoch, whole * per_epoch
     print(f"model, K = 2: (max c_k + o) = {model_two:.2f} s per epoch, measured {two:.2f} "
           f"(error {100 * (model_two - two) / two:+.0f}%; without o: {max(c) * per_epoch:.2f} s)")

@@ -19,15 +19,16 @@ ephemeral loopback ports). Per step ``t`` (1-based):
    step: those below the boundary on this pass's targets, the boundary module
    on the oldest target taken (predicting anew on its batch's activations, or,
    for this step's own batch, reusing the pass's prediction; any further
-   target gets a step of its own). A
-   target for batch ``t'`` used at step ``t`` has *staleness* ``t - t'``,
-   logged as ``staleness/<interface>``. (Blocks and modules have disjoint
-   parameters and optimisers, so updating the blocks first changes no number.)
+   target gets a step of its own). A target for batch ``t'`` used at step ``t``
+   has *staleness* ``t - t'``, logged as ``staleness/<interface>``. (Blocks and
+   modules have disjoint parameters and optimisers, so updating the blocks
+   first changes no number.)
 
-A stage runs at most ``WINDOW`` batches ahead of the stage above: its oldest
-unfinished send is waited for first (back-pressure on activations, never a
-wait for a gradient). After its last step a stage still receives the targets in
-flight (unused) so that every send completes. Every blocking wait has a time
+A stage keeps at most ``WINDOW`` sends of activations unfinished, its oldest
+waited for first (back-pressure on activations, never a wait for a gradient);
+with the receive the stage above posts a step ahead, it runs at most
+``WINDOW + 1`` batches ahead of it. After its last step a stage still receives
+the targets in flight (unused) so that every send completes. Every blocking wait has a time
 limit; a lost peer is reported as such, so the parent can name the stage that
 failed first. A stage whose parent is gone (killed: nobody records the run)
 exits at its next step or wait.
@@ -74,7 +75,7 @@ from .. import resume as resume_state
 from ..train import Batches, build, load_arrays
 from .stages import Stage
 
-WINDOW = 2  # batches a stage may run ahead of the stage above it
+WINDOW = 2  # unfinished sends of activations a stage may have (it runs at most WINDOW + 1 batches ahead)
 TARGETS_AHEAD = 4  # receives of boundary targets kept posted
 ROWS_EVERY_S = 0.5  # metrics rows go to the parent at least this often (and at every due step) ...
 ROWS_MAX = 256  # ... or once this many are waiting
@@ -211,7 +212,7 @@ class _Worker:
         k = len(spec.ranges)
         self.below = spec.rank - 1 if spec.rank > 0 else None
         self.above = spec.rank + 1 if spec.rank < k - 1 else None
-        # targets travel in a group of their own, received by a thread that always waits for the next one
+        # targets travel in a group of their own, received by a thread that keeps TARGETS_AHEAD receives posted
         targets = dist.new_group(backend="gloo", timeout=self.timeout)
         self.up = _Sends(self.above, self.timeout, WINDOW) if self.above is not None else None
         self.down = _Sends(self.below, self.timeout, 2, targets) if self.below is not None else None
