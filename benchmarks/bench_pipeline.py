@@ -5,7 +5,7 @@ Network: MNIST, 4 hidden layers of ``--width`` (default 512) units with batch no
 after every block), batch ``--batch`` (256), Adam. Stage 1 holds h1-h2 and their modules, stage 2
 h3-h4, their modules and the head: 784W + 3W² against 4W² + 10W multiply-adds per sample (balanced
 at large W; at small W the per-operation Python cost dominates and the bottom stage, which also
-draws the batch, is the slower). Every configuration uses ``--threads`` (default 2) threads in
+gathers the batch's inputs, is the slower). Every configuration uses ``--threads`` (default 2) threads in
 all: in-process runs ``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K). A
 last row runs dni in one process on one thread: what the stages' split could at best halve, and a
 check on the threads (if it beats the row with ``--threads``, two threads of one process are
