@@ -44,7 +44,7 @@ def _optimizers(rule: Rule) -> list[torch.optim.Optimizer]:
 
 def capture(rule: Rule, batches=None) -> dict[str, torch.Tensor | np.ndarray]:
     """The rule's optimiser and coin states and the batch stream's state (unless ``batches`` is None, as on a
-    pipeline stage that receives its batches), as named tensors (and one number).
+    pipeline stage above the bottom one, which reports no stream), as named tensors (and one number).
 
     The optimiser's tensors are its own (detached, not copied): the caller
     copies what it keeps past the next update.

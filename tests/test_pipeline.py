@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -22,6 +23,7 @@ from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.pipeline import check
 from repanalysis.pipeline.stages import partition
+from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Rows
 from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
 from repanalysis.progress import Progress
@@ -61,21 +63,35 @@ def test_stages_chained_in_one_process_are_the_in_process_rule_bit_for_bit(data,
     for step in range(1, config.steps + 1):
         idx = next(stream)
         x, y = data.x_train[idx], data.y_train[idx]
-        sent = []
+        passes = []
         for part in parts:
             trace, leaf = part.forward(x)
             back = part.backward(trace, leaf, y)
-            part.learn(back)
             part.update(step)
-            sent.append((x, back.input_grad))
             x = trace.hidden[-1].detach()
-        for below, (h, grad) in zip(parts, sent[1:]):  # each target reaches the stage below
-            below.learn_boundary(h, y, grad)
+            passes.append((back, x))
+        for j, (part, (back, h)) in enumerate(zip(parts, passes)):  # each target reaches the stage below
+            target = passes[j + 1][0].input_grad if j + 1 < k else None
+            part.learn(back, target, (h, y) if rule == "dni" else None)  # predicting anew, or the pass's own
     expected = state_arrays(reference)
     got = {k: v for part in parts for k, v in part.state().items()}
     assert got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_a_stage_sends_every_steps_row_once_in_order_batched_at_due_steps_time_and_count():
+    sent, now = [], [0.0]
+    rows = Rows(SimpleNamespace(put=sent.append), 1, due={5, 400}, clock=lambda: now[0])
+    per = round(ROWS_EVERY_S * 80)  # the clock runs 1/80 s a step to step 100, then stands still
+    for step in range(1, 401):
+        now[0] = min(step, 100) / 80
+        rows.add(step, {"train_loss": torch.tensor(step / 4), "staleness/h1": 0.0})
+    assert [(kind, rank) for kind, rank, _ in sent] == [("rows", 1)] * 5
+    assert [len(batch) for _, _, batch in sent] == [5, per, per, ROWS_MAX, 400 - 5 - 2 * per - ROWS_MAX]
+    got = [(t, row) for _, _, batch in sent for t, row in batch]
+    assert got == [(t, {"train_loss": t / 4, "staleness/h1": 0.0}) for t in range(1, 401)]
+    assert all(type(v) is float for _, row in got for v in row.values())
 
 
 def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):

@@ -2,7 +2,7 @@
 
 The parent holds the same seeded rule as the stages. It writes the run file
 alone, with ``train``'s own functions: per step, one metrics row merged from
-every stage's report; at a checkpoint (or evaluation) step, it loads every
+every stage's rows (which arrive in batches of steps); at a checkpoint (or evaluation) step, it loads every
 stage's parameters at that step into its rule and records (or evaluates) as
 the in-process loop does. Stages never wait for the parent.
 
@@ -61,6 +61,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     folder = tempfile.mkdtemp(prefix="repanalysis-stages-")
     context = mp.get_context("spawn")
     reports = context.Queue()
+    current = context.RawArray("q", k)  # the step each stage is in (it writes its own), to name a stage's death
     inbox, forwarding = _inbox(reports)
     procs = []
     for rank, part in enumerate(parts):
@@ -68,11 +69,10 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             rank=rank, ranges=[(p.first, p.last) for p in parts], config=config, task=data.task,
             n_features=data.n_features, n_outputs=data.n_outputs, store=str(Path(folder) / "store"),
             threads=max(1, torch.get_num_threads() // k), timeout_s=TIMEOUT_S, due=due_record | due_eval,
-            label_shape=tuple(data.y_train.shape[1:]), label_dtype=data.y_train.dtype,
-            x_train=data.x_train if rank == 0 else None, y_train=data.y_train if rank == 0 else None,
+            y_train=data.y_train, x_train=data.x_train if rank == 0 else None,
             parent=os.getpid(), start=start, restored=restored,
         )
-        procs.append(context.Process(target=main, args=(spec, reports), name=f"repanalysis-stage-{rank + 1}",
+        procs.append(context.Process(target=main, args=(spec, reports, current), name=f"repanalysis-stage-{rank + 1}",
                                      daemon=True))
     last_eval: dict[str, float] = {}
     progress = Progress(steps, f"train {config.rule} ({k} stages{', sync' if config.sync else ''})", quiet=quiet)
@@ -95,12 +95,13 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             except queues.Empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in finished]
                 if dead or time.monotonic() - heard > TIMEOUT_S + 30:
-                    raise _failure(parts, procs, inbox, assembly, finished, None)
+                    raise _failure(parts, procs, inbox, current, assembly, finished, None)
                 continue
             heard = time.monotonic()
             kind, rank = message[0], message[1]
-            if kind == "row":
-                assembly.rows.setdefault(message[2], []).append(message[3])
+            if kind == "rows":
+                for step, row in message[2]:
+                    assembly.rows.setdefault(step, []).append(row)
             elif kind == "state":
                 assembly.states.setdefault(message[2], []).append(message[3])
             elif kind == "done":
@@ -108,7 +109,7 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
             elif kind == "nonfinite":
                 raise _NonFinite(message[2])
             else:
-                raise _failure(parts, procs, inbox, assembly, finished, message)
+                raise _failure(parts, procs, inbox, current, assembly, finished, message)
             for step, row, state in assembly.ready(due_record | due_eval):
                 if recording is not None:
                     recording.log(step, **{k: v for k, v in row.items() if k != "step"})
@@ -207,7 +208,7 @@ class _NonFinite(Exception):
     """The top stage's loss became non-finite at the step in ``args[0]``."""
 
 
-def _failure(parts, procs, inbox, assembly, finished, first) -> _StageFailed:
+def _failure(parts, procs, inbox, current, assembly, finished, first) -> _StageFailed:
     """Listen a moment for every stage's report, stop them all, and name the stage to blame."""
     errors = {}  # rank -> (step, text, lost_peer)
     if first is not None:
@@ -229,7 +230,8 @@ def _failure(parts, procs, inbox, assembly, finished, first) -> _StageFailed:
         r = dead[0]
         code = procs[r].exitcode
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        return _StageFailed(f"stage {r + 1} of {k} ({parts[r].name}) died during step {assembly.next} ({how}); "
+        step = current[r] or assembly.next
+        return _StageFailed(f"stage {r + 1} of {k} ({parts[r].name}) died during step {step} ({how}); "
                             "the run stopped")
     if errors:
         r = min(errors, key=lambda rank: (errors[rank][2], rank))

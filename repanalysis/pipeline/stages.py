@@ -145,18 +145,25 @@ class Stage:
         targets = {c + first: arriving[c] * batch for c in local if c in arriving}
         return Backward(arriving.get(-1), targets, predictions, metrics)
 
-    def learn(self, backward: Backward) -> dict[str, torch.Tensor]:
-        """Train the modules below the boundary on their targets from this stage's own pass."""
-        if not backward.targets:
-            return {}
-        return self.rule.regress(backward.predictions, backward.targets)
+    def learn(self, backward: Backward | None, target: torch.Tensor | None = None,
+              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step of this stage's modules: those below the boundary on their targets from the
+        stage's own pass (``backward``), and, with ``target`` (the gradient that arrived from above), the
+        boundary module: for ``batch = (h, y)``, an earlier batch, predicting anew with its current
+        parameters; for this pass's batch (``batch`` None), with the pass's own prediction (the same numbers).
 
-    def learn_boundary(self, h: torch.Tensor, y: torch.Tensor, arrived: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Train the boundary module on the gradient ``arrived`` from above for the batch ``(h, y)``,
-        predicting with its current parameters."""
-        b = self.boundary
-        prediction = self.rule.predict(b, h, y, None)
-        return self.rule.regress({b: prediction}, {b: arrived * len(y)})
+        The modules' parameters are disjoint, so one step over all of them is, bit for bit, one step per
+        module (the in-process rule steps them all at once).
+        """
+        predictions = dict(backward.predictions) if backward is not None else {}
+        targets = dict(backward.targets) if backward is not None else {}
+        if target is not None:
+            if batch is not None:
+                predictions[self.boundary] = self.rule.predict(self.boundary, *batch, None)
+            targets[self.boundary] = target * len(target)
+        if not targets:
+            return {}
+        return self.rule.regress(predictions, targets)
 
     def update(self, step: int) -> None:
         """Step this stage's blocks' optimisers as the in-process rule would at ``step`` (1-based).
