@@ -25,11 +25,13 @@ Conventions:
 - every parameter and buffer is recorded at each checkpoint under
   ``/params/model.<state_dict key>``.
 
-The file is written on a background thread (``Background``): ``checkpoint``
-runs the shadow pass and copies the state (tensors the next update would
-change) in the caller's thread and hands them over; the copy to the host, the
-compression and the write follow while training goes on, in order, at most
-two checkpoints in flight. ``wait()`` and ``close()`` wait for them. A failed
+The file is written on a background thread (``Background``) where that
+thread has a core to itself (a CUDA model, or torch's threads leaving a core
+free; otherwise in the caller's thread, which measured faster):
+``checkpoint`` runs the shadow pass and copies the state (tensors the next
+update would change) in the caller's thread and hands them over; the copy to
+the host, the compression and the write follow while training goes on, in
+order, at most two checkpoints in flight. ``wait()`` and ``close()`` wait for them. A failed
 write is raised in the caller's thread at the next hand-over, ``wait()`` or
 ``close()`` (an ``OSError`` as a ``UserError`` naming the file), and the run
 is closed as "failed" with it.
@@ -57,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .background import Background
+from .background import Background, thread_pays
 from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
@@ -212,19 +214,22 @@ class Recorder:
                     for name, m in modules.items()],
             overwrite=overwrite, record_bn=record_bn,
         )
-        self._start(writer, shadow, lambda: model_tensors(model))
+        self._start(writer, shadow, lambda: model_tensors(model), device=device)
 
     @classmethod
-    def attach(cls, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None) -> "Recorder":
+    def attach(cls, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None,
+               device: torch.device = torch.device("cpu")) -> "Recorder":
         """A recorder on an open ``writer``: ``shadow()`` gives the layer arrays, ``state()`` the
-        parameters and buffers, ``resume()`` the state that continues training exactly (``train`` uses this)."""
+        parameters and buffers, ``resume()`` the state that continues training exactly, ``device`` where
+        training runs (``train`` uses this)."""
         made = cls.__new__(cls)
-        made._start(writer, shadow, state, resume)
+        made._start(writer, shadow, state, resume, device)
         return made
 
-    def _start(self, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None) -> None:
+    def _start(self, writer: RunWriter, shadow: Shadow, state: State, resume: State | None = None,
+               device: torch.device = torch.device("cpu")) -> None:
         self._writer, self._shadow, self._state, self._resume = writer, shadow, state, resume
-        self._background = Background(f"repanalysis writer of {writer.path.name}")
+        self._background = Background(f"repanalysis writer of {writer.path.name}", threaded=thread_pays(device))
         self._rows: list[dict[str, float]] = []  # logged rows not yet handed to the writer
         self._written = 0  # checkpoints written by this recorder
         self.step: int | None = None  # the last step it was given

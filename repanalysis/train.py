@@ -288,7 +288,7 @@ def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, training_st
     if writer is None:
         return None
     return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_tensors(rule),
-                           training_state)
+                           training_state, probe_x.device)
 
 
 def non_finite(recorder: Recorder | None, step: int) -> UserError:

@@ -12,9 +12,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 from helpers import one_thread, run_arrays, small_config  # noqa: F401 (an autouse fixture)
 
-from repanalysis.background import Background
+from repanalysis.background import Background, thread_pays
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
@@ -53,6 +54,33 @@ def test_jobs_run_in_order_and_the_first_error_surfaces_once():
     work.stop()  # reported already: not raised twice
     with pytest.raises(RuntimeError, match="stopped"):
         work.submit(lambda: None)
+
+
+def test_without_a_thread_jobs_run_at_once_and_a_failure_stops_the_rest():
+    done = []
+    work = Background("test", threaded=False)
+    work.submit(lambda: done.append(0))
+    assert done == [0]  # run in submit, before it returned
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        work.submit(fail)
+    work.submit(lambda: done.append("after"))  # after the failure: dropped
+    assert isinstance(work.error, OSError) and done == [0]
+    work.drain()
+    work.stop()  # reported already: not raised twice
+    with pytest.raises(RuntimeError, match="stopped"):
+        work.submit(lambda: None)
+
+
+def test_the_writer_thread_is_used_only_where_it_has_a_core_to_itself(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert thread_pays(torch.device("cuda"))
+    for threads, pays in ((1, True), (2, False), (3, False)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert thread_pays(torch.device("cpu")) is pays
 
 
 def test_a_slow_writer_records_what_the_synchronous_one_records(tmp_path, digits, monkeypatch):
