@@ -256,8 +256,10 @@ def _gone(pid: int) -> bool:
 
 def _kill_parent_after(path, checkpoints: int, *options) -> None:
     """Run ``train`` in a subprocess, SIGKILL it once ``path`` has ``checkpoints`` checkpoints; its stages
-    must end by themselves."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    must end by themselves, and remove the temporary folder of their file store."""
+    temporary = path.parent / "tmp"
+    temporary.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", TMPDIR=str(temporary))
     proc = subprocess.Popen([sys.executable, "-m", "repanalysis.cli", "train", *options, "--out", str(path),
                              "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
@@ -271,6 +273,7 @@ def _kill_parent_after(path, checkpoints: int, *options) -> None:
     while not all(_gone(pid) for pid in stage_pids):
         assert time.monotonic() < deadline, "a stage outlived its killed parent"
         time.sleep(0.1)
+    assert not list(temporary.iterdir())
     with RunFile(path) as run:
         assert run.status == "running", "the run ended before it was killed"
 

@@ -60,12 +60,14 @@ import os
 import signal
 import socket
 import queue as queues
+import shutil
 import sys
 import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -130,6 +132,7 @@ def main(spec: StageSpec, queue, current) -> None:
     except BaseException as err:
         if os.getppid() != spec.parent:  # nobody reads the queue: do not wait to flush it at exit
             queue.cancel_join_thread()
+            shutil.rmtree(Path(spec.store).parent, ignore_errors=True)  # the parent would have removed it
             os._exit(1)
         traceback.print_exc()
         step = worker.step if worker is not None else 0
