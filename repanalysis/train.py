@@ -244,10 +244,11 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
 
 def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool = False,
            data: Dataset | None = None) -> TrainResult | None:
-    """Continue the interrupted run in ``path`` from its last complete checkpoint, in place.
+    """Continue the interrupted run in ``path`` from its last complete checkpoint.
 
-    The config comes from the file; the finished file equals the one an
-    uninterrupted run writes (see ``RunWriter.reopen`` and ``repanalysis.resume``).
+    The config comes from the file; what is kept of it is copied into a new file
+    put in its place, and training goes on there; the finished file equals the one
+    an uninterrupted run writes (see ``RunWriter.reopen`` and ``repanalysis.resume``).
     A complete run is left alone (returns None); a run that failed on a
     non-finite loss is refused, since it would fail again.
     """
