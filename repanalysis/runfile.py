@@ -156,34 +156,8 @@ class RunWriter:
         path = Path(path)
         try:
             with h5py.File(path, "r", locking=False) as old:
-                newest = _newest_slot(old)
-                if newest is None:
-                    raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
-                                    "repanalysis wrote it); train it again with --overwrite")
-                step, state = newest
-                kept = np.flatnonzero(old["checkpoints/step"][:] == step)
-                if not len(kept):
-                    raise ValueError(f"no checkpoint at step {step}")
-                rows = dict.fromkeys(["checkpoints", "layers", "params"], int(kept[0]) + 1)
-                rows["metrics"] = int(np.sum(old["metrics/step"][:] <= step)) if "step" in old["metrics"] else 0
-                rows["eval"] = int(np.sum(old["eval/step"][:] < step)) if "step" in old["eval"] else 0
-                try:
-                    fresh = temporary_beside(path)
-                except OSError as err:
-                    raise UserError(f"{path}: cannot be resumed: no new file can be written beside it ({err})") from None
-                try:
-                    with h5py.File(fresh, "w", locking=False) as new:
-                        _copy_cut(old, new, rows)
-                        resumed = json.loads(old.attrs.get("resumed", "[]")) + [[step, _now()]]
-                        new.attrs.update(status="running", resumed=json.dumps(resumed))
-                        new.attrs.pop("error", None)
-                        params = {name: ds[-1] for name, ds in _walk(new["params"]).items()}
-                except BaseException as err:
-                    fresh.unlink(missing_ok=True)
-                    if isinstance(err, (OSError, RuntimeError)):  # a full disk, or a part that cannot be read
-                        raise UserError(f"{path}: cannot be resumed: copying the part kept into a new file beside "
-                                        f"it failed ({str(err).splitlines()[0]})") from None
-                    raise
+                step, state, rows = _resume_point(old, path)
+                fresh = _copy_kept(old, path, rows, step)
         except (KeyError, ValueError, OSError, RuntimeError) as err:
             raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None
         fresh.replace(path)
@@ -193,6 +167,7 @@ class RunWriter:
             writer.file = h5py.File(path, "a", locking=False)
         except OSError as err:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
+        params = {name: ds[-1] for name, ds in _walk(writer.file["params"]).items()}
         return writer, step, params, state
 
     def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],
@@ -311,6 +286,45 @@ def _newest_slot(f: h5py.File) -> tuple[int, dict[str, np.ndarray]] | None:
         return None
     slot = max(slots, key=lambda g: g["step"][()])
     return int(slot["step"][()]), {name: ds[()] for name, ds in slot.items() if name != "step"}
+
+
+def _resume_point(old: h5py.File, path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, int]]:
+    """The step ``S`` of the newest whole resume slot, its state, and how many rows of each top-level group
+    to keep: checkpoints up to ``S``, metrics of steps up to ``S``, evaluations before ``S``."""
+    newest = _newest_slot(old)
+    if newest is None:
+        raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
+                        "repanalysis wrote it); train it again with --overwrite")
+    step, state = newest
+    kept = np.flatnonzero(old["checkpoints/step"][:] == step)
+    if not len(kept):
+        raise ValueError(f"no checkpoint at step {step}")
+    rows = dict.fromkeys(["checkpoints", "layers", "params"], int(kept[0]) + 1)
+    rows["metrics"] = int(np.sum(old["metrics/step"][:] <= step)) if "step" in old["metrics"] else 0
+    rows["eval"] = int(np.sum(old["eval/step"][:] < step)) if "step" in old["eval"] else 0
+    return step, state, rows
+
+
+def _copy_kept(old: h5py.File, path: Path, rows: dict[str, int], step: int) -> Path:
+    """A new file beside ``path`` holding what ``rows`` keeps of ``old``, marked running and resumed at
+    ``step``; a copy that cannot be written is a ``UserError`` and leaves no file behind."""
+    try:
+        fresh = temporary_beside(path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot be resumed: no new file can be written beside it ({err})") from None
+    try:
+        with h5py.File(fresh, "w", locking=False) as new:
+            _copy_cut(old, new, rows)
+            resumed = json.loads(old.attrs.get("resumed", "[]")) + [[step, _now()]]
+            new.attrs.update(status="running", resumed=json.dumps(resumed))
+            new.attrs.pop("error", None)
+    except BaseException as err:
+        fresh.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # a full disk, or a part that cannot be read
+            raise UserError(f"{path}: cannot be resumed: copying the part kept into a new file beside it "
+                            f"failed ({str(err).splitlines()[0]})") from None
+        raise
+    return fresh
 
 
 def _copy_cut(old: h5py.File, new: h5py.File, rows: dict[str, int]) -> None:

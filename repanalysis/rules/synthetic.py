@@ -160,7 +160,10 @@ class SyntheticGradients(Rule):
 
     def predict(self, i: int, h: torch.Tensor, target: torch.Tensor, output_error: torch.Tensor) -> torch.Tensor:
         """Module ``i``'s per-sample prediction at ``h``; ``output_error`` is per-sample ``∂L_n/∂p_n``."""
-        return self.modules[self.network.interfaces[i]](h.detach(), self.conditioning(target, output_error, h.dtype))
+        return self._output(i, h, self.conditioning(target, output_error, h.dtype))
+
+    def _output(self, i: int, h: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        return self.modules[self.network.interfaces[i]](h.detach(), condition)
 
     def signal(self, i: int, p: Pass) -> torch.Tensor:
         batch = len(p.target)
@@ -168,7 +171,7 @@ class SyntheticGradients(Rule):
         if p.condition is None and self.condition != "none":  # made once per pass, for every module
             p.condition = self.conditioning(p.target, None if p.output_grad is None else p.output_grad * batch,
                                             h.dtype)
-        prediction = self.modules[self.network.interfaces[i]](h.detach(), p.condition)
+        prediction = self._output(i, h, p.condition)
         p.predictions[i] = prediction
         return prediction.detach() / batch
 
