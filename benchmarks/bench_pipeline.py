@@ -71,7 +71,7 @@ from repanalysis.train import Batches, build, train
 
 
 def config(args, **overrides) -> TrainConfig:
-    base = dict(dataset="digits" if args.quick else "mnist", depth=4, width=args.width,
+    base = dict(dataset="digits" if args.quick else "mnist", depth=args.depth, width=args.width,
                 batch_size=args.batch if not args.quick else 64, rule="dni", record_every=10**9,
                 eval_every=10**9, seed=0)
     base.update(overrides)
@@ -119,10 +119,9 @@ def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) 
     out = []
     for part in parts:
         times = []
-        width_in = rule.network.blocks[part.first].linear.in_features
         for step in range(1, steps + 1):
             idx = next(stream)
-            x = data.x_train[idx] if part.first == 0 else torch.randn(c.batch_size, width_in)
+            x = data.x_train[idx] if part.first == 0 else torch.randn(c.batch_size, *part.input_shape)
             y = data.y_train[idx]
             start = time.perf_counter()
             trace, leaf = part.forward(x)
@@ -177,6 +176,7 @@ TINY = 8  # the width of the net whose K = 2 run measures the per-step overhead 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument("--depth", type=int, default=4)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
@@ -190,12 +190,14 @@ def main() -> None:
     batch = config(args).batch_size
     per_epoch = len(data.x_train) // batch
     print(f"{'digits' if args.quick else 'MNIST'}: {len(data.x_train)} training inputs, batch {batch}, "
-          f"{per_epoch} steps per epoch; 4 x {args.width} dni; {args.threads} threads in all")
+          f"{per_epoch} steps per epoch; {args.depth} x {args.width} dni; {args.threads} threads in all")
+    parts = stages(training.build(config(args, stages=2).resolved(), data.task, data.n_features, data.n_outputs))
+    print(f"K = 2 stages: {', '.join(part.name for part in parts)}")
     rows = [("backprop, in process", dict(rule="backprop"), args.threads),
             ("dni, in process (K = 1)", {}, args.threads),
             ("dni, K = 2 stages", dict(stages=2, epochs=2), args.threads),  # 2 epochs: start-up varies
             ("dni, in process, 1 thread", {}, 1),  # what the stages' split could at best halve
-            (f"dni, K = 2 stages, 4 x {TINY}", dict(stages=2, width=TINY, epochs=4), args.threads)]  # for o
+            (f"dni, K = 2 stages, {args.depth} x {TINY}", dict(stages=2, width=TINY, epochs=4), args.threads)]  # for o
     times = {name: [] for name, _, _ in rows}
     train(config(args, steps=1), None, data=data, quiet=True)  # warm-up: the first run imports seconds of modules
     for _ in range(args.repeats):
@@ -213,14 +215,14 @@ def main() -> None:
     print(f"speed-up of K = 2 against in-process dni: {one / two:.2f}x; against in-process backprop: "
           f"{measured['backprop, in process'] / two:.2f}x; against in-process dni on 1 thread: {single / two:.2f}x")
 
-    c = stage_compute(args, data, depth=4, k=2)
+    c = stage_compute(args, data, depth=args.depth, k=2)
     m = round_trip((batch, args.width))
-    whole = sum(stage_compute(args, data, depth=4, k=1))
-    tiny_c = stage_compute(args, data, depth=4, k=2, width=TINY)
-    o = measured[f"dni, K = 2 stages, 4 x {TINY}"] / per_epoch - max(tiny_c)
+    whole = sum(stage_compute(args, data, depth=args.depth, k=1))
+    tiny_c = stage_compute(args, data, depth=args.depth, k=2, width=TINY)
+    o = measured[f"dni, K = 2 stages, {args.depth} x {TINY}"] / per_epoch - max(tiny_c)
     print(f"compute per step, one thread: stage 1 {c[0] * 1e3:.2f} ms, stage 2 {c[1] * 1e3:.2f} ms; "
           f"whole net {whole * 1e3:.2f} ms; loopback round trip of [{batch}, {args.width}] float32: {m * 1e3:.2f} ms")
-    print(f"overhead o: 4 x {TINY} in 2 stages {measured[f'dni, K = 2 stages, 4 x {TINY}'] / per_epoch * 1e3:.2f} ms "
+    print(f"overhead o: {args.depth} x {TINY} in 2 stages {measured[f'dni, K = 2 stages, {args.depth} x {TINY}'] / per_epoch * 1e3:.2f} ms "
           f"per step, less its compute {max(tiny_c) * 1e3:.2f} ms (stages {tiny_c[0] * 1e3:.2f}, "
           f"{tiny_c[1] * 1e3:.2f}): o = {o * 1e3:.2f} ms per step")
     print(f"(the overhead the K = 2 run itself implies, its step less max c_k: "

@@ -3,6 +3,7 @@ training learns and records staleness; a stage that dies ends the run with an er
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ from helpers import built, contents, small_config, run_arrays
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.pipeline import check
-from repanalysis.pipeline.stages import partition
+from repanalysis.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
 from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Rows
 from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
@@ -36,28 +37,71 @@ def data():
     return load("digits")
 
 
-def test_partition_splits_at_the_usable_cut_nearest_an_equal_share():
-    assert partition(4, [0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
-    assert partition(6, [0, 1, 2, 3, 4, 5], 3) == [(0, 1), (2, 3), (4, 5)]
-    assert partition(5, [0, 1, 2, 3, 4], 2) == [(0, 1), (2, 4)]  # ideal boundary after 1.5 blocks: h2 (tie: lower)
-    assert partition(4, [2], 2) == [(0, 2), (3, 3)]  # sg: the only module
-    assert partition(8, [0, 1, 2, 7], 3) == [(0, 1), (2, 2), (3, 7)]  # too few cuts high up: the last usable
+def test_partition_makes_the_costliest_stage_as_cheap_as_it_can_be():
+    every = [0, 1, 2, 3, 4, 5]
+    assert partition([1] * 4, every, 2) == [(0, 1), (2, 3)]
+    assert partition([1] * 6, every, 3) == [(0, 1), (2, 3), (4, 5)]
+    assert partition([1] * 5, every, 2) == [(0, 1), (2, 4)]  # 2 | 3 or 3 | 2: the lower boundary
+    assert partition([5, 1, 1, 1, 1], every, 2) == [(0, 0), (1, 4)]  # a costly bottom block alone
+    assert partition([1, 1, 1, 1, 9], every, 2) == [(0, 3), (4, 4)]  # and a costly top one
+    assert partition([1] * 4, [2], 2) == [(0, 2), (3, 3)]  # sg: the only module
+    assert partition([1] * 8, [0, 1, 2, 7], 3) == [(0, 0), (1, 2), (3, 7)]  # the top stage costs 5 whatever the rest
     with pytest.raises(UserError, match="--workers 2 needs 1 interface"):
-        partition(4, [3], 2)  # a module on the top block only
+        partition([1] * 4, [3], 2)  # a module on the top block only
+
+
+def test_partition_equals_a_search_of_every_split():
+    """Against every choice of boundaries (itertools): the same costliest stage, on random costs and cuts."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 10))
+        costs = [int(c) for c in rng.integers(1, 50, n)]
+        cuts = sorted(int(c) for c in rng.choice(n, int(rng.integers(1, n + 1)), replace=False))
+        usable = [c for c in cuts if c < n - 1]
+        for k in range(2, len(usable) + 2):
+            def worst(bounds):
+                edges = [-1, *bounds, n - 1]
+                return max(sum(costs[a + 1 : b + 1]) for a, b in zip(edges, edges[1:]))
+            best = min(worst(b) for b in itertools.combinations(usable, k - 1))
+            got = partition(costs, cuts, k)
+            assert got[0][0] == 0 and got[-1][1] == n - 1 and len(got) == k
+            assert all(b[0] == a[1] + 1 and a[1] in usable for a, b in zip(got, got[1:]))
+            assert max(sum(costs[a : b + 1]) for a, b in got) == best
+
+
+def test_step_costs_are_the_multiply_adds_of_a_step_plus_the_overhead(data):
+    """A 3-block MLP with cdni (modules at h1, h2, h3, conditioned on the 10 labels), closed form per block:
+    a block's forward F·W multiply-adds per sample, three times (twice at the bottom), a module's
+    (W + 10)·W twice, the head's W·10 three times; batch norm and the state it keeps are left as they were."""
+    config = small_config(rule="cdni", depth=3, width=16, stages=2)
+    rule, _ = built(config, data)
+    before = {k: v.clone() for k, v in rule.network.state_dict().items()}
+    rule.network.train()
+    f, w, b = data.n_features, 16, config.batch_size
+    module = 2 * (w + 10) * w
+    expected = [b * (2 * f * w + module), b * (3 * w * w + module), b * (3 * w * w + module + 3 * w * 10)]
+    assert sorted(rule.cuts) == [0, 1, 2]
+    assert step_costs(rule, b) == [e + BLOCK_OVERHEAD for e in expected]
+    assert rule.network.training and rule.modules.training
+    for k, v in rule.network.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 @pytest.mark.parametrize("rule,k,extra", [("dni", 3, dict(update_prob=0.6, lr_schedule="cosine")),
                                           ("cdni", 2, dict(sg_hidden=1, sg_width=8)),
-                                          ("sg", 2, {})])
+                                          ("sg", 2, {}),
+                                          ("cdni", 3, dict(model="cnn", depth=3, channels=4)),
+                                          ("cdni", 2, dict(model="cnn", depth=3, channels=4, sg_map="conv"))])
 def test_stages_chained_in_one_process_are_the_in_process_rule_bit_for_bit(data, rule, k, extra):
     """The stages' arithmetic, run in lock-step order without processes: every parameter and buffer equal."""
-    config = small_config(rule=rule, depth=5, steps=12, **extra)
+    extra = {"depth": 5, **extra}
+    config = small_config(rule=rule, steps=12, **extra)
     reference, _ = built(config, data)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     for _ in range(config.steps):
         idx = next(stream)
         reference.step(data.x_train[idx], data.y_train[idx])
-    staged = small_config(rule=rule, depth=5, steps=12, stages=k, **extra)
+    staged = small_config(rule=rule, steps=12, stages=k, **extra)
     parts = [stages(built(staged, data)[0])[rank] for rank in range(k)]  # one rule per "process"
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
     for step in range(1, config.steps + 1):
@@ -94,22 +138,23 @@ def test_a_stage_sends_every_steps_row_once_in_order_batched_at_due_steps_time_a
     assert all(type(v) is float for _, row in got for v in row.values())
 
 
-def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data):
-    config = small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12)
+@pytest.mark.parametrize("net", [dict(depth=4), dict(model="cnn", depth=3, channels=4)], ids=["mlp", "cnn"])
+def test_two_processes_in_lock_step_write_the_in_process_run(tmp_path, data, net):
+    config = small_config(rule="cdni", steps=24, record_every=8, eval_every=12, **net)
+    staged = small_config(rule="cdni", steps=24, record_every=8, eval_every=12, stages=2, sync=True, **net)
     # one thread on both sides: stages get the parent's threads // K, and a different thread count
     # changes the order of float sums (a 2-thread in-process run differs by ~2e-5 after 24 steps)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         train(config, tmp_path / "one.h5", data=data, quiet=True)
-        result = train(small_config(rule="cdni", depth=4, steps=24, record_every=8, eval_every=12, stages=2,
-                                    sync=True), tmp_path / "two.h5", data=data, quiet=True)
+        result = train(staged, tmp_path / "two.h5", data=data, quiet=True)
     finally:
         torch.set_num_threads(threads)
     one, two = run_arrays(tmp_path / "one.h5"), run_arrays(tmp_path / "two.h5")
     assert result.steps_done == 24 and list(two["checkpoints/step"]) == [0, 8, 16, 24]
     stale = {k for k in two if k.startswith("metrics/staleness/")}
-    assert stale == {f"metrics/staleness/h{i}" for i in range(1, 5)}
+    assert stale == {f"metrics/staleness/h{i}" for i in range(1, net["depth"] + 1)}
     for k in stale:
         np.testing.assert_array_equal(two[k], np.zeros(24))  # every target used at its own step
     assert set(one) == set(two) - stale  # the same schema otherwise, resume state included

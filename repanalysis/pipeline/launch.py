@@ -33,7 +33,7 @@ from ..progress import Progress
 from ..rules import SyntheticGradients
 from ..runfile import RunWriter
 from ..train import TrainResult, evaluate, load_arrays, non_finite, recorder
-from .stages import Stage, partition
+from .stages import Stage, partition, step_costs
 from .worker import StageSpec, main
 
 TIMEOUT_S = 300.0  # the longest any stage waits for a neighbour, and the parent for any report
@@ -41,8 +41,8 @@ GRACE_S = 2.0  # after a first failure, how long to listen for the others' repor
 
 
 def stages(rule: SyntheticGradients) -> list[Stage]:
-    """The rule's network cut into ``--workers`` stages."""
-    ranges = partition(len(rule.network.blocks), list(rule.cuts), rule.config.stages)
+    """The rule's network cut into ``--workers`` stages of about equal estimated cost (``stages.step_costs``)."""
+    ranges = partition(step_costs(rule, rule.config.batch_size), list(rule.cuts), rule.config.stages)
     return [Stage(rule, first, last) for first, last in ranges]
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .. import resume as resume_state
 from .. import tasks
@@ -32,27 +33,91 @@ from ..rules import SyntheticGradients
 from ..train import state_arrays
 
 
-def partition(n_blocks: int, cuts: list[int], k: int) -> list[tuple[int, int]]:
-    """``k`` contiguous block ranges ``(first, last)`` (0-based, inclusive), split only after blocks in ``cuts``.
+BLOCK_OVERHEAD = 28_000_000
+"""What a block's training step costs besides its multiply-adds, in multiply-adds: its Python and small
+operations (batch norm, activation, its own and its module's optimiser steps). Measured on the 2-core
+machine, one thread: a 4-unit block with its module takes 0.92 ms a step, and the arithmetic of wide
+blocks runs at about 30 G multiply-adds a second."""
 
-    The top block is never a boundary (the top stage keeps a block besides the
-    head). Each boundary is the usable cut nearest to an equal share of blocks.
+
+def step_costs(rule: SyntheticGradients, batch: int) -> list[int]:
+    """Estimated cost of one training step of each block, in multiply-adds, with its module and (the top
+    block) the head: the forward's multiply-adds per sample (counted by torch's ``FlopCounterMode``)
+    three times for a block (forward, input and weight gradients; twice for the bottom block, which sends
+    no gradient down) and for the head, twice for a module (forward, weight gradient), times ``batch``,
+    plus ``BLOCK_OVERHEAD``."""
+    net = rule.network
+    n = 2  # samples counted (batch norm, in eval mode, changes nothing)
+    first = net.blocks[0].weighted
+    h = torch.zeros(n, *(net.input_shape or (first.in_features,)))
+    cond_dim = 0 if rule.condition == "none" else rule.n_outputs
+    modes = (net.training, rule.modules.training)
+    net.eval()
+    rule.modules.eval()
+    costs = []
+    try:
+        with torch.no_grad():
+            for i, block in enumerate(net.blocks):
+                work = (2 if i == 0 else 3) * _madds(block, h)
+                h = block(h)
+                if i in rule.cuts:
+                    condition = torch.zeros(n, cond_dim) if cond_dim else None
+                    work += 2 * _madds(lambda z: rule._output(i, z, condition), h)
+                if i == len(net.blocks) - 1:
+                    work += 3 * _madds(lambda z: net.head(z.flatten(1) if isinstance(net.head, nn.Linear) else z), h)
+                costs.append(round(batch * work) + BLOCK_OVERHEAD)
+    finally:
+        net.train(modes[0])
+        rule.modules.train(modes[1])
+    return costs
+
+
+def _madds(fn, x: torch.Tensor) -> float:
+    """Multiply-adds per sample of ``fn(x)`` (``x`` holds several samples)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(x)
+    return counter.get_total_flops() / 2 / len(x)
+
+
+def partition(costs: list[int], cuts: list[int], k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous block ranges ``(first, last)`` (0-based, inclusive), split only after blocks in
+    ``cuts``, that make the costliest stage as cheap as it can be (``costs``: one per block); of equal
+    choices, ties go to the lower boundary.
+
+    The top block is never a boundary (the top stage keeps a block besides the head).
     """
-    usable = sorted(c for c in set(cuts) if c < n_blocks - 1)
+    n = len(costs)
+    usable = sorted(c for c in set(cuts) if c < n - 1)
     if k - 1 > len(usable):
         raise UserError(f"--workers {k} needs {k - 1} interface(s) with a module below the top block to split "
                         f"at; this network and rule have {len(usable)}")
-    bounds: list[int] = []
-    start = 0
+    ends = usable + [n - 1]
+    below = [0]
+    for c in costs:
+        below.append(below[-1] + c)
+    # worst[j][e]: the least cost of the costliest stage when blocks 0..ends[e] make j + 1 stages,
+    # the last ending at ends[e]; split[j][e]: where the stage before it ends (an index into ends)
+    worst = [[below[end + 1] for end in ends]]
+    split: list[list[int]] = [[-1] * len(ends)]
     for j in range(1, k):
-        ideal = j * n_blocks / k - 1
-        options = usable[start : len(usable) - (k - 1 - j)]
-        best = min(range(len(options)), key=lambda m: (abs(options[m] - ideal), m))
-        bounds.append(options[best])
-        start += best + 1
+        row, back = [], []
+        for e, end in enumerate(ends):
+            best, arg = None, -1
+            for d in range(j - 1, e):
+                value = max(worst[j - 1][d], below[end + 1] - below[ends[d] + 1])
+                if best is None or value < best:
+                    best, arg = value, d
+            row.append(best)
+            back.append(arg)
+        worst.append(row)
+        split.append(back)
+    bounds, e = [], len(ends) - 1
+    for j in range(k - 1, 0, -1):
+        e = split[j][e]
+        bounds.append(ends[e])
+    bounds.reverse()
     firsts = [0] + [b + 1 for b in bounds]
-    lasts = bounds + [n_blocks - 1]
-    return list(zip(firsts, lasts))
+    return list(zip(firsts, bounds + [n - 1]))
 
 
 def check(rule: SyntheticGradients) -> None:
@@ -89,7 +154,10 @@ class Stage:
         if not self.top and last not in rule.cuts:
             raise ValueError(f"a stage must end at a cut; block {last} has no module")
         self.blocks = list(net.blocks[first : last + 1])
-        self.view = Network(self.blocks, net.head if self.top else nn.Identity(), net.model)
+        self.view = Network(self.blocks, net.head if self.top else nn.Identity(), net.model,
+                            net.input_shape if first == 0 else None)
+        self.boundary_shape = None if self.top else net.shapes[last]  # per sample: what goes up and comes down
+        self.input_shape = net.shapes[first - 1] if first else None  # per sample, from the stage below
         names = [f"model.blocks.{i}." for i in range(first, last + 1)] + [f"rule.{net.interfaces[c]}." for c in self.cuts]
         self.prefixes = tuple(names + (["model.head."] if self.top else []))
 

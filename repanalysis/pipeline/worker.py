@@ -219,7 +219,6 @@ class _Worker:
         targets = dist.new_group(backend="gloo", timeout=self.timeout)
         self.up = _Sends(self.above, self.timeout, WINDOW) if self.above is not None else None
         self.down = _Sends(self.below, self.timeout, 2, targets) if self.below is not None else None
-        self.width_in = rule.network.blocks[first].linear.in_features
         self.waiting: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batches whose boundary target is due
         self.next_target = spec.start + 1
         self.stream = Batches(len(spec.y_train), spec.config.batch_size, spec.config.seed)
@@ -229,7 +228,7 @@ class _Worker:
         self.inbox: queues.Queue = queues.Queue()
         self.receiver = None
         if self.above is not None:
-            self.receiver = threading.Thread(target=self._receive_targets, args=(targets, rule.network.widths[last]),
+            self.receiver = threading.Thread(target=self._receive_targets, args=(targets, self.stage.boundary_shape),
                                              daemon=True)
             self.receiver.start()
         self.step = 0
@@ -283,10 +282,10 @@ class _Worker:
 
     def _post_receive(self) -> tuple[torch.Tensor, object]:
         """A buffer for the next batch's activations from the stage below, and its receive, posted now."""
-        x = torch.empty(self.config.batch_size, self.width_in)
+        x = torch.empty(self.config.batch_size, *self.stage.input_shape)
         return x, _call(self.below, dist.irecv, x, self.below, tag=TAG_H)
 
-    def _receive_targets(self, group, width: int) -> None:
+    def _receive_targets(self, group, shape: tuple[int, ...]) -> None:
         """The receiver thread: every batch's boundary target, in order, into ``inbox`` (an error ends it).
 
         ``TARGETS_AHEAD`` receives are kept posted (gloo sends a message only once its receive is posted), so
@@ -298,7 +297,7 @@ class _Worker:
         def post() -> None:
             t = next(steps, None)
             if t is not None:
-                buffer = torch.empty(self.config.batch_size, width)
+                buffer = torch.empty(self.config.batch_size, *shape)
                 posted.append((t, buffer, _call(self.above, dist.irecv, buffer, self.above, group=group,
                                                 tag=TAG_TARGET)))
 
