@@ -57,6 +57,11 @@ class Background:
             atexit.register(self.stop)
 
     @property
+    def threaded(self) -> bool:
+        """Whether jobs run later, on the worker thread (else at once, in ``submit``)."""
+        return self._thread is not None
+
+    @property
     def error(self) -> BaseException | None:
         """What the first failed job raised (None while none has)."""
         return self._error

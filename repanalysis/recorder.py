@@ -273,14 +273,16 @@ class Recorder:
     def checkpoint(self, step: int) -> None:
         """Record every layer's activations and true gradients on the probe set, and every parameter.
 
-        The shadow pass and a copy of the state run here; the copy to the host
-        and the file write run in the background, while training goes on.
+        The shadow pass runs here. With the writer thread, so does a copy of the
+        state, and the copy to the host and the file write run in the background
+        while training goes on; without it, the write runs here (and needs no copy).
         """
         with whole():
             self.step = step
             layers = self._shadow()  # fresh tensors, which no later update touches
-            state = _snapshot(self._state())
-            resume = None if self._resume is None else _snapshot(self._resume())
+            keep = _snapshot if self._background.threaded else dict  # a write at once needs no copy
+            state = keep(self._state())
+            resume = None if self._resume is None else keep(self._resume())
             commit = self._written > 0
             self._written += 1
 

@@ -157,12 +157,12 @@ from helpers import small_config
 from repanalysis.datasets import load
 from repanalysis.train import train
 original, marker = RunWriter._append, Path(sys.argv[2])
-def stuck(self, group, name, value, compress=False):
+def stuck(self, group, name, value):
     steps = self.file["checkpoints"].get("step")
     if group == "params" and steps is not None and len(steps) == 4 and name.endswith("bias"):
         marker.touch()
         threading.Event().wait()  # the writer never finishes this checkpoint
-    return original(self, group, name, value, compress)
+    return original(self, group, name, value)
 RunWriter._append = stuck
 train(small_config(**eval(sys.argv[3])), sys.argv[1], quiet=True, data=load("digits"))
 """

@@ -128,6 +128,25 @@ def test_resume_continues_in_a_fresh_copy_with_the_same_layout(tmp_path, data, m
     assert_same_file(path, tmp_path / "reference.h5")
 
 
+def test_a_run_with_compressed_activations_resumes_to_the_same_values(tmp_path, data, monkeypatch):
+    """Files written before activations were stored plain had them LZF-compressed: such a run resumes,
+    its activations stay compressed, and every value equals the uninterrupted run's."""
+    config = small_config(rule="sg", steps=16, record_every=4, eval_every=5)
+    train(config, tmp_path / "reference.h5", quiet=True, data=data["digits"])
+    path = tmp_path / "run.h5"
+    train_interrupted(monkeypatch, config, path, data["digits"], 11)
+    with h5py.File(path, "a") as f:
+        for name in f["layers"]:
+            values = f[f"layers/{name}/activations"][()]
+            del f[f"layers/{name}/activations"]
+            f.create_dataset(f"layers/{name}/activations", data=values, maxshape=(None,) + values.shape[1:],
+                             chunks=(1,) + values.shape[1:], compression="lzf")
+    resume(path, quiet=True, data=data["digits"])
+    with h5py.File(path, "r") as f:
+        assert {f[f"layers/{name}/activations"].compression for name in f["layers"]} == {"lzf"}
+    assert_same_file(path, tmp_path / "reference.h5")
+
+
 def _cli(*args, **popen) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     # a shell that starts jobs in the background makes them ignore SIGINT, and so would the child: restore it
