@@ -1,11 +1,11 @@
 """Wall time per epoch of dni in stages (``train --workers K``) against in-process dni and backprop,
 and a pipeline model of the speed-up for K up to 64 stages, from measured compute, communication and overhead.
 
-Network: MNIST, 4 hidden layers of ``--width`` (default 512) units with batch norm, dni (a linear module
-after every block), batch ``--batch`` (256), Adam. Stage 1 holds h1-h2 and their modules, stage 2
-h3-h4, their modules and the head: 784W + 3W² against 4W² + 10W multiply-adds per sample (balanced
-at large W; at small W the per-operation Python cost dominates and the bottom stage, which also
-gathers the batch's inputs, is the slower). Every configuration uses ``--threads`` (default 2) threads in
+Network: MNIST, ``--depth`` (default 4) hidden layers of ``--width`` (default 512) units with batch
+norm, dni (a linear module after every block), batch ``--batch`` (256), Adam; the stages are cut as
+``train`` cuts them (by estimated cost, ``stages.step_costs``), and the script prints where. The
+1.4x target holds at ``--depth 16 --width 256 --batch 64``, whose small matrices gain little from a
+second intra-op thread (see the bound below). Every configuration uses ``--threads`` (default 2) threads in
 all: in-process runs ``torch.set_num_threads(threads)``, K stages 1 thread each (threads // K). A
 last row runs dni in one process on one thread: what the stages' split could at best halve, and a
 check on the threads (if it beats the row with ``--threads``, two threads of one process are
@@ -25,12 +25,12 @@ Model: a stage's step costs its compute ``c_k`` (forward, backward, block and mo
 alone on one thread) and ``o``, the stage machinery's own cost per step (its Python around the
 compute, posting and completing the sends and receives, the receiver thread's hand-off, the metrics
 rows to the parent and the parent's assembly, and the threads it shares the cores with). ``o`` is
-measured, not fitted: the per-step time of the same K = 2 run on a 4 x 8 net (same batch; little
+measured, not fitted: the per-step time of the same K = 2 run on a D x 8 net (same batch; little
 compute) less its ``max_k c_k``. In the asynchronous pipeline, steps overlap, so one step of the whole
 net takes ``max_k c_k + o``; in one process on one thread it takes ``Σ_k c_k``; both are printed
 against the measurements (K = 2 stages, and in-process dni on one thread), and so is the overhead
 the K = 2 run implies (its step less ``max_k c_k``). Under load a small message's round trip grows
-(4 ms for 8 KB, against 0.3 ms for 512 KB in one run at load 3), so the 4 x 8 run turns latency-bound
+(4 ms for 8 KB, against 0.3 ms for 512 KB in one run at load 3), so the D x 8 run turns latency-bound
 and overstates ``o``: trust ``o`` from an idle machine only. The loopback gloo round
 trip ``m`` of a [batch, W] float32 tensor is printed too, but is not in the step: a stage's receives
 are posted ahead and its sends wait only when 2 are unfinished, so latency is hidden as long as
@@ -46,7 +46,9 @@ measured ``c_k`` and ``o`` allow. For K up to 64 the net is 64 equal blocks (W x
 parent) and ``m`` under 2 steps of a stage; start-up and the K - 1 steps that fill the pipeline are
 left out (an epoch has 234 steps at batch 256).
 
-    python benchmarks/bench_pipeline.py [--width 512] [--batch 256] [--threads 2] [--repeats 1] [--data-dir DIR] [--quick]
+    python benchmarks/bench_pipeline.py [--depth 4] [--width 512] [--batch 256] [--threads 2] [--repeats 1]
+                                        [--epoch-steps N] [--data-dir DIR] [--quick]
+    python benchmarks/bench_pipeline.py --depth 16 --width 256 --batch 64 --repeats 2   # the target's network
 """
 
 from __future__ import annotations
