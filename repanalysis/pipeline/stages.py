@@ -61,8 +61,8 @@ def step_costs(rule: SyntheticGradients, batch: int) -> list[int]:
                 work = (2 if i == 0 else 3) * _madds(block, h)
                 h = block(h)
                 if i in rule.cuts:
-                    condition = torch.zeros(n, cond_dim) if cond_dim else None
-                    work += 2 * _madds(lambda z: rule._output(i, z, condition), h)
+                    module, condition = rule.modules[net.interfaces[i]], torch.zeros(n, cond_dim) if cond_dim else None
+                    work += 2 * _madds(lambda z: module(z, condition), h)
                 if i == len(net.blocks) - 1:
                     work += 3 * _madds(lambda z: net.head(z.flatten(1) if isinstance(net.head, nn.Linear) else z), h)
                 costs.append(round(batch * work) + BLOCK_OVERHEAD)
