@@ -18,6 +18,7 @@ in-process target at the top module and wherever ``--sg-lambda`` is 0, which
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from .. import tasks
 from ..errors import UserError
 from ..models import Network, Trace
 from ..rules import SyntheticGradients
+from ..rules.base import batch_statistics
 from ..train import state_arrays
 
 
@@ -218,20 +220,21 @@ class Stage:
         """One optimiser step of this stage's modules: those below the boundary on their targets from the
         stage's own pass (``backward``), and, with ``target`` (the gradient that arrived from above), the
         boundary module: for ``batch = (h, y)``, an earlier batch, predicting anew with its current
-        parameters; for this pass's batch (``batch`` None), with the pass's own prediction (the same numbers).
+        parameters (its batch norm's running statistics, which saw that batch at its pass, left as they
+        were); for this pass's batch (``batch`` None), with the pass's own prediction (the same numbers).
 
         The modules' parameters are disjoint, so one step over all of them is, bit for bit, one step per
         module (the in-process rule steps them all at once).
         """
         predictions = dict(backward.predictions) if backward is not None else {}
         targets = dict(backward.targets) if backward is not None else {}
-        if target is not None:
-            if batch is not None:
-                predictions[self.boundary] = self.rule.predict(self.boundary, *batch, None)
-            targets[self.boundary] = target * len(target)
-        if not targets:
-            return {}
-        return self.rule.regress(predictions, targets)
+        with contextlib.ExitStack() as after:
+            if target is not None:
+                if batch is not None:  # the running statistics are put back after the regression's backward
+                    after.enter_context(batch_statistics(self.rule.modules[self.rule.network.interfaces[self.boundary]]))
+                    predictions[self.boundary] = self.rule.predict(self.boundary, *batch, None)
+                targets[self.boundary] = target * len(target)
+            return self.rule.regress(predictions, targets) if targets else {}
 
     def update(self, step: int) -> None:
         """Step this stage's blocks' optimisers as the in-process rule would at ``step`` (1-based).
