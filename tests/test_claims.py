@@ -61,3 +61,17 @@ def test_a_directional_part_with_no_effect_is_inconclusive_and_one_sample_parts_
     values[(5, "sg", 2)] = {"weight_norm_slope": -0.05}
     result = judge("weight_norms", CLAIMS["weight_norms"], Context("depth", {}, quantities=_quantities(values)))
     assert [part.rows[0][2] for part in result.parts] == ["held", "held", "held"]
+
+
+def test_late_alignment_averages_the_layers_over_the_second_half_of_each_run():
+    from repanalysis.claims import _late_mean
+    rows = []
+    for run, steps in (("a", (0, 300, 600, 900, 1200)), ("b", (0, 500, 1000))):
+        for step in steps:
+            for k, layer in enumerate(("h1", "h2")):
+                value = np.nan if step == 0 else step / 1000 + k  # a zero module has no cosine at step 0
+                rows.append((run, layer, step, value))
+    late = _late_mean(pd.DataFrame(rows, columns=["run_a", "layer_a", "step_a", "value"]))
+    # a: steps 600, 900 and 1200 (at least half of 1200); b: steps 500 and 1000; the layers add 0 and 1
+    assert late["a"] == pytest.approx(np.mean([0.6, 0.9, 1.2]) + 0.5, abs=1e-12)
+    assert late["b"] == pytest.approx(np.mean([0.5, 1.0]) + 0.5, abs=1e-12)
