@@ -501,16 +501,16 @@ CLAIMS: dict[str, ClaimSpec] = {
              "gradient than the same rules simulated in one process (not a claim of the 2017 paper: the "
              "question update unlocking raises).",
         "Per seed, the in-process run minus the run in 2 stage processes (`train --workers 2`, asynchronous; "
-        "runs of one seed share initial weights and batch order): final test accuracy; linear CKA of each "
+        "runs of one seed share initial weights and batch order), and minus the run in 4: final test accuracy; linear CKA of each "
         "layer with the backprop runs of the other seeds, averaged over layers (`cka_to_other_backprop`); "
         "RSA of each layer with the last (correlation and Euclidean RDMs); the mean per-sample cosine of each "
         "layer's error signal with the true gradient, averaged over the checkpoints of the run's second half "
         "(`grad_cosine_late`; at one checkpoint it moves by about ±0.1 from one to the next). Claimed: "
         "> 0 (asynchrony costs). An interval across 0 says the two cannot be told apart with these seeds.",
         "Two stages give one stale boundary (the top module of the lower stage; every other module trains on "
-        "targets from its own pass), so the effect of asynchrony is diluted over the layers; more stages would "
-        "make more of the net stale. " + NOT_BIT_REPRODUCIBLE,
-        _asynchrony("dni") + _asynchrony("cdni"),
+        "targets from its own pass), so the effect of asynchrony is diluted over the layers; four stages on a "
+        "4-block net make every module but the top one stale. " + NOT_BIT_REPRODUCIBLE,
+        _asynchrony("dni") + _asynchrony("cdni") + _asynchrony("dni", 4) + _asynchrony("cdni", 4),
         ("test_acc", "cka_to_other_backprop", "rsa_to_last_correlation", "grad_cosine_late")),
 }
 
