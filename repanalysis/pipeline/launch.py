@@ -63,12 +63,16 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     reports = context.Queue()
     current = context.RawArray("q", k)  # the step each stage is in (it writes its own), to name a stage's death
     inbox, forwarding = _inbox(reports)
+    # Asynchronous stages share the cores; lock-step ones run one at a time, each with the threads of one
+    # process, so their sums run in the in-process order (a thread count changes it, and Adam turns the
+    # rounding of a zero gradient, a bias before batch norm, into steps of ~lr/10)
+    threads = torch.get_num_threads() if config.sync else max(1, torch.get_num_threads() // k)
     procs = []
     for rank, part in enumerate(parts):
         spec = StageSpec(
             rank=rank, ranges=[(p.first, p.last) for p in parts], config=config, task=data.task,
             n_features=data.n_features, n_outputs=data.n_outputs, store=str(Path(folder) / "store"),
-            threads=max(1, torch.get_num_threads() // k), timeout_s=TIMEOUT_S, due=due_record | due_eval,
+            threads=threads, timeout_s=TIMEOUT_S, due=due_record | due_eval,
             y_train=data.y_train, x_train=data.x_train if rank == 0 else None,
             parent=os.getpid(), start=start, restored=restored,
         )
