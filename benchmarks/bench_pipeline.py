@@ -22,7 +22,7 @@ recording, evaluation at step 0 and at the end only. A few minutes on the 2-core
 ``--epoch-steps N`` times N steps instead of an epoch, for a shorter run.
 
 Model: a stage's step costs its compute ``c_k`` (forward, backward, block and module updates, timed
-alone on one thread) and ``o``, the stage machinery's own cost per step (its Python around the
+alone on one thread, the stages and the whole net taking their steps in turn) and ``o``, the stage machinery's own cost per step (its Python around the
 compute, posting and completing the sends and receives, the receiver thread's hand-off, the metrics
 rows to the parent and the parent's assembly, and the threads it shares the cores with). ``o`` is
 measured, not fitted: the per-step time of the same K = 2 run on a D x 8 net (same batch; little
@@ -111,19 +111,22 @@ def epoch_time(args, data, epochs: int = 1, **overrides) -> tuple[float, float]:
     return step * per_epoch, t_a - start - s_a * step
 
 
-def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) -> list[float]:
-    """Median seconds per step of each of ``k`` stages of a dni net of ``depth`` blocks, alone, one thread."""
+def stage_compute(args, data, depth: int, ks: tuple[int, ...], steps: int = 60, warmup: int = 5,
+                  **overrides) -> list[list[float]]:
+    """Median seconds per step of each stage of a dni net of ``depth`` blocks cut into each ``k`` of ``ks``
+    stages, alone, one thread: one list per ``k``. The stages of every ``k`` take their steps in turn (after
+    ``warmup`` steps each, not timed), so a drift of the machine's speed hits them alike."""
     torch.set_num_threads(1)
-    c = config(args, depth=depth, stages=k, **overrides).resolved()
-    rule = build(c, data.task, data.n_features, data.n_outputs)
-    parts = stages(rule)
-    stream = Batches(len(data.x_train), c.batch_size, 0)
-    out = []
-    for part in parts:
-        times = []
-        for step in range(1, steps + 1):
+    cuts, timed = [], []
+    for k in ks:
+        c = config(args, depth=depth, stages=k, **overrides).resolved()
+        parts = stages(build(c, data.task, data.n_features, data.n_outputs))
+        cuts.append(len(parts))
+        timed += [(part, Batches(len(data.x_train), c.batch_size, 0), c.batch_size, []) for part in parts]
+    for step in range(1, warmup + steps + 1):
+        for part, stream, batch, times in timed:
             idx = next(stream)
-            x = data.x_train[idx] if part.first == 0 else torch.randn(c.batch_size, *part.input_shape)
+            x = data.x_train[idx] if part.first == 0 else torch.randn(batch, *part.input_shape)
             y = data.y_train[idx]
             start = time.perf_counter()
             trace, leaf = part.forward(x)
@@ -131,10 +134,11 @@ def stage_compute(args, data, depth: int, k: int, steps: int = 30, **overrides) 
             part.update(step)
             h = trace.hidden[-1].detach()
             part.learn(back, torch.randn_like(h) * 1e-3 if part.boundary is not None else None, (h, y))
-            times.append(time.perf_counter() - start)
-        out.append(sorted(times)[len(times) // 2])
+            if step > warmup:
+                times.append(time.perf_counter() - start)
     torch.set_num_threads(args.threads)
-    return out
+    medians = [sorted(times)[len(times) // 2] for _, _, _, times in timed]
+    return [medians[sum(cuts[:i]):sum(cuts[:i + 1])] for i in range(len(ks))]
 
 
 def _ping(rank: int, store: str, shape, rounds: int, result) -> None:
@@ -217,10 +221,9 @@ def main() -> None:
     print(f"speed-up of K = 2 against in-process dni: {one / two:.2f}x; against in-process backprop: "
           f"{measured['backprop, in process'] / two:.2f}x; against in-process dni on 1 thread: {single / two:.2f}x")
 
-    c = stage_compute(args, data, depth=args.depth, k=2)
+    c, (whole,) = stage_compute(args, data, depth=args.depth, ks=(2, 1))
     m = round_trip((batch, args.width))
-    whole = sum(stage_compute(args, data, depth=args.depth, k=1))
-    tiny_c = stage_compute(args, data, depth=args.depth, k=2, width=TINY)
+    (tiny_c,) = stage_compute(args, data, depth=args.depth, ks=(2,), width=TINY)
     o = measured[f"dni, K = 2 stages, {args.depth} x {TINY}"] / per_epoch - max(tiny_c)
     print(f"compute per step, one thread: stage 1 {c[0] * 1e3:.2f} ms, stage 2 {c[1] * 1e3:.2f} ms; "
           f"whole net {whole * 1e3:.2f} ms; loopback round trip of [{batch}, {args.width}] float32: {m * 1e3:.2f} ms")
@@ -239,7 +242,7 @@ def main() -> None:
           f"({single / 2:.2f} s per epoch) would be {2 / s2:.2f}x the 2-thread run (1.4x needs s2 <= 1.43); "
           f"with the measured stages (max c_k + o) {one / model_two:.2f}x")
 
-    blocks = stage_compute(args, data, depth=3, k=3)  # h1 | h2 | h3 and the head: a middle block alone
+    (blocks,) = stage_compute(args, data, depth=3, ks=(3,))  # h1 | h2 | h3 and the head: a middle block alone
     b, top = blocks[1], blocks[2]
     h = max(top - b, 0.0)
     print(f"per block (W x W with its module): {b * 1e3:.2f} ms; head and loss: {h * 1e3:.2f} ms")
