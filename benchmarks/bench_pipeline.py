@@ -22,9 +22,10 @@ recording, evaluation at step 0 and at the end only. A few minutes on the 2-core
 ``--epoch-steps N`` times N steps instead of an epoch, for a shorter run.
 
 Model: a stage's step costs its compute ``c_k`` (forward, backward, block and module updates, timed
-alone on one thread, the stages and the whole net taking their steps in turn) and ``o``, the stage machinery's own cost per step (its Python around the
-compute, posting and completing the sends and receives, the receiver thread's hand-off, the metrics
-rows to the parent and the parent's assembly, and the threads it shares the cores with). ``o`` is
+alone on one thread, the stages and the whole net taking their steps in turn) and ``o``, the stage
+machinery's own cost per step (its Python around the compute, posting and completing the sends and
+receives, the receiver thread's hand-off, the metrics rows to the parent and the parent's assembly,
+and the threads it shares the cores with). ``o`` is
 measured, not fitted: the per-step time of the same K = 2 run on a D x 8 net (same batch; little
 compute) less its ``max_k c_k``. In the asynchronous pipeline, steps overlap, so one step of the whole
 net takes ``max_k c_k + o``; in one process on one thread it takes ``Σ_k c_k``; both are printed

@@ -501,8 +501,9 @@ CLAIMS: dict[str, ClaimSpec] = {
              "gradient than the same rules simulated in one process (not a claim of the 2017 paper: the "
              "question update unlocking raises).",
         "Per seed, the in-process run minus the run in 2 stage processes (`train --workers 2`, asynchronous; "
-        "runs of one seed share initial weights and batch order), and minus the run in 4: final test accuracy; linear CKA of each "
-        "layer with the backprop runs of the other seeds, averaged over layers (`cka_to_other_backprop`); "
+        "runs of one seed share initial weights and batch order), and minus the run in 4: final test "
+        "accuracy; linear CKA of each layer with the backprop runs of the other seeds, averaged over layers "
+        "(`cka_to_other_backprop`); "
         "RSA of each layer with the last (correlation and Euclidean RDMs); the mean per-sample cosine of each "
         "layer's error signal with the true gradient, averaged over the checkpoints of the run's second half "
         "(`grad_cosine_late`; at one checkpoint it moves by about ±0.1 from one to the next). Claimed: "
