@@ -1,7 +1,7 @@
 """``Background``: jobs run one after another, in the order given, on one worker thread (or at once).
 
 The recorder hands it each checkpoint's file write, so that training goes on
-while h5py compresses and writes (h5py releases the GIL inside HDF5's dataset
+while h5py writes (h5py releases the GIL inside HDF5's dataset
 calls: a Python loop kept its full speed beside a thread writing LZF datasets,
 measured). At most ``depth`` jobs wait besides the one running: ``submit``
 blocks until there is room, which bounds the memory the waiting snapshots hold.

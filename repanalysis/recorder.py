@@ -30,7 +30,7 @@ thread has a core to itself (a CUDA model, or torch's threads leaving a core
 free; otherwise in the caller's thread, which measured faster):
 ``checkpoint`` runs the shadow pass and copies the state (tensors the next
 update would change) in the caller's thread and hands them over; the copy to
-the host, the compression and the write follow while training goes on, in
+the host and the write follow while training goes on, in
 order, at most two checkpoints in flight. ``wait()`` and ``close()`` wait for them. A failed
 write is raised in the caller's thread at the next hand-over, ``wait()`` or
 ``close()`` (an ``OSError`` as a ``UserError`` naming the file), and the run

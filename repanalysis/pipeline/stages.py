@@ -31,7 +31,7 @@ from .. import tasks
 from ..errors import UserError
 from ..models import Network, Trace
 from ..rules import SyntheticGradients
-from ..rules.base import batch_statistics
+from ..rules.base import batch_statistics, evaluating
 from ..train import state_arrays
 
 
@@ -53,24 +53,17 @@ def step_costs(rule: SyntheticGradients, batch: int) -> list[int]:
     first = net.blocks[0].weighted
     h = torch.zeros(n, *(net.input_shape or (first.in_features,)))
     cond_dim = 0 if rule.condition == "none" else rule.n_outputs
-    modes = (net.training, rule.modules.training)
-    net.eval()
-    rule.modules.eval()
     costs = []
-    try:
-        with torch.no_grad():
-            for i, block in enumerate(net.blocks):
-                work = (2 if i == 0 else 3) * _madds(block, h)
-                h = block(h)
-                if i in rule.cuts:
-                    module, condition = rule.modules[net.interfaces[i]], torch.zeros(n, cond_dim) if cond_dim else None
-                    work += 2 * _madds(lambda z: module(z, condition), h)
-                if i == len(net.blocks) - 1:
-                    work += 3 * _madds(lambda z: net.head(z.flatten(1) if isinstance(net.head, nn.Linear) else z), h)
-                costs.append(round(batch * work) + BLOCK_OVERHEAD)
-    finally:
-        net.train(modes[0])
-        rule.modules.train(modes[1])
+    with evaluating(net, rule.modules), torch.no_grad():
+        for i, block in enumerate(net.blocks):
+            work = (2 if i == 0 else 3) * _madds(block, h)
+            h = block(h)
+            if i in rule.cuts:
+                module, condition = rule.modules[net.interfaces[i]], torch.zeros(n, cond_dim) if cond_dim else None
+                work += 2 * _madds(lambda z: module(z, condition), h)
+            if i == len(net.blocks) - 1:
+                work += 3 * _madds(lambda z: net.head(z.flatten(1) if isinstance(net.head, nn.Linear) else z), h)
+            costs.append(round(batch * work) + BLOCK_OVERHEAD)
     return costs
 
 
