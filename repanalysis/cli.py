@@ -113,12 +113,20 @@ def _add_train(sub) -> None:
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
     p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
+    p.add_argument("--validation", type=int, default=d.validation,
+                   help="training inputs held out as a validation split, evaluated beside the test split "
+                   "(val_loss, val_acc; default %(default)s: none)")
+    p.add_argument("--hold-steps", type=int, default=d.hold_steps,
+                   help="the blocks up to --hold-at hold still for the first N steps, under any rule (default 0)")
+    p.add_argument("--hold-at", type=int, help="the interface up to which --hold-steps holds blocks "
+                   "(default: the top module's for sg, dni, cdni and the top cut for noisy, dfa; else the middle)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the batches")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the artificial data sets")
     p.add_argument("--data-dir", help="folder with the MNIST files (default $REPANALYSIS_DATA, else a download)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu or cuda")
-    g = p.add_argument_group("synthetic gradients (sg, dni, cdni)")
-    g.add_argument("--sg-at", type=_interfaces, help="interfaces with a module for sg, e.g. 2 or 2,4 (default: the middle)")
+    g = p.add_argument_group("synthetic gradients (sg, dni, cdni) and noisy")
+    g.add_argument("--sg-at", type=_interfaces, help="interfaces with a module for sg (where noisy corrupts), e.g. 2 or 2,4 "
+                   "(default: the middle)")
     g.add_argument("--sg-condition", choices=SG_CONDITIONS, help="module input beside h (default: label; none for dni)")
     g.add_argument("--sg-hidden", type=int, help="hidden layers in each module: 0 (linear), 1 or 2 (default 0; 1 for cnn)")
     g.add_argument("--sg-width", type=int, default=d.sg_width, help="units per module hidden layer")
@@ -134,6 +142,9 @@ def _add_train(sub) -> None:
     g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
                    help="steps at the start in which the blocks below the modules hold still while they fit")
     g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
+    g.add_argument("--signal-cosine", type=float, default=d.signal_cosine,
+                   help="noisy: the true gradient at the --sg-at interfaces turned to this cosine with itself, "
+                   "norm kept (default 1: backprop)")
     g.add_argument("--workers", "--stages", dest="stages", type=int, default=d.stages, metavar="K",
                    help="pipeline stages of this one network, each in its own process, cut at the modules: "
                    "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs; "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .errors import UserError
 from .models import INITS
 
-RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback")
+RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback", "noisy")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 RECORD_BN = ("batch", "eval")
@@ -53,7 +53,11 @@ class TrainConfig:
     probe_size: int = 200
     record_bn: str = "batch"
     seed: int = 0
-    # synthetic gradients (sg, dni, cdni)
+    validation: int = 0  # training inputs held out as a validation split (val_loss, val_acc at each evaluation)
+    # the blocks up to interface hold_at hold still for the first hold_steps steps (any rule)
+    hold_steps: int = 0
+    hold_at: int | None = None  # default: the top module's interface (sg, dni, cdni), else the middle one
+    # synthetic gradients (sg, dni, cdni), and where noisy corrupts the true gradient
     sg_at: list[int] | None = None
     sg_condition: str | None = None
     sg_hidden: int | None = None  # 0 (linear modules); 1 for cnn
@@ -67,6 +71,8 @@ class TrainConfig:
     sg_loss_weight: float = 1.0
     sg_warmup: int = 0
     update_prob: float = 1.0
+    # noisy: the true gradient at the --sg-at interfaces, turned to this cosine with itself (rules.noisy)
+    signal_cosine: float = 1.0
     # fixed feedback (fa, dfa)
     feedback_scale: float = 1.0
     # pipeline stages, each in its own process (repanalysis.pipeline; ``train --workers K``): sg, dni, cdni.
@@ -88,7 +94,7 @@ class TrainConfig:
         for name in ("bn_gamma_init", "bn_beta_init"):
             if not math.isfinite(getattr(c, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}")
-        for name in ("warmup_steps", "sg_warmup"):
+        for name in ("warmup_steps", "sg_warmup", "validation", "hold_steps"):
             if getattr(c, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(c, name)}")
         if not c.lr > 0:
@@ -99,9 +105,11 @@ class TrainConfig:
             c.eval_every = max(1, c.steps // 10)
         if c.record_every < 1 or c.eval_every < 1:
             raise UserError("--record-every and --eval-every must be at least 1")
+        if c.hold_at is not None and c.hold_at < 1:
+            raise UserError(f"--hold-at names an interface, h1 or above; got {c.hold_at}")
         if c.sg_at is not None:
-            if c.rule != "sg":
-                raise UserError(f"--sg-at is for --rule sg only; {c.rule} has "
+            if c.rule not in ("sg", "noisy"):
+                raise UserError(f"--sg-at is for --rule sg or noisy only; {c.rule} has "
                                 + ("a module after every block" if c.rule in ("dni", "cdni") else "no modules"))
             twice = sorted({k for k in c.sg_at if c.sg_at.count(k) > 1})
             if twice:
@@ -126,6 +134,10 @@ class TrainConfig:
         _check_choice("sg-optimizer", c.sg_optimizer, OPTIMIZERS)
         if c.sg_lr is None:
             c.sg_lr = c.lr
+        if not -1.0 <= c.signal_cosine <= 1.0:
+            raise UserError(f"--signal-cosine must be in [-1, 1], got {c.signal_cosine}")
+        if c.signal_cosine != 1.0 and c.rule != "noisy":
+            raise UserError(f"--signal-cosine is for --rule noisy only; {c.rule} does not corrupt the true gradient")
         if not 0.0 < c.update_prob <= 1.0:
             raise UserError(f"--update-prob must be in (0, 1], got {c.update_prob}")
         if c.stages < 1:

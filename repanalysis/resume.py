@@ -10,7 +10,9 @@
   optimiser has never stepped has none, as in torch;
 - ``batches.epoch_start``, ``batches.position``: the batch generator's state
   at the start of the current epoch and the batches drawn in it (``Batches``);
-- ``coin``: the state of the update-probability coin's generator.
+- ``coin``: the state of the update-probability coin's generator, and under
+  the rule's other names (``Rule.generators``; ``noise`` for ``noisy``) the
+  states of its other generators.
 
 Parameters and buffers are the checkpoint's ``/params`` row. The rule's step
 counter is the checkpoint's step. torch's global generator is used only to
@@ -59,7 +61,8 @@ def capture(rule: Rule, batches=None) -> dict[str, torch.Tensor | np.ndarray]:
         epoch_start, position = batches.state()
         out["batches.epoch_start"] = epoch_start
         out["batches.position"] = np.int64(position)
-    out["coin"] = rule.coin.get_state()
+    for name, generator in rule.generators().items():
+        out[name] = generator.get_state()
     return out
 
 
@@ -85,5 +88,6 @@ def restore(rule: Rule, batches, arrays: dict[str, np.ndarray], step: int) -> No
         raise UserError(f"the resume state has optimiser state for {', '.join(unknown)}, which this run does not have")
     if batches is not None:
         batches.restore(torch.from_numpy(np.asarray(arrays["batches.epoch_start"])), int(arrays["batches.position"]))
-    rule.coin.set_state(torch.from_numpy(np.asarray(arrays["coin"])))
+    for name, generator in rule.generators().items():
+        generator.set_state(torch.from_numpy(np.asarray(arrays[name])))
     rule.steps_done = step

@@ -13,6 +13,8 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
         activations        float32 [T, N, D], or [T, N, C, H, W] for a feature map
         true_grad          float32, the same shape
         signal             float32, the same shape (only where the rule's error is not the true gradient)
+        update             float32 [T, 2] (with signal) cosine and norm ratio of the parameter gradient of
+                           the block below the layer under the rule against the true one (``Rule.probe``)
     /params/<qualified>    [T, ...]       every parameter and buffer, per checkpoint
     /metrics/<name>        float64 [S]    per logged step (``step`` among them)
     /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
@@ -474,6 +476,11 @@ class RunFile:
     def signal(self, layer: str, checkpoint: int = -1) -> np.ndarray | None:
         """The rule's error signal ``[N, D]`` (feature maps flattened), or None where the rule used the true gradient."""
         return as_rows(self.stored(layer, "signal", checkpoint)) if self.has(layer, "signal") else None
+
+    def update(self, layer: str) -> np.ndarray | None:
+        """``[T, 2]``: per checkpoint, the cosine and norm ratio of the parameter gradient of the block below
+        ``layer`` under the rule against the true one; None where the rule used the true gradient."""
+        return self.array(layer, "update")[: len(self.steps)] if self.has(layer, "update") else None
 
     def checkpoint_index(self, step: int) -> int:
         hits = np.flatnonzero(self.steps == step)

@@ -1,7 +1,8 @@
 """The training loop: one rule, one data set, recorded to a run file.
 
 Checkpoints are taken at step 0 (before any update), every ``record_every``
-steps and at the last step; evaluations on the whole test split likewise at
+steps and at the last step; evaluations on the whole test split (and on the
+validation split, ``--validation`` training inputs held out) likewise at
 ``eval_every``. Metrics are logged at every step (the batch's loss and
 accuracy *before* that step's update; ``step`` counts updates done after it).
 Batches are drawn without replacement from a permutation of the training split
@@ -89,7 +90,8 @@ class Batches:
 
 
 def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int | None = None) -> dict[str, float]:
-    """Mean test loss and accuracy over the whole test split, in eval mode.
+    """Mean loss and accuracy over the whole test split (``test_loss``, ``test_acc``), and over the
+    validation split where the data set has one (``val_loss``, ``val_acc``), in eval mode.
 
     Forward passes only (``inference_mode``: no autograd records), on ``device``,
     in chunks of ``chunk`` samples; the per-chunk results reach the host once,
@@ -100,24 +102,31 @@ def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int | None 
     MNIST net's 10,000 test inputs: 66 ms at 2048 against 82 ms at 8192, measured).
     """
     chunk = chunk or (8192 if device.type == "cuda" else 2048)
-    net, task = rule.network, data.task
+    net = rule.network
     was = net.training
     net.eval()
-    losses, hits, n = [], [], len(data.x_test)
+    out = _evaluate_split(net, data.task, data.x_test, data.y_test, device, chunk, "test")
+    if data.x_val is not None:
+        out.update(_evaluate_split(net, data.task, data.x_val, data.y_val, device, chunk, "val"))
+    net.train(was)
+    return out
+
+
+def _evaluate_split(net, task: str, x_all, y_all, device, chunk: int, prefix: str) -> dict[str, float]:
+    losses, hits, n = [], [], len(x_all)
     with torch.inference_mode():
         for start in range(0, n, chunk):
-            x = data.x_test[start : start + chunk].to(device)
-            y = data.y_test[start : start + chunk].to(device)
+            x = x_all[start : start + chunk].to(device)
+            y = y_all[start : start + chunk].to(device)
             out = net(x)
             losses.append(tasks.loss(task, out, y))
             hits.append(tasks.correct(task, out, y))
         losses = torch.stack(losses).tolist()
         hits = None if hits[0] is None else torch.stack(hits).tolist()
-    net.train(was)
     total = 0.0
     for k, value in enumerate(losses):
         total += value * min(chunk, n - k * chunk)
-    return {"test_loss": total / n, "test_acc": math.nan if hits is None else sum(hits) / n}
+    return {f"{prefix}_loss": total / n, f"{prefix}_acc": math.nan if hits is None else sum(hits) / n}
 
 
 def state_tensors(rule: Rule) -> dict[str, torch.Tensor]:
@@ -200,6 +209,11 @@ def _size_options(config: TrainConfig, values: bool = True) -> str:
     return ", ".join(f"--{n.replace('_', '-')}" + (f" {getattr(config, n)}" if values else "") for n in names)
 
 
+def _data(config: TrainConfig, data_dir, data: Dataset | None) -> Dataset:
+    """``data`` (else the config's data set, loaded) with the config's validation split held out."""
+    return (data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)).with_validation(config.validation)
+
+
 def _device(config: TrainConfig, name: str) -> torch.device:
     """The device ``--device name`` means for ``config``: a run in stages trains on the CPU."""
     if config.stages > 1:
@@ -221,7 +235,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     config = config.resolved()
     if out is not None:
         check_file(out, overwrite)
-    data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
+    data = _data(config, data_dir, data)
     dev = _device(config, device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)
@@ -264,7 +278,7 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
             raise UserError(f"{path} failed on a non-finite loss, and would fail again if resumed ({run.error})")
         config = stored_config(run)
         recorded_index = run.probe_index
-    data = data or load(config.dataset, data_dir=data_dir, seed=config.data_seed)
+    data = _data(config, data_dir, data)
     dev = _device(config, device)
     check_sizes(config, data, dev)
     index = data.probe_index(config.probe_size)

@@ -66,6 +66,7 @@ CASES = {  # rule: (config overrides, step at which training is interrupted)
     "cdni": (dict(steps=20, record_every=4, sg_hidden=1, sg_width=8, sg_batch_norm=True, update_prob=0.7), 3),
     "fa": (dict(steps=20, record_every=5, eval_every=3, lr_schedule="cosine"), 11),
     "dfa": (dict(steps=20, record_every=5, eval_every=20, batch_norm=False), 20),
+    "noisy": (dict(steps=20, record_every=5, eval_every=6, signal_cosine=0.3, hold_steps=7, validation=100), 13),
 }
 
 

@@ -73,7 +73,7 @@ def test_unwritable_outputs_are_one_line(capsys, run, args):
     (["--batch-size", 2000], "larger than the training split"),
     (["--width", 10_000_000], "GiB"),
     (["--probe-size", 5], "cannot cover the 10 classes"),
-    (["--rule", "backprop", "--sg-at", 2], "--sg-at is for --rule sg only"),
+    (["--rule", "backprop", "--sg-at", 2], "--sg-at is for --rule sg or noisy only"),
     (["--rule", "sg", "--sg-at", "2,2"], "h2 more than once"),
     (["--rule", "sg", "--sg-at", 9], "h1..h4"),
 ])

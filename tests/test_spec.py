@@ -116,8 +116,38 @@ def test_the_presets_plan_the_runs_they_promise():
     rules = {e: {r.config.rule for r in digits if r.experiment == e} for e in ("main", "regression", "linear")}
     assert rules == {"main": {"backprop", "sg", "dni", "cdni", "fa", "dfa"},
                      "regression": {"backprop", "fa", "dfa", "kickback"}, "linear": {"backprop", "sg"}}
-    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of async, digits, paper"):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of async, digits, explain, paper"):
         preset("nope")
+
+
+def test_the_explain_preset_gives_every_arm_its_backprop_twin():
+    runs = preset("explain").runs()
+    arms = {}
+    for r in runs:
+        arms.setdefault((r.experiment, dict(r.axes)["arm"]), set()).add((r.config.rule, r.config.signal_cosine,
+                                                                         r.config.sg_lr, r.config.sg_condition))
+    assert arms[("arms", "noisy_0.05")] == {("noisy", 0.05, 1e-3, "label")}
+    assert arms[("arms", "sg_slow")] == {("sg", 1.0, 1e-4, "label")}
+    assert arms[("arms", "sg_unconditioned")] == {("sg", 1.0, 1e-3, "none")}
+    for experiment in ("arms", "depth50"):
+        mine = [r for r in runs if r.experiment == experiment]
+        twins = {(r.cell, r.config.seed) for r in mine if r.config.rule == "backprop"}
+        assert {(r.cell, r.config.seed) for r in mine} == twins  # every run has its twin: same cell, same seed
+        assert len({r.config.hold_steps for r in mine}) == 1 and mine[0].config.hold_steps == 200
+        assert {r.config.seed for r in mine} == set(range(5)) and all(r.config.record_every == 300 for r in mine)
+
+
+@pytest.mark.parametrize("arms, grid, message", [
+    ('a = { sg_lr = 1e-4 }', 'arm = ["a"]', "arms.a must name its rule"),
+    ('a = { rule = "sg" }', 'arm = ["a", "b"]', "grid.arm names b, which arms does not define"),
+    ('a = { rule = "sg", depth = 3 }', 'arm = ["a"], depth = [2]', "arms.a sets depth, which the grid varies"),
+    ('a = { rule = "sg", wdith = 3 }', 'arm = ["a"]', "unknown setting.s. wdith"),
+    ('a = { rule = "sg" }', 'rule = ["sg"]', "arms and grid.arm go together"),
+])
+def test_arms_are_checked_when_the_spec_is_loaded(arms, grid, message):
+    text = f"[experiments.e]\ngrid = {{ {grid} }}\n[experiments.e.arms]\n{arms}\n"
+    with pytest.raises(UserError, match=message):
+        parse(text, "s.toml")
 
 
 def test_reproduce_command_line_refuses_bad_specs_with_one_line(tmp_path, capsys):

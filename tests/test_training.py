@@ -112,7 +112,7 @@ def test_same_command_twice_writes_identical_arrays(tmp_path, digits):
     one, two = arrays(paths[0]), arrays(paths[1])
     assert one.keys() == two.keys()
     for key in one:
-        assert np.array_equal(one[key], two[key]), key
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
 
 
 def test_different_seeds_differ(tmp_path, digits):

@@ -15,6 +15,11 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
   ``gradients.gradient_error`` on ``N·signal`` and ``N·true_grad`` (per-sample
   units, ``N`` the probe size: the regression loss is then the SG module's
   ``mean_n ‖M(h_n) - δ_n‖²``; the other three do not depend on the scale);
+  where the layer has an ``update`` (``Rule.probe``): ``update_cosine``, the
+  cosine of the parameter gradient of the block below the layer under the
+  rule with the true one (the error that reaches the weights), and
+  ``update_rel_error``, ``‖g_rule − g_true‖ / ‖g_true‖`` from that cosine and
+  the norm ratio ``r``: ``√(1 + r² − 2r·cos)`` (1 for a zero update);
 - per SG run (sg, dni, cdni), layer with a module and checkpoint:
   ``synthetic_loss_corr``, ``synthetic_loss_gap`` (``synthetic_loss.synthetic_losses``
   with its defaults);
@@ -108,6 +113,7 @@ SPECTRUM = ("effective_rank", "stable_rank", "participation_ratio", "numerical_r
 WEIGHTS = {"weight_frobenius": "frobenius", "weight_spectral": "spectral"}
 GRADIENT = {"grad_cosine": "mean_cosine", "grad_rel_error": "relative_error",
             "grad_sign_agreement": "sign_agreement", "grad_regression_loss": "regression_loss"}
+UPDATE = ("update_cosine", "update_rel_error")
 SYNTHETIC = {"synthetic_loss_corr": "corr", "synthetic_loss_gap": "gap"}
 #: Cross-run measures computed from second moments: (function of ``similarity`` and method of ``Moments``, options).
 MOMENT_BASED = {"linear_cka": ("linear_cka", {}), "linear_cka_debiased": ("linear_cka", {"debiased": True}),
@@ -117,7 +123,7 @@ OVER_TIME = ("linear_cka_to_first", "linear_cka_to_last")
 RSA_TO_LAST = {"rsa_to_last_euclidean": "euclidean", "rsa_to_last_correlation": "correlation"}
 ACCURACY_LEVELS = (90, 95, 97)
 PER_RUN = ("train_loss_area",) + tuple(f"steps_to_test_acc_{p}" for p in ACCURACY_LEVELS)
-MEASURES = (SPECTRUM + tuple(WEIGHTS) + ("weight_frobenius_relative",) + tuple(GRADIENT) + tuple(SYNTHETIC)
+MEASURES = (SPECTRUM + tuple(WEIGHTS) + ("weight_frobenius_relative",) + tuple(GRADIENT) + UPDATE + tuple(SYNTHETIC)
             + ACROSS + OVER_TIME + tuple(RSA_TO_LAST) + PER_RUN)
 COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
            "run_b", "rule_b", "seed_b", "layer_b", "step_b", "value")
@@ -441,12 +447,22 @@ def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> l
         true = run.load(layer, c, "true_grad", stream=False) * run.n
         errors = notes.call("gradient error", where, gradient_error, signal, true, where=where) or {}
         values.update({m: errors.get(k) for m, k in GRADIENT.items() if m in wanted})
+    if wanted & set(UPDATE) and run.file.has(layer, "update"):
+        values.update({m: v for m, v in _update_values(run.file.update(layer)[c]).items() if m in wanted})
     rows = [(m, *side, *_NO_SIDE, v) for m, v in values.items()]
     for measure, end in zip(OVER_TIME, (0, len(run.steps) - 1)):
         if measure in wanted:
             value = _cka(notes, measure, get(run, c), get(run, end), where)
             rows.append((measure, *side, *run.side(layer, end), value))
     return rows
+
+
+def _update_values(update: np.ndarray) -> dict[str, float]:
+    """``update_cosine`` and ``update_rel_error`` from one checkpoint's recorded ``[cosine, norm ratio]``."""
+    cosine, ratio = float(update[0]), float(update[1])
+    if ratio == 0.0:
+        return {"update_cosine": None, "update_rel_error": 1.0}
+    return {"update_cosine": cosine, "update_rel_error": float(np.sqrt(max(0.0, 1 + ratio**2 - 2 * ratio * cosine)))}
 
 
 def _across_layers(run: _Run, notes: _Notes) -> list[tuple]:

@@ -20,6 +20,11 @@ A spec has a ``name``, a ``description``, a default ``dataset``, the number of
     relu = { bn_beta_init = 2.0 }
     tanh = { bn_gamma_init = 0.5 }
 
+An experiment may instead vary *arms*: named bundles of settings, each a way
+of training the network (``grid = { arm = ["backprop", "slow_module"] }``
+with ``[experiments.E.arms]`` ``slow_module = { rule = "sg", sg_lr = 1e-4 }``;
+every arm names its rule). Like the rule, the arm does not make a cell.
+
 The runs of an experiment are every combination of its grid's axes (and the
 seeds), each with the shared settings and those its grid values bring
 (``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``), less
@@ -44,15 +49,17 @@ from ..config import TrainConfig
 from ..errors import UserError
 
 TABLES = ("analysis", "probes", "linear")
-FIGURE_SETS = ("standard", "tables", "depth")
+FIGURE_SETS = ("standard", "tables", "depth", "explain")
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
-                    "quick", "probe_folds", "by", "exclude"}
+                    "quick", "probe_folds", "by", "exclude", "arms"}
+#: The grid axis whose values name bundles of settings (``arms``), not one ``TrainConfig`` field.
+ARM = "arm"
 #: Grid axes that say how one network is trained; they do not make cells.
-VARIANT_AXES = ("rule", "stages")
+VARIANT_AXES = ("rule", "stages", ARM)
 #: Short forms of grid axes in run-file names.
-_NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
+_NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}", ARM: "{}"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class Experiment:
     quick: dict = field(default_factory=dict)
     by: dict[str, dict[str, dict]] = field(default_factory=dict)
     exclude: tuple[dict, ...] = ()
+    arms: dict[str, dict] = field(default_factory=dict)
 
     def excluded(self, axes: tuple[tuple[str, object], ...]) -> bool:
         """Whether the grid values ``axes`` match every key of an ``exclude`` entry."""
@@ -102,10 +110,13 @@ class Experiment:
         return any(all(k in values and values[k] == v for k, v in entry.items()) for entry in self.exclude)
 
     def settings_for(self, axes: tuple[tuple[str, object], ...]) -> dict:
-        """The shared settings with those that the grid values ``axes`` bring (``by``)."""
+        """The shared settings with those that the grid values ``axes`` bring (``by``, the arm's bundle),
+        and the values themselves: every ``TrainConfig`` field of the run but the seed and data set."""
         out = dict(self.settings)
         for axis, value in axes:
             out.update(self.by.get(axis, {}).get(str(value).lower() if isinstance(value, bool) else str(value), {}))
+        for axis, value in axes:
+            out.update(self.arms[value] if axis == ARM else {axis: value})
         return out
 
 
@@ -146,7 +157,7 @@ class Spec:
                     axes = tuple(zip(exp.grid, values))
                     if exp.excluded(axes):
                         continue
-                    fields = {"dataset": spec.dataset, **exp.settings_for(axes), **dict(axes), "seed": seed}
+                    fields = {"dataset": spec.dataset, **exp.settings_for(axes), "seed": seed}
                     planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
         names = [r.name for r in planned]
         if len(set(names)) != len(names):
@@ -171,7 +182,8 @@ class Spec:
             settings.update(fixed)
             by = {axis: {value: {k: v for k, v in keys.items() if k not in fixed} for value, keys in values.items()}
                   for axis, values in exp.by.items() if axis in grid}
-            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid, by=by)
+            arms = {arm: {k: v for k, v in keys.items() if k not in fixed} for arm, keys in exp.arms.items()}
+            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid, by=by, arms=arms)
         unused = [k for k in overrides.axes() if not any(k in e.grid for e in experiments.values())]
         if unused:
             raise UserError(f"--{unused[0]}s: no experiment of the spec {self.name!r} varies {unused[0]} "
@@ -217,10 +229,11 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
     for part, keys in (("settings", settings), ("grid", grid), ("quick", quick)):
         if not isinstance(keys, dict):
             raise UserError(f"{where}: {part} must be a table")
-        _check_fields(keys, f"{where}.{part}")
+        _check_fields(set(keys) - {ARM}, f"{where}.{part}")
     if "seed" in grid or "seed" in settings:
         raise UserError(f"{where}: seeds are set by the spec's 'seeds' (and --seeds), not per experiment")
     grid = {k: _list(v, f"grid.{k}", where) for k, v in grid.items()}
+    arms = _arms(table.get("arms", {}), grid, where)
     by = table.get("by", {})
     if not isinstance(by, dict) or not all(isinstance(v, dict) for v in by.values()):
         raise UserError(f"{where}: by must be a table of tables, e.g. [experiments.{name}.by.activation] "
@@ -245,7 +258,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         if strange:
             raise UserError(f"{where}: exclude names {', '.join(strange)}, which the grid does not vary "
                             f"({', '.join(grid) or 'none'})")
-    if "rule" not in grid and "rule" not in settings:
+    if "rule" not in grid and "rule" not in settings and not arms:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
         bad = sorted(set(table.get(key, ())) - set(allowed))
@@ -256,8 +269,30 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         tuple(table.get("tables", ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
         tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
-        int(table.get("probe_folds", 5)), quick, by, tuple(exclude),
+        int(table.get("probe_folds", 5)), quick, by, tuple(exclude), arms,
     )
+
+
+def _arms(arms, grid: dict, where: str) -> dict[str, dict]:
+    """The ``arms`` tables an ``arm`` grid axis names, checked: each a table of settings naming its rule,
+    none setting what the grid varies."""
+    if not isinstance(arms, dict) or not all(isinstance(v, dict) for v in arms.values()):
+        raise UserError(f"{where}: arms must be a table of tables, e.g. [experiments.E.arms] "
+                        "with slow = {{ rule = \"sg\", sg_lr = 1e-4 }}")
+    if bool(arms) != (ARM in grid):
+        raise UserError(f"{where}: arms and grid.{ARM} go together: the grid's {ARM} axis names arms tables")
+    for name, keys in arms.items():
+        _check_fields(keys, f"{where}.arms.{name}")
+        if "rule" not in keys:
+            raise UserError(f"{where}: arms.{name} must name its rule, e.g. rule = \"sg\"")
+        clash = sorted(set(keys) & (set(grid) | {"seed"}))
+        if clash:
+            raise UserError(f"{where}: arms.{name} sets {', '.join(clash)}, which the grid varies")
+    unknown = [str(v) for v in grid.get(ARM, []) if v not in arms]
+    if unknown:
+        raise UserError(f"{where}: grid.{ARM} names {', '.join(unknown)}, which arms does not define "
+                        f"({', '.join(arms) or 'none'})")
+    return arms
 
 
 def parse(text: str, source: str = "<spec>") -> Spec:

@@ -9,11 +9,13 @@ from ..errors import UserError
 from .backprop import Backprop
 from .base import Rule
 from .feedback import DirectFeedbackAlignment, FeedbackAlignment, Kickback
+from .noisy import NoisyGradient
 from .synthetic import SyntheticGradientModule, SyntheticGradients, make_synthetic
 
 __all__ = ["RULES", "Rule", "make_rule", "SyntheticGradientModule", "SyntheticGradients"]
 
-_FIXED = {"backprop": Backprop, "fa": FeedbackAlignment, "dfa": DirectFeedbackAlignment, "kickback": Kickback}
+_FIXED = {"backprop": Backprop, "fa": FeedbackAlignment, "dfa": DirectFeedbackAlignment, "kickback": Kickback,
+          "noisy": NoisyGradient}
 
 
 def make_rule(config: TrainConfig, network, task: str, n_outputs: int) -> Rule:

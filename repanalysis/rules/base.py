@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import tasks
 from ..config import TrainConfig
+from ..errors import UserError
 from ..models import Network, Trace
 
 
@@ -81,6 +82,7 @@ class Pass:
     interface_grads: dict[int, torch.Tensor] = field(default_factory=dict)
     predictions: dict[int, torch.Tensor] = field(default_factory=dict)  # learned modules' outputs, attached
     condition: torch.Tensor | None = None  # what learned modules are conditioned on, made once per pass
+    parameter_grads: dict[int, torch.Tensor] = field(default_factory=dict)  # id(parameter) -> its gradient
 
 
 class Rule:
@@ -105,6 +107,9 @@ class Rule:
         self.coin = torch.Generator().manual_seed(config.seed + 7919)  # --update-prob's draws
         self.retain_graph = False  # whether ``learn`` differentiates through the segments after ``backward``
         self.steps_done = 0
+        if config.hold_at is not None and config.hold_at > len(network.blocks):
+            raise UserError(f"--hold-at {config.hold_at} names no interface; this network has "
+                            f"h1..h{len(network.blocks)}")
 
     # -- what subclasses change -------------------------------------------------
 
@@ -121,8 +126,21 @@ class Rule:
         return {}
 
     def held_below(self) -> int:
-        """How many bottom blocks skip this step's update (a rule's warm-up); none by default."""
-        return 0
+        """How many bottom blocks skip this step's update: during the first ``--hold-steps`` steps, every
+        block up to interface ``--hold-at`` (default ``default_hold``); none after them."""
+        c = self.config
+        if self.steps_done > c.hold_steps:
+            return 0
+        return (c.hold_at - 1 if c.hold_at is not None else self.default_hold()) + 1
+
+    def default_hold(self) -> int:
+        """The interface (0-based) up to which ``--hold-steps`` holds blocks by default: the rule's top cut,
+        or the middle interface for a rule without cuts (where ``sg`` puts its module by default)."""
+        return max(self.cuts) if self.cuts else (len(self.network.blocks) - 1) // 2
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The rule's own random generators by name, which a run's resume state keeps."""
+        return {"coin": self.coin}
 
     def signalled(self) -> list[int]:
         """Interfaces whose error under this rule is not the true gradient."""
@@ -152,11 +170,14 @@ class Rule:
         self._update()
         return metrics
 
-    def backward(self, x, y, *, into_parameters: bool, interfaces: bool = False) -> Pass:
+    def backward(self, x, y, *, into_parameters: bool, interfaces: bool = False,
+                 keep_parameters: bool = False) -> Pass:
         """Forward with cuts, then backpropagate every segment from the top down.
 
         With ``into_parameters`` the parameter gradients are accumulated in
-        ``.grad``; with ``interfaces`` the error at every interface is kept.
+        ``.grad``; with ``keep_parameters`` they are kept in the pass
+        (``parameter_grads``) and ``.grad`` is left alone; with ``interfaces``
+        the error at every interface is kept.
         """
         net = self.network
         trace = net.trace(x, self.cuts, self.feedback())
@@ -167,7 +188,7 @@ class Rule:
             below = bounds[len(bounds) - 1 - k] if k < len(bounds) else None
             first = 0 if below is None else below + 1
             owners = list(range(first, top + 1)) + ([len(net.blocks)] if k == 0 else [])
-            params = [q for j in owners for q in self._own[j]] if into_parameters else []
+            params = [q for j in owners for q in self._own[j]] if into_parameters or keep_parameters else []
             inside = [i for i in range(first, top + 1) if interfaces and (k == 0 or i != top)]
             wanted = [trace.inputs[below]] if below is not None else []
             wanted += [trace.output] if k == 0 else []
@@ -190,7 +211,12 @@ class Rule:
             for i in inside:
                 p.interface_grads[i] = grads.pop(0)
             for q, g in zip(params, grads):
-                if g is not None:
+                if g is None:
+                    continue
+                if keep_parameters:
+                    kept = p.parameter_grads.get(id(q))
+                    p.parameter_grads[id(q)] = g if kept is None else kept + g
+                else:
                     q.grad = g if q.grad is None else q.grad + g
         return p
 
@@ -218,25 +244,54 @@ class Rule:
 
         Returns, per interface name: ``activations``, ``true_grad`` (the gradient
         of the probe-mean loss) and, where the rule's error differs from it,
-        ``signal`` (the error the rule delivers there, in the same units).
+        ``signal`` (the error the rule delivers there, in the same units) and
+        ``update``: the error that reaches the weights of the block below the
+        interface, ``[cosine, norm ratio]`` of that block's parameter gradient
+        under the rule against under the true gradient (all its parameters as
+        one vector, float64 sums; NaN where the true one is zero).
         ``config.record_bn`` chooses how batch norm normalises (``RECORD_BN``):
         ``"batch"``, with the probe set's own statistics, as in a training step
         (the running statistics are restored bit for bit afterwards); ``"eval"``,
         with the running statistics, as at test time.
         """
         mode = batch_statistics if self.config.record_bn == "batch" else evaluating
+        signalled = self.signalled()
+        weights = [q for i in signalled for q in self._own[i]]
         with mode(self.network, self.modules):
             trace = self.network.trace(x)
-            true = torch.autograd.grad(tasks.loss(self.task, trace.output, y), trace.hidden)
-            signalled = self.signalled()
-            rule_grads = self.backward(x, y, into_parameters=False, interfaces=True).interface_grads if signalled else {}
+            n = len(trace.hidden)
+            true = torch.autograd.grad(tasks.loss(self.task, trace.output, y), list(trace.hidden) + weights,
+                                       allow_unused=True)
+            true_weights = dict(zip(map(id, weights), true[n:]))
+            rule_pass = (self.backward(x, y, into_parameters=False, interfaces=True, keep_parameters=True)
+                         if signalled else None)
         out = {}
         for i, name in enumerate(self.network.interfaces):
             record = {"activations": trace.hidden[i].detach(), "true_grad": true[i].detach()}
             if i in signalled:
-                record["signal"] = rule_grads[i].detach()
+                record["signal"] = rule_pass.interface_grads[i].detach()
+                record["update"] = _agreement([rule_pass.parameter_grads.get(id(q)) for q in self._own[i]],
+                                              [true_weights[id(q)] for q in self._own[i]])
             out[name] = record
         return out
+
+
+def _agreement(rule: list[torch.Tensor | None], true: list[torch.Tensor | None]) -> torch.Tensor:
+    """``[cosine, ‖rule‖ / ‖true‖]`` of two gradients given part by part (None: zero), in float64 sums."""
+    dot = rule_sq = true_sq = torch.zeros((), dtype=torch.float64)
+    for r, t in zip(rule, true):
+        r = None if r is None else r.detach().double()
+        t = None if t is None else t.detach().double()
+        if r is not None:
+            rule_sq = rule_sq + r.pow(2).sum()
+        if t is not None:
+            true_sq = true_sq + t.pow(2).sum()
+        if r is not None and t is not None:
+            dot = dot + (r * t).sum()
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    cosine = dot / (rule_sq * true_sq).sqrt() if rule_sq > 0 and true_sq > 0 else nan
+    ratio = (rule_sq / true_sq).sqrt() if true_sq > 0 else nan
+    return torch.stack([cosine, ratio])
 
 
 @contextlib.contextmanager

@@ -144,8 +144,10 @@ class SyntheticGradients(Rule):
                                                  config.momentum)]
 
     def held_below(self) -> int:
-        """During the first ``--sg-warmup`` steps the blocks below the top module hold still while it fits."""
-        return max(self.cuts) + 1 if self.steps_done <= self.config.sg_warmup else 0
+        """During the first ``--sg-warmup`` steps the blocks below the top module hold still while it fits
+        (and any rule's ``--hold-steps`` hold)."""
+        warm = max(self.cuts) + 1 if self.steps_done <= self.config.sg_warmup else 0
+        return max(warm, super().held_below())
 
     def conditioning(self, target: torch.Tensor, output_error: torch.Tensor | None, dtype) -> torch.Tensor | None:
         """What the modules are conditioned on, by ``--sg-condition``: the one-hot label (the target itself
