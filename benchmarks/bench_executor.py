@@ -43,6 +43,7 @@ from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
 from repanalysis.executor import Executor
 from repanalysis.experiments import Overrides, preset
+from repanalysis.experiments.selection import FIRST
 from repanalysis.reproduce import reproduce, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def paper_cells(run_dir: Path) -> tuple[list[list[Path]], list[str]]:
     grouped by cell as ``reproduce`` analyses them, and the preset's measures."""
     spec = preset("paper")
     cells: dict[tuple, list[Path]] = {}
-    for r in spec.runs():
+    for r in spec.runs(choice=FIRST):  # run names do not depend on what a selection chose
         if (run_dir / r.name).is_file():
             cells.setdefault(r.cell, []).append(run_dir / r.name)
     return list(cells.values()), list(spec.experiments["depth"].measures)

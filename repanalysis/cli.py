@@ -248,7 +248,7 @@ def _spec_and_overrides(args):
     spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
-    spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
+    spec.check(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
     check_folder(args.out)
     return spec, overrides
 

@@ -241,6 +241,28 @@ CAPTIONS = {
 }
 
 
+def _selection_lines(spec, choice) -> list[str]:
+    """The selections' candidates, their validation metric and the choice, per experiment that selects."""
+    if choice is None or choice.table.empty:
+        return []
+    lines = ["## Selection on the validation split", ""]
+    for name, exp in spec.experiments.items():
+        rows = choice.table[choice.table["experiment"] == name]
+        if exp.select is None or rows.empty:
+            continue
+        validation = exp.settings.get("validation")
+        cells = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in exp.select.cells.items())
+        lines += [f"Experiment `{name}`: each rule's settings were chosen among {len(next(iter(exp.select.candidates.values())))} "
+                  f"candidates (the same number for every rule) by the mean `{exp.select.metric}` of the last "
+                  f"evaluation on {validation} training inputs held out as a validation split, on seed(s) "
+                  f"{', '.join(map(str, exp.select.seeds))}" + (f" at {cells}" if cells else "")
+                  + "; the runs reported above use other seeds, and the selection never read the test split.", "",
+                  *_md_table(["rule", "for", "candidate", f"{exp.select.metric} (mean over runs)", "runs", "chosen"],
+                             [[r.rule, r.key or "every cell", r.settings, f"{r['mean']:.4f}", r.runs,
+                               "**yes**" if r.chosen else ""] for _, r in rows.iterrows()]), ""]
+    return lines
+
+
 def _figure_lines(figures: list[Path]) -> list[str]:
     """A captioned link per PNG, in the order of ``CAPTIONS`` (RDM grids of chosen depths with ``rdms``)."""
     order = list(CAPTIONS)
@@ -265,7 +287,7 @@ def _figure_lines(figures: list[Path]) -> list[str]:
 
 def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]],
                  quantities: dict[str, pd.DataFrame], paths: dict[str, dict], failed, figures,
-                 command: str, quick: bool) -> Path:
+                 command: str, quick: bool, choice=None) -> Path:
     """Write ``out/report.md`` atomically; return its path.
 
     ``spec``: the spec as run (overrides applied); ``runs``: its planned runs;
@@ -273,7 +295,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     its quantity table; ``paths``: experiment -> {planned run: complete run
     file}; ``failed``: file name -> error; ``figures``: the files drawn;
     ``command``: the command line that reproduces this report; ``quick``:
-    whether it is the quick version (too short for its verdicts to mean much).
+    whether it is the quick version (too short for its verdicts to mean much);
+    ``choice``: what the experiments' selections chose (``experiments.selection``), or None.
     """
     from . import __version__
 
@@ -301,6 +324,7 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     for experiment, claims in results.items():
         for claim in claims:
             lines += _claim_lines(experiment, claim, quantities.get(experiment))
+    lines += _selection_lines(spec, choice)
     lines += ["## Final test accuracy and loss per run", "", *_results_lines(paths), "",
               "## Settings", "", *_settings_lines(spec, runs, failed),
               "Tables: `tables/<experiment>_<kind>.csv` (`analysis`, `probes`, `linear`, and `quantities`: the "

@@ -58,6 +58,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .executor import Executor, cores, one_thread
+from .experiments.selection import Choice, choose
 from .experiments.spec import Overrides, PlannedRun, Spec, preset
 from .sweep import failures, train_runs
 
@@ -134,25 +135,40 @@ def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Pa
     return " ".join(parts + ([f"--data-dir {data_dir}"] if data_dir else []) + [f"--out {out}"])
 
 
-def _planned(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tuple[Spec, Overrides, Spec, list]:
-    """``(spec, overrides, the spec with them applied, its runs)``; a bad override is a ``UserError``."""
+def _planned(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tuple[Spec, Overrides, Spec]:
+    """``(spec, overrides, the spec with them applied)``; a bad override is a ``UserError``."""
     spec = spec or preset("digits")
     overrides = overrides or Overrides()
     if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
         raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
     applied = spec.applied(overrides, quick)
-    return spec, overrides, applied, applied.runs()
+    applied.check()  # every config resolves: refused before anything is trained
+    return spec, overrides, applied
+
+
+def _selected(applied: Spec, run_dir: Path, executor: Executor, data_dir, quiet: bool
+              ) -> tuple[Choice | None, dict[str, tuple[str, str | None]]]:
+    """Train the selections' candidate runs (``experiments.selection``) and choose; ``(choice, what was
+    done with each candidate run)``, ``(None, {})`` for a spec that does not select."""
+    if not applied.selects:
+        return None, {}
+    candidates = applied.candidate_runs()
+    done = train_runs(candidates, run_dir, executor, data_dir=data_dir, quiet=quiet)
+    return choose(applied.experiments, candidates, run_dir, failures(done)), done
 
 
 def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
           data_dir=None, executor: Executor | None = None, quiet: bool = False) -> dict[str, tuple[str, str | None]]:
-    """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does, and no more;
-    ``{file name: (what was done, error or None)}`` (see ``sweep.train_runs``)."""
-    _, _, _, runs = _planned(spec, quick, overrides)
+    """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does (a
+    selection's candidates first), and no more; ``{file name: (what was done, error or None)}`` (see
+    ``sweep.train_runs``)."""
+    _, _, applied = _planned(spec, quick, overrides)
     out = _output_dir(out_dir, ("runs",))
     with contextlib.ExitStack() as stack:
         executor = executor or stack.enter_context(Executor(cores()))
-        return train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet)
+        choice, done = _selected(applied, out / "runs", executor, data_dir, quiet)
+        return {**done, **train_runs(applied.runs(choice=choice), out / "runs", executor, data_dir=data_dir,
+                                     quiet=quiet)}
 
 
 def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
@@ -162,7 +178,7 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
     Runs, analyses and probes are tasks on ``executor`` (default: a local Dask
     cluster of one worker per core, closed at the end).
     """
-    spec, overrides, applied, runs = _planned(spec, quick, overrides)
+    spec, overrides, applied = _planned(spec, quick, overrides)
     spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
     out = _output_dir(out_dir)
     command = _command(spec_arg, quick, overrides, data_dir, out)
@@ -170,8 +186,9 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
         executor = executor or stack.enter_context(Executor(cores()))
         executor.start()  # the workers start while this process imports what it needs
         stack.enter_context(one_thread())
-        return _reproduce(out, applied, runs, command, quick=quick, data_dir=data_dir, executor=executor,
-                          quiet=quiet)
+        choice, _ = _selected(applied, out / "runs", executor, data_dir, quiet)
+        return _reproduce(out, applied, applied.runs(choice=choice), command, quick=quick, data_dir=data_dir,
+                          executor=executor, quiet=quiet, choice=choice)
 
 
 def _cells(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
@@ -220,7 +237,7 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
 
 
 def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
-               executor: Executor, quiet: bool) -> Path:
+               executor: Executor, quiet: bool, choice: Choice | None = None) -> Path:
     """Each experiment's chain (``_experiment``), the experiments at once on a cluster; then the report."""
     from .report import write_report
 
@@ -238,7 +255,7 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
         failed.update(made_failed)
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed={r.name: failed[r.name] for r in runs if r.name in failed}, figures=figures,
-                        command=command, quick=quick)
+                        command=command, quick=quick, choice=choice)
 
 
 def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,

@@ -1,9 +1,12 @@
 """Experiment specs (TOML): parsing, grids, overrides, --quick, and the mistakes they refuse."""
 
+import dataclasses
+
 import pytest
 
 from repanalysis.cli import main
 from repanalysis.experiments import Overrides, parse, preset
+from repanalysis.experiments.selection import FIRST
 from repanalysis.errors import UserError
 
 SPEC = """
@@ -91,7 +94,7 @@ def test_by_brings_settings_with_one_grid_value_and_the_command_line_still_wins(
     ("[experiments.a]\ngrid = { rule = ['sg'] }\nclaims = ['faster']", "unknown claims faster"),
     ("[experiments.a]\ngrid = { rule = ['nope'] }", "unknown rule 'nope'"),
     ("[experiments.a]\ngrid = { rule = ['sg'], seed = [1] }", "seeds are set by the spec"),
-    ("seeds = 0\n[experiments.a]\ngrid = { rule = ['sg'] }", "seeds must be a positive integer"),
+    ("seeds = 0\n[experiments.a]\ngrid = { rule = ['sg'] }", "seeds must be a positive number of seeds or a list"),
     ("[experiments.a\n", "not valid TOML"),
 ])
 def test_mistakes_in_a_spec_are_one_line_errors_naming_the_file(text, message):
@@ -102,15 +105,19 @@ def test_mistakes_in_a_spec_are_one_line_errors_naming_the_file(text, message):
 
 def test_the_presets_plan_the_runs_they_promise():
     paper = preset("paper")
-    runs = paper.runs()
+    runs = paper.runs(choice=FIRST)
     assert {r.config.depth for r in runs} == {5, 10, 20, 50} and {r.config.activation for r in runs} == {"relu", "tanh"}
-    assert {r.config.rule for r in runs} == {"backprop", "sg"} and {r.config.seed for r in runs} == {0, 1, 2}
+    assert {r.config.rule for r in runs} == {"backprop", "sg"} and {r.config.seed for r in runs} == {1, 2, 3, 4, 5}
+    assert all(r.config.validation == 10000 and r.config.hold_steps == 200 and not r.config.sg_warmup for r in runs)
+    tried = paper.candidate_runs()  # the learning rate of each rule, chosen at depth 50 on seed 0, 3 candidates each
+    assert {(r.config.rule, r.config.lr, r.config.depth, r.config.seed) for r in tried} == {
+        (rule, lr, 50, 0) for rule in ("backprop", "sg") for lr in (5e-4, 1e-3, 2e-3)}
     assert all(r.config.dataset == "mnist" and r.config.width == 256 and r.config.batch_norm for r in runs)
     assert all(r.config.init == "orthogonal" for r in runs)  # the stabilisers of README "Training deep stacks"
     assert {(r.config.activation, r.config.bn_gamma_init, r.config.bn_beta_init) for r in runs} == {
         ("relu", 1.0, 2.0), ("tanh", 0.5, 0.0)}
-    sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seeds=1))
-    assert [r.name for r in sliced] == ["depth_mnist_mlp_d50_relu_backprop_s0.h5", "depth_mnist_mlp_d50_relu_sg_s0.h5"]
+    sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seeds=1), choice=FIRST)
+    assert [r.name for r in sliced] == ["depth_mnist_mlp_d50_relu_backprop_s1.h5", "depth_mnist_mlp_d50_relu_sg_s1.h5"]
     assert {r.name for r in sliced} <= {r.name for r in runs}  # a slice reuses the full preset's runs
     digits = preset("digits").runs()
     rules = {e: {r.config.rule for r in digits if r.experiment == e} for e in ("main", "regression", "linear")}
@@ -187,3 +194,83 @@ def test_exclude_leaves_out_every_run_that_matches_an_entry():
                  "exclude = [{ rule = 'backprop', stages = 2 }, { rule = 'sg', stages = 2 }]\n", "my.toml")
     assert [(r.config.rule, r.config.stages) for r in spec.runs()] == [
         ("backprop", 1), ("sg", 1), ("dni", 1), ("dni", 2)]
+
+
+SELECTING = """
+seeds = [3, 4]
+[experiments.e]
+settings = { model = "mlp", width = 8, steps = 10, validation = 100 }
+grid = { rule = ["backprop", "sg"], depth = [2, 4], activation = ["relu", "tanh"] }
+quick = { depth = [2] }
+[experiments.e.select]
+seeds = [0]
+cells = { depth = [4] }
+candidates.backprop = [{ lr = 1e-3 }, { lr = 1e-2 }]
+candidates.sg = [{ lr = 1e-3 }, { lr = 1e-2, sg_lr = 1e-3 }]
+"""
+
+
+def test_a_selection_tries_every_candidate_of_every_rule_in_its_cells_on_its_own_seeds():
+    spec = parse(SELECTING, "s.toml")
+    tried = spec.candidate_runs()
+    assert {(r.config.rule, r.candidate, r.config.depth, r.config.activation, r.config.seed) for r in tried} == {
+        (rule, k, 4, a, 0) for rule in ("backprop", "sg") for k in (0, 1) for a in ("relu", "tanh")}
+    assert {r.config.lr for r in tried if r.candidate == 1} == {1e-2}
+    assert tried[0].name == "e_digits_mlp_d4_relu_c0_backprop_s0.h5"
+    # under --quick the grid has no depth 4 any more: the selection runs at its last value
+    assert {r.config.depth for r in spec.candidate_runs(quick=True)} == {2}
+    with pytest.raises(ValueError, match="plan it with a choice"):
+        spec.runs()
+
+
+def test_each_rule_takes_the_candidate_with_the_best_validation_metric_per_key(monkeypatch, tmp_path):
+    from repanalysis.experiments import selection
+
+    spec = parse(SELECTING, "s.toml")
+    tried = spec.candidate_runs()
+    metric = {("backprop", "relu", 0): 0.9, ("backprop", "relu", 1): 0.8, ("backprop", "tanh", 0): 0.7,
+              ("backprop", "tanh", 1): 0.7, ("sg", "relu", 0): 0.5, ("sg", "relu", 1): 0.95,
+              ("sg", "tanh", 0): 0.6, ("sg", "tanh", 1): float("nan")}
+    by_name = {r.name: metric[(r.config.rule, r.config.activation, r.candidate)] for r in tried}
+    monkeypatch.setattr(selection, "final_metric", lambda path, name: by_name[path.name])
+    failed = {r.name: "boom" for r in tried if (r.config.rule, r.config.activation, r.candidate) == ("sg", "tanh", 0)}
+    choice = selection.choose(spec.experiments, tried, tmp_path, failed)
+    chosen = {(rule, dict(key)["activation"]): k for (_, rule, key), k in choice.index.items()}
+    # ties go to the earlier candidate; a failed candidate and a NaN metric are never chosen
+    assert chosen == {("backprop", "relu"): 0, ("backprop", "tanh"): 0, ("sg", "relu"): 1}
+    runs = spec.runs(choice=dataclasses.replace(choice, index={**choice.index, ("e", "sg", (("activation", "tanh"),)): 0}))
+    assert {(r.config.rule, r.config.activation, r.config.lr, r.config.sg_lr) for r in runs} == {
+        ("backprop", "relu", 1e-3, 1e-3), ("backprop", "tanh", 1e-3, 1e-3), ("sg", "relu", 1e-2, 1e-3),
+        ("sg", "tanh", 1e-3, 1e-3)}
+    assert {r.config.depth for r in runs} == {2, 4} and {r.config.seed for r in runs} == {3, 4}
+    with pytest.raises(UserError, match="every candidate's runs failed"):
+        spec.runs(choice=choice)  # sg with tanh: nothing was chosen
+
+
+@pytest.mark.parametrize("change, message", [
+    (("candidates.sg = [{ lr = 1e-3 }, { lr = 1e-2, sg_lr = 1e-3 }]", "candidates.sg = [{ lr = 1e-3 }]"),
+     "the same number of candidates"),
+    ((", validation = 100 ", " "), "hold one out in the settings"),
+    (("seeds = [0]", "seeds = [3]"), "would be both selection and reported seeds"),
+    (("cells = { depth = [4] }", "cells = { depth = [5] }"), "cells.depth must be a non-empty list of the grid's"),
+    (("cells = { depth = [4] }", "cells = { rule = [\"sg\"] }"), "not a grid axis that makes cells"),
+    (("candidates.backprop = [{ lr = 1e-3 }, { lr = 1e-2 }]\n", ""), "candidates must name every rule"),
+    (("{ lr = 1e-2 }]", "{ depth = 3 }]"), "which the grid, the rule or the selection itself decides"),
+    (("seeds = [0]", "seeds = [0]\nmetric = \"test_acc\""), "unknown metric 'test_acc'"),
+])
+def test_a_selection_is_checked_when_the_spec_is_loaded(change, message):
+    old, new = change
+    assert old in SELECTING
+    with pytest.raises(UserError, match=message):
+        parse(SELECTING.replace(old, new, 1), "s.toml")
+
+
+def test_seeds_may_be_a_list_and_seeds_n_takes_the_first_n_then_the_next_integers():
+    spec = parse(SELECTING.replace("[experiments.e.select]", "[experiments.e.unused]").split("[experiments.e.unused]")[0],
+                 "s.toml")
+    assert {r.config.seed for r in spec.runs()} == {3, 4}
+    assert {r.config.seed for r in spec.runs(overrides=Overrides(seeds=1))} == {3}
+    assert {r.config.seed for r in spec.runs(overrides=Overrides(seeds=4))} == {3, 4, 5, 6}
+    for bad in ("[1, 1]", "[]", "[-1]", "0", "[1.5]"):
+        with pytest.raises(UserError, match="seeds must be"):
+            parse(f"seeds = {bad}\n" + SPEC.split("seeds = 2\n")[1], "s.toml")

@@ -1,8 +1,8 @@
 """Experiments as data: a spec file (TOML) names the runs of a reproduction and the claims it judges.
 
-A spec has a ``name``, a ``description``, a default ``dataset``, the number of
-``seeds`` (seeds ``0..seeds-1``; ``quick_seeds`` under ``--quick``) and one table per experiment under
-``[experiments.<name>]``::
+A spec has a ``name``, a ``description``, a default ``dataset``, its ``seeds`` (a
+number ``n``, seeds ``0..n-1``, or a list of seeds; ``quick_seeds`` under
+``--quick``) and one table per experiment under ``[experiments.<name>]``::
 
     [experiments.depth]
     description = "what this experiment is for"
@@ -25,6 +25,10 @@ of training the network (``grid = { arm = ["backprop", "slow_module"] }``
 with ``[experiments.E.arms]`` ``slow_module = { rule = "sg", sg_lr = 1e-4 }``;
 every arm names its rule). Like the rule, the arm does not make a cell.
 
+An experiment may choose each rule's settings on a validation split first
+(``[experiments.E.select]``, see ``selection``); its runs then take the chosen
+candidate's settings over the shared ones.
+
 The runs of an experiment are every combination of its grid's axes (and the
 seeds), each with the shared settings and those its grid values bring
 (``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``), less
@@ -34,7 +38,8 @@ those that match every key of an ``exclude`` entry. The rule and ``stages``
 in them form one cell and are compared with each other. Command-line overrides (``Overrides``)
 replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
 every experiment whose grid has that axis (an override no grid has is an
-error); ``--seeds N`` and ``--steps N`` apply to every experiment.
+error); ``--seeds N`` (the spec's first ``N`` seeds, continued past its last
+by the next integers) and ``--steps N`` apply to every experiment.
 """
 
 from __future__ import annotations
@@ -47,13 +52,14 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import UserError
+from .selection import FIRST, Choice, Selection, parse_selection
 
 TABLES = ("analysis", "probes", "linear")
 FIGURE_SETS = ("standard", "tables", "depth", "explain")
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
-                    "quick", "probe_folds", "by", "exclude", "arms"}
+                    "quick", "probe_folds", "by", "exclude", "arms", "select"}
 #: The grid axis whose values name bundles of settings (``arms``), not one ``TrainConfig`` field.
 ARM = "arm"
 #: Grid axes that say how one network is trained; they do not make cells.
@@ -69,12 +75,14 @@ class PlannedRun:
     experiment: str
     config: TrainConfig
     axes: tuple[tuple[str, object], ...] = ()
+    candidate: int | None = None  # a selection's candidate (``selection``), or None for the experiment's own run
 
     @property
     def name(self) -> str:
         c = self.config
         parts = [self.experiment, c.dataset, c.model]
         parts += [_NAME_FORMS.get(k, k + "{}").format(v) for k, v in self.axes if k not in ("rule", "dataset", "model")]
+        parts += [] if self.candidate is None else [f"c{self.candidate}"]
         return "_".join(parts + [c.rule, f"s{c.seed}"]) + ".h5"
 
     def __hash__(self) -> int:  # TrainConfig is mutable; a run is known by its file name
@@ -103,6 +111,12 @@ class Experiment:
     by: dict[str, dict[str, dict]] = field(default_factory=dict)
     exclude: tuple[dict, ...] = ()
     arms: dict[str, dict] = field(default_factory=dict)
+    select: Selection | None = None
+
+    def cells(self) -> list[tuple[tuple[str, object], ...]]:
+        """The grid values of every run of one seed, in grid order, less the excluded ones."""
+        every = (tuple(zip(self.grid, values)) for values in itertools.product(*self.grid.values()))
+        return [axes for axes in every if not self.excluded(axes)]
 
     def excluded(self, axes: tuple[tuple[str, object], ...]) -> bool:
         """Whether the grid values ``axes`` match every key of an ``exclude`` entry."""
@@ -127,7 +141,7 @@ class Overrides:
     depths: list[int] | None = None
     activations: list[str] | None = None
     widths: list[int] | None = None
-    seeds: int | None = None
+    seeds: int | None = None  # how many of the spec's seeds (``Spec.applied``)
     steps: int | None = None
     dataset: str | None = None
 
@@ -141,28 +155,60 @@ class Spec:
     name: str
     description: str
     dataset: str
-    seeds: int
+    seeds: tuple[int, ...]
     experiments: dict[str, Experiment] = field(default_factory=dict)
     source: str = ""
-    quick_seeds: int | None = None
+    quick_seeds: tuple[int, ...] | None = None
     preset: str | None = None  # the shipped preset's name, where it is one
 
-    def runs(self, quick: bool = False, overrides: Overrides | None = None) -> list[PlannedRun]:
-        """Every run, seed by seed (so a partial sweep has whole seeds), each experiment's grid in order."""
+    @property
+    def selects(self) -> bool:
+        """Whether an experiment chooses its rules' settings first (``candidate_runs``, ``selection``)."""
+        return any(exp.select is not None for exp in self.experiments.values())
+
+    def runs(self, quick: bool = False, overrides: Overrides | None = None,
+             choice: Choice | None = None) -> list[PlannedRun]:
+        """Every run, seed by seed (so a partial sweep has whole seeds), each experiment's grid in order.
+
+        An experiment that selects takes each rule's chosen candidate from ``choice`` (required for it).
+        """
         spec = self.applied(overrides or Overrides(), quick)
         planned = []
-        for seed in range(spec.seeds):
+        for seed in spec.seeds:
             for exp in spec.experiments.values():
-                for values in itertools.product(*exp.grid.values()):
-                    axes = tuple(zip(exp.grid, values))
-                    if exp.excluded(axes):
+                for axes in exp.cells():
+                    fields = {"dataset": spec.dataset, **exp.settings_for(axes), "seed": seed}
+                    if exp.select is not None:
+                        if choice is None:
+                            raise ValueError(f"experiment {exp.name} selects its settings: plan it with a choice")
+                        rule = fields.get("rule")
+                        fields.update(choice.settings(exp.name, exp.select, rule, exp.select.key(axes, VARIANT_AXES)))
+                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
+        return _unique(planned, self.source)
+
+    def check(self, quick: bool = False, overrides: Overrides | None = None) -> None:
+        """Refuse (``UserError``) a spec or override whose runs, a selection's candidates among them, would not
+        resolve; the runs of an experiment that selects are checked with each rule's first candidate."""
+        self.candidate_runs(quick, overrides)
+        self.runs(quick, overrides, choice=FIRST)
+
+    def candidate_runs(self, quick: bool = False, overrides: Overrides | None = None) -> list[PlannedRun]:
+        """The selections' runs: every candidate of every rule, on every selection seed, in every cell the
+        selection tries (see ``selection``); none for a spec that does not select."""
+        spec = self.applied(overrides or Overrides(), quick)
+        planned = []
+        for exp in spec.experiments.values():
+            if exp.select is None:
+                continue
+            for seed in exp.select.seeds:
+                for axes in exp.cells():
+                    if not exp.select.tried(axes):
                         continue
                     fields = {"dataset": spec.dataset, **exp.settings_for(axes), "seed": seed}
-                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
-        names = [r.name for r in planned]
-        if len(set(names)) != len(names):
-            raise UserError(f"{self.source}: two runs would share a file name; give every grid value once")
-        return planned
+                    for k, candidate in enumerate(exp.select.candidates[fields["rule"]]):
+                        config = _resolved({**fields, **candidate}, f"{self.source}: {exp.name}.select")
+                        planned.append(PlannedRun(exp.name, config, axes, candidate=k))
+        return _unique(planned, self.source)
 
     def applied(self, overrides: Overrides, quick: bool) -> "Spec":
         """This spec with ``--quick`` and the command-line ``overrides`` applied."""
@@ -183,17 +229,43 @@ class Spec:
             by = {axis: {value: {k: v for k, v in keys.items() if k not in fixed} for value, keys in values.items()}
                   for axis, values in exp.by.items() if axis in grid}
             arms = {arm: {k: v for k, v in keys.items() if k not in fixed} for arm, keys in exp.arms.items()}
-            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid, by=by, arms=arms)
+            select = None if exp.select is None else _select_in(exp.select, grid, set(fixed))
+            experiments[name] = dataclasses.replace(exp, settings=settings, grid=grid, by=by, arms=arms,
+                                                    select=select)
         unused = [k for k in overrides.axes() if not any(k in e.grid for e in experiments.values())]
         if unused:
             raise UserError(f"--{unused[0]}s: no experiment of the spec {self.name!r} varies {unused[0]} "
                             f"(its grids vary {', '.join(sorted({k for e in experiments.values() for k in e.grid}))})")
         seeds = (self.quick_seeds or self.seeds) if quick else self.seeds
-        seeds = seeds if overrides.seeds is None else overrides.seeds
-        if seeds < 1:
-            raise UserError(f"--seeds must be at least 1, got {seeds}")
-        return dataclasses.replace(self, experiments=experiments, seeds=seeds,
+        if overrides.seeds is not None:
+            if overrides.seeds < 1:
+                raise UserError(f"--seeds must be at least 1, got {overrides.seeds}")
+            seeds = tuple(seeds[: overrides.seeds]) + tuple(
+                range(max(seeds) + 1, max(seeds) + 1 + overrides.seeds - len(seeds)))
+        for name, exp in experiments.items():
+            shared = sorted(set(seeds) & set(exp.select.seeds if exp.select is not None else ()))
+            if shared:
+                raise UserError(f"{self.source}: experiments.{name}: seed(s) {', '.join(map(str, shared))} "
+                                "would be both selection and reported seeds; the test split must be reported "
+                                "on seeds the selection never saw")
+        return dataclasses.replace(self, experiments=experiments, seeds=tuple(seeds),
                                    dataset=overrides.dataset or self.dataset)
+
+
+def _select_in(select: Selection, grid: dict, fixed: set) -> Selection:
+    """``select`` for the grid as ``--quick`` and the command line left it: candidates without the settings
+    they fixed, and cells without grid values that are gone (an axis left with none is tried at the grid's
+    last value)."""
+    cells = {axis: tuple(v for v in values if v in grid[axis]) or (grid[axis][-1],)
+             for axis, values in select.cells.items()}
+    return dataclasses.replace(select.without(fixed), cells=cells)
+
+
+def _unique(planned: list[PlannedRun], source: str) -> list[PlannedRun]:
+    names = [r.name for r in planned]
+    if len(set(names)) != len(names):
+        raise UserError(f"{source}: two runs would share a file name; give every grid value once")
+    return planned
 
 
 def _resolved(fields: dict, where: str) -> TrainConfig:
@@ -270,6 +342,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         tuple(table["measures"]) if "measures" in table else None,
         tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
         int(table.get("probe_folds", 5)), quick, by, tuple(exclude), arms,
+        None if "select" not in table else parse_selection(table["select"], grid, settings, where, _check_fields),
     )
 
 
@@ -308,17 +381,26 @@ def parse(text: str, source: str = "<spec>") -> Spec:
     experiments = data.get("experiments")
     if not isinstance(experiments, dict) or not experiments:
         raise UserError(f"{source}: no [experiments.<name>] table")
-    seeds, quick_seeds = data.get("seeds", 3), data.get("quick_seeds", None)
-    for key, value in (("seeds", seeds), ("quick_seeds", quick_seeds)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
+    seeds = _seeds(data.get("seeds", 3), "seeds", source)
+    quick_seeds = None if data.get("quick_seeds") is None else _seeds(data["quick_seeds"], "quick_seeds", source)
     spec = Spec(str(data.get("name", Path(source).stem)), str(data.get("description", "")),
                 str(data.get("dataset", "digits")), seeds,
                 {name: _experiment(name, table, source) for name, table in experiments.items()}, source,
                 quick_seeds)
-    spec.runs()  # every config must resolve, with and without --quick
-    spec.runs(quick=True)
+    for quick in (False, True):  # every config must resolve, with and without --quick
+        spec.check(quick)
     return spec
+
+
+def _seeds(value, key: str, source: str) -> tuple[int, ...]:
+    """A spec's seeds: a number ``n`` (seeds ``0..n-1``) or a list of distinct seeds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return tuple(range(value))
+    if (isinstance(value, list) and value and len(set(value)) == len(value)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        return tuple(value)
+    raise UserError(f"{source}: {key} must be a positive number of seeds or a list of distinct seeds, "
+                    f"got {value!r}")
 
 
 def load_spec(path) -> Spec:
