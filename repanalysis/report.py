@@ -2,8 +2,10 @@
 
 Every number comes from a run file or from a table the reproduction wrote
 (``tables/*.csv``). Spread is ``mean ± std`` over seeds (std with ddof 1;
-"n/a" with one seed); effects are paired differences with 95% bootstrap
-intervals and verdicts "held", "not held" or "inconclusive" (``stats``).
+"n/a" with one seed); effects are paired differences with 95% t-intervals,
+t-test and sign-flip p-values, and verdicts "held", "not held",
+"inconclusive" or "too few seeds", adjusted over each claim's tests
+(``stats``).
 The report cites ``docs/science.md`` (the paper's claims and how each is
 measured) for the reasoning behind each measurement.
 
@@ -27,8 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import tasks
-from .claims import ClaimResult, PartResult, scope_label, variant
+from . import stats, tasks
+from .claims import ClaimResult, scope_label, variant
 from .datasets import load
 from .runfile import RunFile
 
@@ -128,18 +130,17 @@ def _summary_rows(results: dict[str, list[ClaimResult]]) -> list[list]:
     for experiment, claims in results.items():
         for claim in claims:
             for part in claim.parts:
+                if not part.rows:
+                    rows.append([claim.spec.number, experiment, part.label, part.claim, "—", "n/a", "n/a",
+                                 "**no data**", ""])
                 for scope, effect, verdict in part.pooled or part.rows:
                     cells = [(c, v) for c, _, v in part.rows if part.pool_of.get(c) == scope]
                     shared = set(scope.split(", "))
                     per_cell = "; ".join(f"{', '.join(w for w in c.split(', ') if w not in shared)}: {v}"
                                          for c, v in cells)
                     rows.append([claim.spec.number, experiment, part.label, f"{part.claim}", scope,
-                                 effect.text(_digits(claim, part)), _p(effect.p), f"**{verdict}**", per_cell])
+                                 effect.text(part.digits), _p(effect.p), f"**{verdict}**", per_cell])
     return rows
-
-
-def _digits(claim: ClaimResult, part: PartResult) -> int:
-    return next(p.digits for p in claim.spec.parts if p.label == part.label)
 
 
 def _shown(claim: ClaimResult, quantities: pd.DataFrame) -> list[str]:
@@ -157,15 +158,19 @@ def _shown(claim: ClaimResult, quantities: pd.DataFrame) -> list[str]:
 def _claim_lines(experiment: str, claim: ClaimResult, quantities: pd.DataFrame) -> list[str]:
     spec = claim.spec
     lines = [f"### Claim {spec.number} ({experiment}): {spec.statement}", "",
-             f"Measurement: {spec.measurement}", ""]
+             f"Measurement: {spec.measurement}", "",
+             f"Verdicts: {stats.CORRECTION} over the {claim.family} tests of this claim below (its parts and "
+             f"scopes with at least {stats.MIN_SEEDS} seeds), at a false-discovery rate of {stats.ALPHA:g}.", ""]
     for part in claim.parts:
-        digits = _digits(claim, part)
         lines += [f"**{part.label}** (claimed: {part.claim})", ""]
-        lines += _md_table(["scope", "seeds", "effect [95% CI]", "p (sign flip)", "verdict"],
-                           [[scope, effect.n, effect.text(digits), _p(effect.p), verdict]
+        lines += _md_table(["scope", "seeds", "effect [95% CI]", "p (t)", "p (sign flip)", "verdict"],
+                           [[scope, effect.n, effect.text(part.digits), _p(effect.p), _p(effect.p_perm), verdict]
                             for scope, effect, verdict in part.rows + part.pooled]) + [""]
         if not part.rows:
-            lines += ["No runs to judge this part with.", ""]
+            lines += ["No data to judge this part with: no runs of the rules it compares, or too few seeds for "
+                      "its values (claim 4d's jackknife needs 3).", ""]
+    if not claim.parts:
+        lines += ["No rule of this experiment is one this claim judges.", ""]
     lines += _shown(claim, quantities)
     return lines + [f"What this can and cannot show: {spec.caveat}", ""]
 
@@ -241,6 +246,96 @@ CAPTIONS = {
 }
 
 
+REGION_WORDS = {"below": "below the module", "above": "above it"}
+
+
+def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{value:+.{digits}f}"
+    return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _fit_text(row) -> list[str]:
+    r2 = "n/a" if not np.isfinite(row["r2"]) else f"{row['r2']:.2f} [{row['r2_low']:.2f}, {row['r2_high']:.2f}]"
+    return [_interval(row["slope"], row["low"], row["high"]), _p(row["p"]), r2, int(row["seeds"]),
+            int(row["points"])]
+
+
+def _explain_lines(experiment: str, frame: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
+    """The explanation (``analysis.explain``): E and D per arm and region, and the fits of D on E."""
+    lines = [f"## Explanation ({experiment}): error signal against drift from the backprop twin", "",
+             "Every arm trains the network from its seed's start on its seed's batches, as its backprop *twin* "
+             "does; only the error signal differs. E: 1 − cosine of the block's parameter gradient under the rule "
+             "with the true one (the *update* error, the error that reaches the weights; a zero update counts as "
+             "1), and of the signal at the layer with the true gradient (the *signal* error); 0 above the module, "
+             "where every arm learns from the true gradient. Exposure: E averaged over training up to a "
+             "checkpoint. D: 1 − linear CKA of the layer with the twin's at the same step. Fits: least squares, "
+             "95% jackknife t-intervals over seeds (each seed, with all its runs, left out in turn), "
+             "`stats.cluster_fit`; R² of the model.", ""]
+    if frame.empty:
+        return lines + ["No arm had a backprop twin to compare with.", ""]
+    last = frame[frame["step"] == frame.groupby("run")["step"].transform("max")]
+    for scope, cell in last.groupby("scope", sort=False):
+        lines += [f"### {scope}", ""]
+        per_run = cell.groupby(["region", "arm", "seed"], sort=False)[["exposure_update", "exposure_signal",
+                                                                        "d_cka", "d_rsa"]].mean()
+        ceiling = cell.groupby("region")["ceiling_cka"].mean()
+        rows = []
+        for (region, arm), group in per_run.groupby(level=[0, 1], sort=False):
+            rows.append([region, arm, len(group), mean_std(group["exposure_update"]),
+                         mean_std(group["exposure_signal"]), mean_std(group["d_cka"]), mean_std(group["d_rsa"])])
+        lines += ["Per region and arm, at the last checkpoint (mean over the region's layers; mean ± std over "
+                  "seeds): the run-average update and signal error, and D (1 − CKA and 1 − RSA with the twin). "
+                  "For scale, 1 − CKA between backprop runs of different seeds (another start and other batches "
+                  "alone): " + ", ".join(f"{ceiling[r]:.3f} {REGION_WORDS[r]}" for r in ceiling.index) + ".", "",
+                  *_md_table(["region", "arm", "seeds", "update error", "signal error", "1 − CKA", "1 − RSA"], rows),
+                  ""]
+        own = fits[(fits["scope"] == scope) & (fits["points"] > 0)]
+        dose = own[own["model"].isin(["dose-response", "carried up"]) & own["layer"].isin(["below", "above"])]
+        lines += ["Across arms: D at the last checkpoint against the run-average error of the layers below the "
+                  "module (below: each layer's own; above: the mean of the layers below it, since its own is 0); "
+                  "a region's points are its layers of every arm's runs:", "",
+                  *_md_table(["region", "error", "covariate", "slope [95% CI]", "p", "R² [95% CI]", "seeds",
+                              "points"],
+                             [[r.layer, r.error, r.covariate, *_fit_text(r)] for _, r in dose.iterrows()]), ""]
+        lagged = own[own["model"] == "lagged"]
+        lines += ["Lagged, below the module (D's change to the next checkpoint against the update error at the "
+                  "checkpoint), across arms and per arm:", "",
+                  *_md_table(["arms", "slope [95% CI]", "p", "R² [95% CI]", "seeds", "points"],
+                             [[r.arm, *_fit_text(r)] for _, r in lagged.iterrows()]), ""]
+        lines += _explain_summary(cell, dose)
+    lines += [f"Per-layer fits (and per arm over training): `tables/{experiment}_explain.csv`; every point: "
+              f"`tables/{experiment}_explain_frame.csv`.", ""]
+    return lines
+
+
+def _explain_summary(cell: pd.DataFrame, dose: pd.DataFrame) -> list[str]:
+    """The cell's explanation in plain words, from its fits and its drift above the module."""
+    def fit(region: str, covariate: str):
+        row = dose[(dose["layer"] == region) & (dose["error"] == "update") & (dose["covariate"] == covariate)]
+        return row.iloc[0] if len(row) and np.isfinite(row["slope"].iloc[0]) else None
+
+    below, with_gap, above = fit("below", "none"), fit("below", "loss gap"), fit("above", "none")
+    if below is None:
+        return ["Too few seeds or arms for a fit here.", ""]
+    drift = {region: cell[cell["region"] == region].groupby("run")["d_cka"].mean().mean() for region in REGION_WORDS}
+    words = [f"In words: below the module, the run-average update error accounts for R² = {below.r2:.2f} "
+             f"[{below.r2_low:.2f}, {below.r2_high:.2f}] of the variation of the final drift across arms, seeds "
+             f"and layers (slope {_interval(below.slope, below.low, below.high)})"]
+    if with_gap is not None:
+        words.append(f"with the training-loss gap to the twin held fixed, the slope is "
+                     f"{_interval(with_gap.slope, with_gap.low, with_gap.high)}")
+    if np.isfinite(drift["above"]):
+        words.append(f"above the module, where every arm learns from the true gradient, the layers drift by "
+                     f"{drift['above']:.3f} on average against {drift['below']:.3f} below"
+                     + (f", and that drift follows the error below them (R² {above.r2:.2f}): it is carried up, not "
+                        f"made where it is" if above is not None else ""))
+    return ["; ".join(words) + ". What this cannot show: arms differ in more than their error (a slower module "
+            "also changes when the blocks below move), and the fit is across arms, not within one.", ""]
+
+
 def _selection_lines(spec, choice) -> list[str]:
     """The selections' candidates, their validation metric and the choice, per experiment that selects."""
     if choice is None or choice.table.empty:
@@ -287,7 +382,7 @@ def _figure_lines(figures: list[Path]) -> list[str]:
 
 def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]],
                  quantities: dict[str, pd.DataFrame], paths: dict[str, dict], failed, figures,
-                 command: str, quick: bool, choice=None) -> Path:
+                 command: str, quick: bool, choice=None, explained=None) -> Path:
     """Write ``out/report.md`` atomically; return its path.
 
     ``spec``: the spec as run (overrides applied); ``runs``: its planned runs;
@@ -296,7 +391,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     file}; ``failed``: file name -> error; ``figures``: the files drawn;
     ``command``: the command line that reproduces this report; ``quick``:
     whether it is the quick version (too short for its verdicts to mean much);
-    ``choice``: what the experiments' selections chose (``experiments.selection``), or None.
+    ``choice``: what the experiments' selections chose (``experiments.selection``), or None;
+    ``explained``: experiment -> (its explanation frame, its fits) (``analysis.explain``).
     """
     from . import __version__
 
@@ -308,11 +404,16 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
         f"measured here, by `{command}` "
         f"(seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__}). What each "
         f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "
-        "Effects are paired differences over seeds (runs of one seed share initial weights and batches), with "
-        "95% percentile-bootstrap intervals (pooled scopes resample seeds within each depth, every depth weighed "
-        "alike) and two-sided sign-flip p-values (against the claimed threshold); a part is **held** when its whole interval lies on the claimed "
-        "side, **not held** when it lies wholly on the other side, **inconclusive** otherwise. Spread: mean ± "
-        "std over seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in `tables/`.",
+        "Effects are paired differences over seeds (runs of one seed share initial weights and batches; claim "
+        "4d's are jackknife pseudo-values over seeds, since its pairs of runs share runs), with 95% Student-t "
+        "intervals (pooled scopes weigh every depth alike, Welch–Satterthwaite degrees of freedom), two-sided "
+        "t-test p-values against the claimed threshold and, beside them, exact sign-flip p-values (which cannot "
+        f"go below 1/16 with 5 seeds). Verdicts: the p-values of each claim's parts and scopes are adjusted "
+        f"together ({stats.CORRECTION}, false-discovery rate {stats.ALPHA:g}); a part is **held** when its "
+        "adjusted p is below that and the effect lies on the claimed side, **not held** when it lies on the "
+        f"other side, **inconclusive** otherwise; with fewer than {stats.MIN_SEEDS} seeds there is no verdict "
+        "(**too few seeds**) and no interval, only the range of the seeds' values. Spread: mean ± std over "
+        "seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in `tables/`.",
         "",
         *(["**Quick version**: the runs are far too short for these verdicts to mean much; it checks that the "
            "whole chain works. Run without `--quick` for the reproduction.", ""] if quick else []),
@@ -324,6 +425,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     for experiment, claims in results.items():
         for claim in claims:
             lines += _claim_lines(experiment, claim, quantities.get(experiment))
+    for experiment, (frame, fits) in (explained or {}).items():
+        lines += _explain_lines(experiment, frame, fits)
     lines += _selection_lines(spec, choice)
     lines += ["## Final test accuracy and loss per run", "", *_results_lines(paths), "",
               "## Settings", "", *_settings_lines(spec, runs, failed),

@@ -10,7 +10,8 @@ figures and claims it asks for. Per experiment ``E``:
   concatenated; ``tables/E_probes.csv``: probes at the last checkpoint;
   ``tables/E_linear.csv``: the linear-problem table (``report.linear_table``);
   ``tables/E_quantities.csv``: the per-run values the claims use
-  (``claims.quantities``);
+  (``claims.quantities``); ``tables/E_pairs.csv``: the cross-seed CKA of
+  every layer of every pair of runs that claim 4d reads (``claims.pairs``);
 - figures (PNG and SVG) in ``figures/``, by the experiment's figure sets:
   ``standard``, every figure of its tables and run files per cell (tagged with
   the experiment's name, and the cell where the grid has several, except for
@@ -204,7 +205,7 @@ def _slug(cell) -> str:
 
 def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned: list[PlannedRun],
              files: list[Path], made: dict[str, Path], q_path: Path, quantities, analysis, paths: dict,
-             executor: Executor, quiet: bool) -> list[Path]:
+             executor: Executor, quiet: bool, explain_path: Path | None = None) -> list[Path]:
     """The figure sets ``exp.figures`` asks for (see the module docstring), each reused when fresh."""
     from .figures import draw_figures
     from .figures.depth import draw_depth_figures
@@ -233,6 +234,14 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
         figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
                          lambda: draw_depth_figures(quantities, analysis, paths, out / "figures",
                                                     rdm_depths=chosen, tag=tag))
+    if "explain" in exp.figures and explain_path is not None:
+        import pandas as pd
+
+        from .figures.explain import draw_explain_figures
+
+        tag = None if index == 0 else name
+        figures += _made(manifest, f"figures/{name}/explain", [explain_path], tag,
+                         lambda: draw_explain_figures(pd.read_csv(explain_path), out / "figures", tag=tag))
     return figures
 
 
@@ -246,16 +255,19 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
                               quick=quick, data_dir=data_dir, executor=executor, quiet=quiet)
             for i, (name, exp) in enumerate(spec.experiments.items())]
     done = executor.concurrently(jobs)
-    results, quantities, paths, figures, failed = {}, {}, {}, [], {}
-    for name, (made_results, made_quantities, made_paths, made_figures, made_failed) in zip(spec.experiments, done):
+    results, quantities, paths, figures, failed, explained = {}, {}, {}, [], {}, {}
+    for name, (made_results, made_quantities, made_paths, made_figures, made_failed, made_explained) in zip(
+            spec.experiments, done):
         paths[name] = made_paths
         if made_quantities is not None:
             results[name], quantities[name] = made_results, made_quantities
+        if made_explained is not None:
+            explained[name] = made_explained
         figures += made_figures
         failed.update(made_failed)
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed={r.name: failed[r.name] for r in runs if r.name in failed}, figures=figures,
-                        command=command, quick=quick, choice=choice)
+                        command=command, quick=quick, choice=choice, explained=explained)
 
 
 def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,
@@ -266,6 +278,7 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     import pandas as pd
 
     from . import claims as claims_module
+    from .analysis.explain import explain_frame, explain_table, run_losses
     from .analysis.runs import analyze, write_table
     from .probes import probe_runs
     from .report import linear_table
@@ -292,7 +305,7 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     paths = {r: out / "runs" / r.name for r in planned}
     files = list(paths.values())
     if not files:
-        return None, None, paths, [], failed
+        return None, None, paths, [], failed, None
     cells = _cells(planned)
     made: dict[str, Path] = {}
     measures = list(exp.measures) if exp.measures else None
@@ -305,15 +318,35 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     if "linear" in exp.tables:
         made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
     frames = {kind: pd.read_csv(path) for kind, path in made.items()}
-    context = claims_module.Context(name, paths, frames.get("analysis"), frames.get("linear"))
+    context = claims_module.Context(name, paths, frames.get("analysis"), frames.get("linear"), compare=exp.compare)
     need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
-    q_path = table(f"{name}_quantities.csv", files + list(made.values()),
+    pair_table = [table(f"{name}_pairs.csv", files, lambda: claims_module.pairs(context))] if need_cka else []
+    context.pairs = pd.read_csv(pair_table[0]) if pair_table else None
+    q_path = table(f"{name}_quantities.csv", files + list(made.values()) + pair_table,
                    lambda: claims_module.quantities(context, cka=need_cka), need_cka)
     context.quantities = quantities = pd.read_csv(q_path)
     results = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
+    explained, frame_path = None, None
+    if "explain" in exp.tables:
+        frame_path = table(f"{name}_explain_frame.csv", files + [made["analysis"]],
+                           lambda: explain_frame(frames["analysis"], _run_frame(paths), run_losses(files)))
+        explained = (pd.read_csv(frame_path), pd.read_csv(table(
+            f"{name}_explain.csv", [frame_path], lambda: explain_table(pd.read_csv(frame_path)))))
     figures = _figures(out, manifest, spec, index, exp, planned, files, made, q_path, quantities,
-                       frames.get("analysis"), paths, executor, quiet)
-    return results, quantities, paths, figures, failed
+                       frames.get("analysis"), paths, executor, quiet, frame_path)
+    return results, quantities, paths, figures, failed, explained
+
+
+def _run_frame(paths: dict[PlannedRun, Path]) -> "pd.DataFrame":
+    """One row per run file: its path, cell (scope), arm (the rule where the grid has no arms), rule, seed
+    and length, as ``analysis.explain.explain_frame`` reads them."""
+    import pandas as pd
+
+    from .claims import scope_label, variant
+
+    return pd.DataFrame([(str(path), scope_label(r.cell), dict(r.axes).get("arm", variant(r.config)),
+                          variant(r.config), r.config.seed, r.config.steps) for r, path in paths.items()],
+                        columns=["run", "scope", "arm", "rule", "seed", "steps"])
 
 
 # -- command line (the gallery) -----------------------------------------------------

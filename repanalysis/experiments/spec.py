@@ -7,6 +7,7 @@ number ``n``, seeds ``0..n-1``, or a list of seeds; ``quick_seeds`` under
     [experiments.depth]
     description = "what this experiment is for"
     claims = ["trains_well", "rsa_to_last"]    # names of repanalysis.claims.CLAIMS
+    compare = ["sg"]                           # the rules the claims compare with backprop (default: every other)
     tables = ["analysis"]                      # any of TABLES
     measures = ["linear_cka", "weight_frobenius"]   # the analysis measures (default: all)
     figures = ["depth"]                        # any of FIGURE_SETS
@@ -54,12 +55,12 @@ from ..config import TrainConfig
 from ..errors import UserError
 from .selection import FIRST, Choice, Selection, parse_selection
 
-TABLES = ("analysis", "probes", "linear")
+TABLES = ("analysis", "probes", "linear", "explain")
 FIGURE_SETS = ("standard", "tables", "depth", "explain")
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
-                    "quick", "probe_folds", "by", "exclude", "arms", "select"}
+                    "quick", "probe_folds", "by", "exclude", "arms", "select", "compare"}
 #: The grid axis whose values name bundles of settings (``arms``), not one ``TrainConfig`` field.
 ARM = "arm"
 #: Grid axes that say how one network is trained; they do not make cells.
@@ -112,6 +113,7 @@ class Experiment:
     exclude: tuple[dict, ...] = ()
     arms: dict[str, dict] = field(default_factory=dict)
     select: Selection | None = None
+    compare: tuple[str, ...] | None = None  # the rules its claims compare with backprop (None: every other)
 
     def cells(self) -> list[tuple[tuple[str, object], ...]]:
         """The grid values of every run of one seed, in grid order, less the excluded ones."""
@@ -289,6 +291,7 @@ def _check_fields(keys, where: str) -> None:
 
 
 def _experiment(name: str, table: dict, source: str) -> Experiment:
+    from ..analysis.explain import NEEDS as EXPLAIN_NEEDS
     from ..analysis.runs import MEASURES
     from ..claims import CLAIMS
 
@@ -336,6 +339,12 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         bad = sorted(set(table.get(key, ())) - set(allowed))
         if bad:
             raise UserError(f"{where}: unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    if "explain" in table.get("tables", ()):
+        missing = sorted(set(EXPLAIN_NEEDS) - set(table.get("measures", MEASURES)))
+        if "analysis" not in table.get("tables", ()) or missing:
+            raise UserError(f"{where}: the explain table reads the analysis table"
+                            + (f" with the measures {', '.join(missing)}" if missing else "")
+                            + "; add them (tables = [\"analysis\", \"explain\"])")
     return Experiment(
         name, str(table.get("description", "")), settings, grid, tuple(table.get("claims", ())),
         tuple(table.get("tables", ("analysis",))),
@@ -343,6 +352,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
         int(table.get("probe_folds", 5)), quick, by, tuple(exclude), arms,
         None if "select" not in table else parse_selection(table["select"], grid, settings, where, _check_fields),
+        None if "compare" not in table else tuple(map(str, _list(table["compare"], "compare", where))),
     )
 
 
@@ -389,7 +399,18 @@ def parse(text: str, source: str = "<spec>") -> Spec:
                 quick_seeds)
     for quick in (False, True):  # every config must resolve, with and without --quick
         spec.check(quick)
+    _check_claims(spec)
     return spec
+
+
+def _check_claims(spec: Spec) -> None:
+    """Refuse an experiment whose claims can judge none of the rules it compares with backprop."""
+    from ..claims import check_judgeable, variant
+
+    runs = spec.runs(choice=FIRST)
+    for name, exp in spec.experiments.items():
+        rules = list(dict.fromkeys(variant(r.config) for r in runs if r.experiment == name))
+        check_judgeable(exp.claims, rules, exp.compare, f"{spec.source}: experiments.{name}")
 
 
 def _seeds(value, key: str, source: str) -> tuple[int, ...]:
