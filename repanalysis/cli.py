@@ -17,7 +17,7 @@ from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .outputs import check_file, check_folder
+from .outputs import check_file, check_folder, check_state_folder
 from .runfile import MAPS
 
 
@@ -238,7 +238,7 @@ def _spec_and_overrides(args):
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
     spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
-    check_folder(args.out)
+    check_state_folder(args.out, args.overwrite)
     return spec, overrides
 
 
@@ -248,7 +248,7 @@ def _cmd_reproduce(args) -> None:
     spec, overrides = _spec_and_overrides(args)
     with _executor(args) as executor:
         report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                           executor=executor, quiet=args.quiet)
+                           executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     print(f"wrote {report}")
 
 
@@ -265,7 +265,7 @@ def _cmd_sweep(args) -> int:
     spec, overrides = _spec_and_overrides(args)
     with _executor(args) as executor:
         done = sweep(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                     executor=executor, quiet=args.quiet)
+                     executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}
     failed = failures(done)
     for name, error in failed.items():
@@ -292,6 +292,8 @@ def _add_spec_options(p) -> None:
     p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
     p.add_argument("--data-dir", help="folder with the MNIST files")
     p.add_argument("--out", required=True, help="the output folder (its runs/ folder is the sweep's state)")
+    p.add_argument("--overwrite", action="store_true", help="write into (and replace files in) a folder that is "
+                   "not empty and that reproduce or sweep did not make")
     add_options(p, per_core=True)
     p.add_argument("--quiet", action="store_true")
 

@@ -157,3 +157,45 @@ def test_exclude_leaves_out_every_run_that_matches_an_entry():
                  "exclude = [{ rule = 'backprop', stages = 2 }, { rule = 'sg', stages = 2 }]\n", "my.toml")
     assert [(r.config.rule, r.config.stages) for r in spec.runs()] == [
         ("backprop", 1), ("sg", 1), ("dni", 1), ("dni", 2)]
+
+
+TRAVERSAL = """
+seeds = 1
+[experiments."../../precious"]
+tables = ["analysis"]
+settings = { width = 8, depth = 2, steps = 2, probe_size = 20 }
+grid = { rule = ["backprop", "sg"] }
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (TRAVERSAL, "experiment name '../../precious' cannot be a file name"),
+    ("name = '../x'\n[experiments.a]\ngrid = { rule = ['backprop'] }", "name '../x' cannot be a file name"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'], dataset = ['../../x'] }", "dataset value '../../x' cannot be part"),
+    ("[experiments.a]\nsettings = { rule = 'backprop', model = '/tmp/x' }", "model value '/tmp/x'"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'], activation = ['a/b'] }", "activation value 'a/b'"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'] }\nquick = { dataset = '..' }", "dataset value '..'"),
+    ("[experiments.'.hidden']\ngrid = { rule = ['backprop'] }", "experiment name '.hidden'"),
+])
+def test_names_from_a_spec_cannot_leave_the_output_folder(text, message):
+    with pytest.raises(UserError, match=message):
+        parse(text, "my.toml")
+
+
+def test_a_traversal_spec_is_refused_before_anything_is_written(tmp_path, capsys):
+    spec = tmp_path / "traversal.toml"
+    spec.write_text(TRAVERSAL)
+    precious = tmp_path / "precious_analysis.csv"
+    precious.write_text("keep me")
+    out = tmp_path / "a" / "b" / "out"
+    assert main(["reproduce", "--spec", str(spec), "--out", str(out), "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be a file name" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["precious_analysis.csv", "traversal.toml"]
+    assert precious.read_text() == "keep me"
+
+
+def test_list_values_name_runs_without_brackets():
+    spec = parse("seeds = 1\n[experiments.a]\nsettings = { rule = 'sg', depth = 4 }\ngrid = { sg_at = [[1, 2], [3]] }",
+                 "my.toml")
+    assert [r.name for r in spec.runs()] == ["a_digits_mlp_sg_at1-2_sg_s0.h5", "a_digits_mlp_sg_at3_sg_s0.h5"]

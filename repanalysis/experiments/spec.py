@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..outputs import safe_name
 
 TABLES = ("analysis", "probes", "linear")
 FIGURE_SETS = ("standard", "tables", "depth")
@@ -67,7 +68,8 @@ class PlannedRun:
     def name(self) -> str:
         c = self.config
         parts = [self.experiment, c.dataset, c.model]
-        parts += [_NAME_FORMS.get(k, k + "{}").format(v) for k, v in self.axes if k not in ("rule", "dataset", "model")]
+        parts += [_NAME_FORMS.get(k, k + "{}").format(value_text(v)) for k, v in self.axes
+                  if k not in ("rule", "dataset", "model")]
         return "_".join(parts + [c.rule, f"s{c.seed}"]) + ".h5"
 
     def __hash__(self) -> int:  # TrainConfig is mutable; a run is known by its file name
@@ -147,7 +149,9 @@ class Spec:
                     if exp.excluded(axes):
                         continue
                     fields = {"dataset": spec.dataset, **exp.settings_for(axes), **dict(axes), "seed": seed}
-                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
+                    run = PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes)
+                    _check_names(run, f"{self.source}: experiments.{exp.name}")
+                    planned.append(run)
         names = [r.name for r in planned]
         if len(set(names)) != len(names):
             raise UserError(f"{self.source}: two runs would share a file name; give every grid value once")
@@ -184,6 +188,18 @@ class Spec:
                                    dataset=overrides.dataset or self.dataset)
 
 
+def value_text(value) -> str:
+    """A grid value as it appears in file names: a list as its items joined by ``-``."""
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _check_names(run: PlannedRun, where: str) -> None:
+    """Refuse a run whose file name would not stay inside the run folder (a spec is a file people share)."""
+    for key, value in (("dataset", run.config.dataset), ("model", run.config.model), *run.axes):
+        safe_name(value_text(value), f"{where}: {key} value", part=True)
+    safe_name(run.name, f"{where}: run-file name")
+
+
 def _resolved(fields: dict, where: str) -> TrainConfig:
     try:
         return TrainConfig(**fields).resolved()
@@ -209,6 +225,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
     from ..claims import CLAIMS
 
     where = f"{source}: experiments.{name}"
+    safe_name(name, f"{source}: experiment name")
     unknown = sorted(set(table) - _EXPERIMENT_KEYS)
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; an experiment has "
@@ -277,7 +294,8 @@ def parse(text: str, source: str = "<spec>") -> Spec:
     for key, value in (("seeds", seeds), ("quick_seeds", quick_seeds)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
-    spec = Spec(str(data.get("name", Path(source).stem)), str(data.get("description", "")),
+    name = safe_name(data["name"], f"{source}: name") if "name" in data else Path(source).stem
+    spec = Spec(name, str(data.get("description", "")),
                 str(data.get("dataset", "digits")), seeds,
                 {name: _experiment(name, table, source) for name, table in experiments.items()}, source,
                 quick_seeds)
