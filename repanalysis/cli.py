@@ -237,8 +237,10 @@ def _spec_and_overrides(args):
     spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
-    spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
+    runs = spec.runs(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
     check_state_folder(args.out, args.overwrite)
+    if not args.quiet:
+        print(f"{spec.name}: {len(runs)} runs in {len(spec.experiments)} experiment(s)")
     return spec, overrides
 
 

@@ -78,6 +78,12 @@ def test_unwritable_outputs_are_one_line(capsys, run, args):
     (["--rule", "backprop", "--sg-at", 2], "--sg-at is for --rule sg only"),
     (["--rule", "sg", "--sg-at", "2,2"], "h2 more than once"),
     (["--rule", "sg", "--sg-at", 9], "h1..h4"),
+    (["--rule", "sg", "--sg-lr", -1], "--sg-lr must be a positive finite number, got -1"),
+    (["--rule", "sg", "--sg-lr", "nan"], "--sg-lr must be a positive finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--optimizer", "sgd", "--momentum", -5], "--momentum must be in [0, 1), got -5"),
+    (["--seed", 10**20], "--seed must be from 0 to 2**63 - 1"),
+    (["--rule", "sg", "--sg-width", 0, "--sg-hidden", 1], "--sg-width must be at least 1, got 0"),
 ])
 def test_train_checks_everything_before_touching_the_output(tmp_path, capsys, run, args, message):
     out = tmp_path / "good.h5"

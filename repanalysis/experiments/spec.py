@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,10 @@ _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "r
                     "quick", "probe_folds", "by", "exclude"}
 #: Grid axes that say how one network is trained; they do not make cells.
 VARIANT_AXES = ("rule", "stages")
+#: The most runs one spec may plan (a grid's size is the product of its axes' lengths, times the seeds).
+MAX_RUNS = 10_000
+#: The largest spec file read (a spec is a short text).
+MAX_SPEC_BYTES = 1 << 20
 #: Short forms of grid axes in run-file names.
 _NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}"}
 
@@ -141,6 +146,7 @@ class Spec:
     def runs(self, quick: bool = False, overrides: Overrides | None = None) -> list[PlannedRun]:
         """Every run, seed by seed (so a partial sweep has whole seeds), each experiment's grid in order."""
         spec = self.applied(overrides or Overrides(), quick)
+        _check_size(spec)
         planned = []
         for seed in range(spec.seeds):
             for exp in spec.experiments.values():
@@ -149,7 +155,7 @@ class Spec:
                     if exp.excluded(axes):
                         continue
                     fields = {"dataset": spec.dataset, **exp.settings_for(axes), **dict(axes), "seed": seed}
-                    run = PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes)
+                    run = PlannedRun(exp.name, _resolved(fields, f"{self.source}: experiments.{exp.name}"), axes)
                     _check_names(run, f"{self.source}: experiments.{exp.name}")
                     planned.append(run)
         names = [r.name for r in planned]
@@ -188,6 +194,15 @@ class Spec:
                                    dataset=overrides.dataset or self.dataset)
 
 
+def _check_size(spec: "Spec") -> None:
+    """Refuse a spec that would plan more than ``MAX_RUNS`` runs, saying how many, before planning any."""
+    n = sum(math.prod(len(v) for v in exp.grid.values()) for exp in spec.experiments.values()) * spec.seeds
+    if n > MAX_RUNS:
+        raise UserError(f"{spec.source}: this spec would make up to {n:,} runs ({spec.seeds} seed(s) of "
+                        f"{', '.join(f'{e.name}: ' + ' x '.join(map(str, map(len, e.grid.values()))) for e in spec.experiments.values())}"
+                        f" grid values); at most {MAX_RUNS:,} are allowed: split it into smaller specs")
+
+
 def value_text(value) -> str:
     """A grid value as it appears in file names: a list as its items joined by ``-``."""
     return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
@@ -218,6 +233,25 @@ def _check_fields(keys, where: str) -> None:
     if unknown:
         raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}; settings are TrainConfig fields "
                         f"({', '.join(sorted(_FIELDS))})")
+
+
+def _check_experiment_types(table: dict, where: str) -> None:
+    """Refuse an experiment key (other than the settings) of the wrong type, naming it and the type it takes."""
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def strings(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    checks = {"description": (lambda v: isinstance(v, str), "a string"),
+              "claims": (strings, "a list of strings"), "tables": (strings, "a list of strings"),
+              "measures": (strings, "a list of strings"), "figures": (strings, "a list of strings"),
+              "rdm_depths": (lambda v: isinstance(v, list) and all(integer(x) and x >= 1 for x in v),
+                             "a list of positive integers"),
+              "probe_folds": (lambda v: integer(v) and v >= 2, "an integer of at least 2")}
+    for key, (ok, kind) in checks.items():
+        if key in table and not ok(table[key]):
+            raise UserError(f"{where}: {key} must be {kind}, got {table[key]!r}")
 
 
 def _experiment(name: str, table: dict, source: str) -> Experiment:
@@ -264,6 +298,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
                             f"({', '.join(grid) or 'none'})")
     if "rule" not in grid and "rule" not in settings:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
+    _check_experiment_types(table, where)
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
         bad = sorted(set(table.get(key, ())) - set(allowed))
         if bad:
@@ -272,8 +307,8 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         name, str(table.get("description", "")), settings, grid, tuple(table.get("claims", ())),
         tuple(table.get("tables", ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
-        tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
-        int(table.get("probe_folds", 5)), quick, by, tuple(exclude),
+        tuple(table.get("figures", ("standard",))), tuple(table.get("rdm_depths", ())),
+        table.get("probe_folds", 5), quick, by, tuple(exclude),
     )
 
 
@@ -308,9 +343,17 @@ def load_spec(path) -> Spec:
     """The spec in the TOML file ``path``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read the spec ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < MAX_SPEC_BYTES - 3:  # not a character cut at the end of what was read
+            raise UserError(f"{path}: not a text file (a spec is TOML, in UTF-8)") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; a spec is a short TOML text file")
     return parse(text, str(path))
 
 
