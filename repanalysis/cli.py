@@ -17,7 +17,7 @@ from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .outputs import check_file, check_folder
+from .outputs import check_file, check_folder, check_state_folder
 from .runfile import MAPS
 
 
@@ -241,6 +241,7 @@ def _cmd_figures(args) -> None:
 
 def _spec_and_overrides(args):
     """The spec and overrides of ``reproduce``/``sweep``, checked before the output folder is touched."""
+    from .experiments.selection import FIRST
     from .experiments.spec import Overrides, load_spec, preset
 
     if args.spec and args.preset:
@@ -249,7 +250,11 @@ def _spec_and_overrides(args):
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
                           steps=args.steps, dataset=args.dataset)
     spec.check(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
-    check_folder(args.out)
+    check_state_folder(args.out, args.overwrite)
+    if not args.quiet:
+        runs, tried = spec.runs(args.quick, overrides, choice=FIRST), spec.candidate_runs(args.quick, overrides)
+        print(f"{spec.name}: {len(runs) + len(tried)} runs in {len(spec.experiments)} experiment(s)"
+              + (f", {len(tried)} of them a selection's candidates" if tried else ""))
     return spec, overrides
 
 
@@ -259,7 +264,7 @@ def _cmd_reproduce(args) -> None:
     spec, overrides = _spec_and_overrides(args)
     with _executor(args) as executor:
         report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                           executor=executor, quiet=args.quiet)
+                           executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     print(f"wrote {report}")
 
 
@@ -276,7 +281,7 @@ def _cmd_sweep(args) -> int:
     spec, overrides = _spec_and_overrides(args)
     with _executor(args) as executor:
         done = sweep(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                     executor=executor, quiet=args.quiet)
+                     executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}
     failed = failures(done)
     for name, error in failed.items():
@@ -303,6 +308,8 @@ def _add_spec_options(p) -> None:
     p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
     p.add_argument("--data-dir", help="folder with the MNIST files")
     p.add_argument("--out", required=True, help="the output folder (its runs/ folder is the sweep's state)")
+    p.add_argument("--overwrite", action="store_true", help="write into (and replace files in) a folder that is "
+                   "not empty and that reproduce or sweep did not make")
     add_options(p, per_core=True)
     p.add_argument("--quiet", action="store_true")
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -17,6 +20,8 @@ RECORD_BN = ("batch", "eval")
 SG_CONDITIONS = ("none", "label", "error")
 SG_OUTPUTS = ("linear", "tanh")
 SG_MAPS = ("flat", "conv")
+#: Seeds are stored as 64-bit integers (run-file attributes, torch's generators).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -82,6 +87,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every default filled in and every setting checked."""
+        check_types(dataclasses.asdict(self))
         c = dataclasses.replace(self)
         _check_choice("rule", c.rule, RULES)
         _check_choice("optimizer", c.optimizer, OPTIMIZERS)
@@ -97,8 +103,17 @@ class TrainConfig:
         for name in ("warmup_steps", "sg_warmup", "validation", "hold_steps"):
             if getattr(c, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(c, name)}")
-        if not c.lr > 0:
-            raise UserError(f"--lr must be positive, got {c.lr}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(c, name) <= MAX_SEED:
+                raise UserError(f"--{name.replace('_', '-')} must be from 0 to 2**63 - 1, got {getattr(c, name)}")
+        for name in ("lr", "sg_lr", "sg_loss_weight", "feedback_scale"):
+            value = getattr(c, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        if not 0 <= c.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {c.momentum}")
+        if c.sg_width < 1:
+            raise UserError(f"--sg-width must be at least 1, got {c.sg_width}")
         if c.record_every is None:
             c.record_every = max(1, c.steps // 10)
         if c.eval_every is None:
@@ -161,6 +176,41 @@ class TrainConfig:
         if stored.get("model") == "cnn":  # cnn runs written before flat modules existed had conv modules
             stored.setdefault("sg_map", "conv")
         return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+@functools.cache
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_name(kind) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join(_type_name(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return f"a list of {_type_name(typing.get_args(kind)[0]).split(' ', 1)[1]}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "left out"}[kind]
+
+
+def _matches(value, kind) -> bool:
+    if isinstance(kind, types.UnionType):
+        return any(_matches(value, k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(kind)[0]) for v in value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_types(fields: dict) -> None:
+    """Refuse a value of the wrong type for a ``TrainConfig`` field (from a spec, say) with one line naming the
+    field and the type it takes (a number may be given for a float field)."""
+    kinds = _field_types()
+    for name, value in fields.items():
+        if name in kinds and not _matches(value, kinds[name]):
+            raise UserError(f"{name} must be {_type_name(kinds[name])}, got {value!r}")
 
 
 def _check_choice(option: str, value, choices) -> None:

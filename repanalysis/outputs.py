@@ -5,15 +5,50 @@ Every command checks its output *before* any work (``check_file`` for a file,
 a temporary file in the same folder, renamed over the target only once it is
 complete, so an existing file is either kept whole or replaced whole. Files
 get the mode a plain ``open`` would give them (``0o666`` less the umask).
+Names that come from a file a user was given (a spec's experiment names,
+say) become file names only through ``safe_name``, so that they stay inside
+the output folder.
+
+One writer at a time: a run file, or an output folder that is a command's
+state (``reproduce``, ``sweep``), is held by ``Lock`` while it is written, and
+a second writer is refused with the first one's process, host and command.
+The lock is ``flock`` on a small file (``.<name>.lock`` beside a run file,
+``.repanalysis.lock`` in a folder), removed when the writer ends and
+harmless when left by a killed one; on a file system without locks the
+writer goes on unlocked. A folder that ``reproduce`` or ``sweep`` made holds
+``MARK``; they refuse to write into any other folder that is not empty,
+unless told to overwrite.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import os
+import re
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
 from .errors import UserError
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_SAFE_PART = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def safe_name(name, what: str, part: bool = False) -> str:
+    """``name`` (as text) if it can be a file name inside an output folder: letters, digits, ``_``, ``-``,
+    ``+`` and ``.``, not starting with ``.`` or ``-`` (unless it is only ``part`` of a name), without ``..``;
+    else a ``UserError`` that names ``what`` it is."""
+    text = str(name)
+    if not (_SAFE_PART if part else _SAFE_NAME).fullmatch(text) or ".." in text:
+        first = "" if part else " ('.' and '-' not first)"
+        raise UserError(f"{what} {text!r} cannot be {'part of ' if part else ''}a file name: use letters, digits, "
+                        f"'_', '-', '+' and '.'{first}, without '..' or path separators")
+    return text
 
 
 def _writable_folder(folder: Path) -> None:
@@ -51,6 +86,100 @@ def check_folder(path, option: str = "--out") -> Path:
         raise UserError(f"cannot create the folder {out}: {err.strerror or err}") from None
     _writable_folder(out)
     return out
+
+
+#: The file that marks a folder made by ``reproduce`` or ``sweep`` (their state).
+MARK = ".repanalysis"
+_MARK_TEXT = "an output folder of repanalysis reproduce/sweep: its runs/ and tables/ are their state\n"
+#: Files of an older reproduction's folder that mark it as one too.
+_OLD_MARKS = (".reproduce.json",)
+
+
+def check_state_folder(path, overwrite: bool, option: str = "--out") -> Path:
+    """``check_folder`` for a folder that a command keeps its state in: refused if it holds anything but was
+    not made by ``reproduce`` or ``sweep`` (``MARK``), unless ``overwrite``; marked as made by them."""
+    out = Path(path)
+    if out.is_dir() and not overwrite and not any((out / m).exists() for m in (MARK,) + _OLD_MARKS):
+        if any(out.iterdir()):
+            raise UserError(f"{option} {out} is a folder that reproduce or sweep did not make, and not empty; give "
+                            "a new or empty folder, or pass --overwrite to write (and replace files) in it")
+    out = check_folder(out, option)
+    if not (out / MARK).exists():
+        (out / MARK).write_text(_MARK_TEXT)
+    return out
+
+
+def _holder() -> str:
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"process {os.getpid()} on {socket.gethostname()}, since {started}: {' '.join(sys.argv)}"[:2000]
+
+
+class Lock:
+    """An exclusive lock on the output ``what`` (a run file, or a folder), through the lock file ``path``.
+
+    ``acquire`` refuses with a ``UserError`` naming the holder when another
+    process holds it; ``release`` removes the lock file. A context manager.
+    """
+
+    def __init__(self, path, what):
+        self.path, self.what, self._fd = Path(path), what, None
+
+    def acquire(self) -> "Lock":
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise UserError(f"cannot write into the folder {self.path.parent}: {err.strerror or err}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that has not said"
+                os.close(fd)
+                raise UserError(f"{self.what} is being written by another {holder}; wait until it ends, or write "
+                                "elsewhere") from None
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
+                break  # a file system without locks: go on unlocked
+            # the lock file may have been removed by its last holder between our open and our lock: retry
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder().encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and let go (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def folder_lock(folder) -> Lock:
+    """The lock of a folder that a command keeps its state in (``reproduce``, ``sweep``)."""
+    return Lock(Path(folder) / ".repanalysis.lock", f"the folder {folder}")
+
+
+def file_lock(path) -> Lock:
+    """The lock of an output file written over a long time (a run file): ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return Lock(path.with_name(f".{path.name}.lock"), str(path))
 
 
 def temporary_beside(path) -> Path:

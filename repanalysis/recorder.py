@@ -333,11 +333,8 @@ class Recorder:
         """Close after a failed write: as "failed" where the file still takes it; never raise a second error."""
         try:
             self._writer.close("failed", error=error)
-        except Exception:
-            try:
-                self._writer.file.close()
-            except Exception:
-                pass
+        except Exception:  # noqa: BLE001 (close abandons the file on its way out)
+            pass
 
     def __enter__(self) -> "Recorder":
         return self

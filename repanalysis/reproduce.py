@@ -58,9 +58,10 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .outputs import check_state_folder, folder_lock
 from .executor import Executor, cores, one_thread
 from .experiments.selection import Choice, choose
-from .experiments.spec import Overrides, PlannedRun, Spec, preset
+from .experiments.spec import Overrides, PlannedRun, Spec, preset, value_text
 from .sweep import failures, train_runs
 
 
@@ -116,12 +117,11 @@ def _made(manifest: Manifest, product: str, inputs: list[Path], settings, make) 
 
 # -- the whole chain ----------------------------------------------------------------
 
-def _output_dir(out_dir, subfolders=("runs", "tables", "figures")) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; give a folder for the output")
+def _output_dir(out_dir, overwrite: bool, subfolders=("runs", "tables", "figures")) -> Path:
+    """The output folder, checked (``outputs.check_state_folder``) and with its subfolders."""
+    out = check_state_folder(out_dir, overwrite)
     for sub in subfolders:
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub).mkdir(exist_ok=True)
     return out
 
 
@@ -159,13 +159,16 @@ def _selected(applied: Spec, run_dir: Path, executor: Executor, data_dir, quiet:
 
 
 def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
-          data_dir=None, executor: Executor | None = None, quiet: bool = False) -> dict[str, tuple[str, str | None]]:
+          data_dir=None, executor: Executor | None = None, quiet: bool = False,
+          overwrite: bool = False) -> dict[str, tuple[str, str | None]]:
     """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does (a
     selection's candidates first), and no more; ``{file name: (what was done, error or None)}`` (see
-    ``sweep.train_runs``)."""
+    ``sweep.train_runs``). ``overwrite``: write into a non-empty folder that ``reproduce`` or ``sweep`` did
+    not make."""
     _, _, applied = _planned(spec, quick, overrides)
-    out = _output_dir(out_dir, ("runs",))
+    out = _output_dir(out_dir, overwrite, ("runs",))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(out))
         executor = executor or stack.enter_context(Executor(cores()))
         choice, done = _selected(applied, out / "runs", executor, data_dir, quiet)
         return {**done, **train_runs(applied.runs(choice=choice), out / "runs", executor, data_dir=data_dir,
@@ -173,17 +176,20 @@ def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: 
 
 
 def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
-              data_dir=None, executor: Executor | None = None, quiet: bool = False) -> Path:
+              data_dir=None, executor: Executor | None = None, quiet: bool = False, overwrite: bool = False) -> Path:
     """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``.
 
     Runs, analyses and probes are tasks on ``executor`` (default: a local Dask
-    cluster of one worker per core, closed at the end).
+    cluster of one worker per core, closed at the end). ``out_dir`` is held
+    against other writers; ``overwrite``: write into a non-empty folder that
+    ``reproduce`` or ``sweep`` did not make.
     """
     spec, overrides, applied = _planned(spec, quick, overrides)
     spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
-    out = _output_dir(out_dir)
+    out = _output_dir(out_dir, overwrite)
     command = _command(spec_arg, quick, overrides, data_dir, out)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(out))
         executor = executor or stack.enter_context(Executor(cores()))
         executor.start()  # the workers start while this process imports what it needs
         stack.enter_context(one_thread())
@@ -200,7 +206,7 @@ def _cells(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
 
 
 def _slug(cell) -> str:
-    return "_".join(str(v) if k == "activation" else f"{k[0]}{v}" for k, v in cell)
+    return "_".join(value_text(v) if k == "activation" else f"{k[0]}{value_text(v)}" for k, v in cell)
 
 
 def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned: list[PlannedRun],

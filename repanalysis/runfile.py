@@ -28,8 +28,10 @@ at all) but cost 10 ms a checkpoint, nearly a training step (files written
 before were compressed, and read and resume the same). The writer flushes
 after every checkpoint and evaluation and touches the file between them only
 then, so a run killed at any moment leaves every earlier checkpoint readable
-with ``status`` still "running". The writer takes no file lock, so a run can be
-read live, with plain h5py too, at any time between two flushes.
+with ``status`` still "running". The writer takes no HDF5 file lock, so a run
+can be read live, with plain h5py too, at any time between two flushes; a
+second writer of the same path is refused by ``outputs.file_lock`` (a lock
+file ``.<name>.lock`` beside it, naming the first writer).
 
 Feature maps are read as rows ``[N, D]`` by one of ``MAPS`` (``as_rows``):
 ``flatten`` (every value, ``D = C·H·W``, row-major: channel, row, column) or
@@ -56,7 +58,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .outputs import check_file, temporary_beside
+from .outputs import check_file, file_lock, temporary_beside
 
 MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
@@ -103,10 +105,21 @@ class RunWriter:
         """
         path = check_file(path, overwrite)
         self.path = path
-        self._pending = temporary_beside(path) if path.exists() else None
-        # No lock: readers (plain ``h5py.File(path, "r")`` included) may open the run while it is
-        # written; they see the state of the last flush, since the file is not touched between flushes.
-        self.file = _writable(self._pending or path, "w")
+        self._lock = file_lock(path).acquire()  # a second writer is refused, naming this one
+        try:
+            self._pending = temporary_beside(path) if path.exists() else None
+            # No HDF5 lock: readers (plain ``h5py.File(path, "r")`` included) may open the run while it is
+            # written; they see the state of the last flush, since the file is not touched between flushes.
+            self.file = _writable(self._pending or path, "w")
+            self._start(rule=rule, model=model, dataset=dataset, seed=seed, config_json=config_json, task=task,
+                        n_features=n_features, n_outputs=n_outputs, probe_index=probe_index,
+                        probe_labels=probe_labels, probe_targets=probe_targets, layers=layers, record_bn=record_bn)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _start(self, *, rule, model, dataset, seed, config_json, task, n_features, n_outputs, probe_index,
+               probe_labels, probe_targets, layers, record_bn) -> None:
         f = self.file
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
@@ -146,15 +159,21 @@ class RunWriter:
         Call it on a file ``RunFile`` has accepted.
         """
         path = Path(path)
+        lock = file_lock(path).acquire()
         try:
             with h5py.File(path, "r", locking=False) as old:
                 step, state, rows = _resume_point(old, path)
                 fresh = _copy_kept(old, path, rows, step)
         except (KeyError, ValueError, OSError, RuntimeError) as err:
+            lock.release()
             raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None
+        except BaseException:
+            lock.release()
+            raise
         fresh.replace(path)
         writer = cls.__new__(cls)
         writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = path, None, {}, {}, {}
+        writer._lock = lock
         try:
             writer.file = _writable(path, "a")
         except OSError as err:
@@ -247,14 +266,29 @@ class RunWriter:
 
         A complete run is committed; an uncommitted failed one is deleted.
         """
-        self.file.attrs["status"] = status
-        self.file.attrs.update(attrs)
-        self._flush_metrics()
-        self.file.close()
-        if status == "complete":
-            self.commit()
-        elif self._pending is not None:
+        try:
+            self.file.attrs["status"] = status
+            self.file.attrs.update(attrs)
+            self._flush_metrics()
+            self.file.close()
+            if status == "complete":
+                self.commit()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Close the file as it is (if open), delete an uncommitted temporary file, and let go of the lock;
+        never raises. ``close`` ends with it."""
+        file = getattr(self, "file", None)
+        if file is not None:
+            try:
+                file.close()
+            except Exception:  # noqa: BLE001 (a file already broken: what it holds stays as it is)
+                pass
+        if getattr(self, "_pending", None) is not None:
             self._pending.unlink(missing_ok=True)
+            self._pending = None
+        self._lock.release()
 
     @property
     def replacing(self) -> bool:

@@ -295,7 +295,7 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
         load_arrays(rule, params)
         resume_state.restore(rule, stream, state, step)
     except BaseException:
-        writer.file.close()
+        writer.abandon()
         raise
     if config.stages > 1:  # the stages restore the same state; the parent's rule records and evaluates
         return pipeline.run(config, rule, data, index, writer, quiet, step, {**params, **state})

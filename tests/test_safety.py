@@ -7,11 +7,13 @@ import stat
 import subprocess
 import sys
 
+import h5py
 import pytest
 from helpers import small_config
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
+from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
 
@@ -76,6 +78,12 @@ def test_unwritable_outputs_are_one_line(capsys, run, args):
     (["--rule", "backprop", "--sg-at", 2], "--sg-at is for --rule sg or noisy only"),
     (["--rule", "sg", "--sg-at", "2,2"], "h2 more than once"),
     (["--rule", "sg", "--sg-at", 9], "h1..h4"),
+    (["--rule", "sg", "--sg-lr", -1], "--sg-lr must be a positive finite number, got -1"),
+    (["--rule", "sg", "--sg-lr", "nan"], "--sg-lr must be a positive finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--optimizer", "sgd", "--momentum", -5], "--momentum must be in [0, 1), got -5"),
+    (["--seed", 10**20], "--seed must be from 0 to 2**63 - 1"),
+    (["--rule", "sg", "--sg-width", 0, "--sg-hidden", 1], "--sg-width must be at least 1, got 0"),
 ])
 def test_train_checks_everything_before_touching_the_output(tmp_path, capsys, run, args, message):
     out = tmp_path / "good.h5"
@@ -167,3 +175,54 @@ def test_warnings_are_one_readable_line_per_kind(tmp_path, capsys, run):
     assert all(line.startswith("repanalysis: warning: ") for line in lines), lines
     assert not any(".py:" in line for line in lines)  # no source paths or lines
     assert len(lines) == len(set(lines))
+
+
+def test_a_second_writer_of_a_run_file_is_refused_naming_the_first(tmp_path, capsys, run):
+    import torch
+
+    from repanalysis import Recorder
+    from repanalysis.outputs import file_lock
+
+    out = tmp_path / "same.h5"
+    with file_lock(out):  # another writer at work on it, as a second process would see
+        _refused(capsys, "train", "--steps", 2, "--width", 8, "--out", out, "--overwrite", "--quiet",
+                 message=f"same.h5 is being written by another process {os.getpid()} on ")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    probe = (torch.randn(6, 4), torch.arange(6) % 3)
+    with Recorder(out, model, {"fc": model[0]}, probe, torch.nn.functional.cross_entropy) as first:
+        first.checkpoint(0)
+        with pytest.raises(UserError, match="is being written by another process"):
+            Recorder(out, model, {"fc": model[0]}, probe, torch.nn.functional.cross_entropy, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.h5"]  # the lock file went with the writer
+    with RunFile(out) as done:
+        assert done.status == "complete" and list(done.steps) == [0]
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(run.read_bytes())
+    with h5py.File(copy, "r+") as f:
+        f.attrs["status"] = "running"  # as a killed run's
+    before = copy.read_bytes()
+    with file_lock(copy):
+        _refused(capsys, "train", "--resume", copy, message="copy.h5 is being written by another process")
+    assert copy.read_bytes() == before
+
+
+def test_reproduce_and_sweep_refuse_a_folder_they_did_not_make_or_that_is_in_use(tmp_path, capsys):
+    from repanalysis.outputs import folder_lock
+
+    mine = tmp_path / "mine"
+    (mine / "tables").mkdir(parents=True)
+    (mine / "report.md").write_text("my notes")
+    for command in ("reproduce", "sweep"):
+        _refused(capsys, command, "--quick", "--workers", 1, "--out", mine, message="did not make, and not empty")
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == ["report.md", "tables"]
+    spec = tmp_path / "one.toml"
+    spec.write_text("seeds = 1\n[experiments.a]\nsettings = { rule = 'backprop', width = 8, depth = 2, steps = 2, "
+                    "probe_size = 20 }\n")
+    assert main(["sweep", "--spec", str(spec), "--workers", "1", "--quiet", "--out", str(mine), "--overwrite"]) == 0
+    assert (mine / "report.md").read_text() == "my notes" and (mine / "runs" / "a_digits_mlp_backprop_s0.h5").exists()
+    assert main(["sweep", "--spec", str(spec), "--workers", "1", "--quiet", "--out", str(mine)]) == 0  # marked now
+    capsys.readouterr()
+    with folder_lock(mine):
+        _refused(capsys, "sweep", "--spec", spec, "--workers", 1, "--out", mine,
+                 message=f"the folder {mine} is being written by another process {os.getpid()}")

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from repanalysis.cli import main
-from repanalysis.experiments import Overrides, parse, preset
+from repanalysis.experiments import Overrides, load_spec, parse, preset
 from repanalysis.experiments.selection import FIRST
 from repanalysis.errors import UserError
 
@@ -274,3 +274,84 @@ def test_seeds_may_be_a_list_and_seeds_n_takes_the_first_n_then_the_next_integer
     for bad in ("[1, 1]", "[]", "[-1]", "0", "[1.5]"):
         with pytest.raises(UserError, match="seeds must be"):
             parse(f"seeds = {bad}\n" + SPEC.split("seeds = 2\n")[1], "s.toml")
+
+
+TRAVERSAL = """
+seeds = 1
+[experiments."../../precious"]
+tables = ["analysis"]
+settings = { width = 8, depth = 2, steps = 2, probe_size = 20 }
+grid = { rule = ["backprop", "sg"] }
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (TRAVERSAL, "experiment name '../../precious' cannot be a file name"),
+    ("name = '../x'\n[experiments.a]\ngrid = { rule = ['backprop'] }", "name '../x' cannot be a file name"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'], dataset = ['../../x'] }", "dataset value '../../x' cannot be part"),
+    ("[experiments.a]\nsettings = { rule = 'backprop', model = '/tmp/x' }", "model value '/tmp/x'"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'], activation = ['a/b'] }", "activation value 'a/b'"),
+    ("[experiments.a]\ngrid = { rule = ['backprop'] }\nquick = { dataset = '..' }", "dataset value '..'"),
+    ("[experiments.'.hidden']\ngrid = { rule = ['backprop'] }", "experiment name '.hidden'"),
+])
+def test_names_from_a_spec_cannot_leave_the_output_folder(text, message):
+    with pytest.raises(UserError, match=message):
+        parse(text, "my.toml")
+
+
+def test_a_traversal_spec_is_refused_before_anything_is_written(tmp_path, capsys):
+    spec = tmp_path / "traversal.toml"
+    spec.write_text(TRAVERSAL)
+    precious = tmp_path / "precious_analysis.csv"
+    precious.write_text("keep me")
+    out = tmp_path / "a" / "b" / "out"
+    assert main(["reproduce", "--spec", str(spec), "--out", str(out), "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be a file name" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["precious_analysis.csv", "traversal.toml"]
+    assert precious.read_text() == "keep me"
+
+
+def test_list_values_name_runs_without_brackets():
+    spec = parse("seeds = 1\n[experiments.a]\nsettings = { rule = 'sg', depth = 4 }\ngrid = { sg_at = [[1, 2], [3]] }",
+                 "my.toml")
+    assert [r.name for r in spec.runs()] == ["a_digits_mlp_sg_at1-2_sg_s0.h5", "a_digits_mlp_sg_at3_sg_s0.h5"]
+
+
+@pytest.mark.parametrize("keys, message", [
+    ("settings = { width = 'x' }", "width must be an integer, got 'x'"),
+    ("settings = { steps = 1.5 }", "steps must be an integer, got 1.5"),
+    ("settings = { lr = 'fast' }", "lr must be a number, got 'fast'"),
+    ("settings = { batch_norm = 1 }", "batch_norm must be true or false, got 1"),
+    ("settings = { sg_at = ['a'] }", "sg_at must be a list of integers or left out"),
+    ("settings = { depth = 2 }\ngrid = { rule = ['sg'], width = [8, 'x'] }", "width must be an integer, got 'x'"),
+    ("probe_folds = 'x'", "probe_folds must be an integer of at least 2, got 'x'"),
+    ("rdm_depths = ['a']", "rdm_depths must be a list of positive integers, got \\['a'\\]"),
+    ("claims = 'trains_well'", "claims must be a list of strings"),
+])
+def test_spec_values_of_the_wrong_type_are_refused_naming_the_field(keys, message):
+    text = f"[experiments.a]\n{keys}\n" + ("" if "grid" in keys else "grid = { rule = ['sg'] }\n")
+    with pytest.raises(UserError, match=message) as err:
+        parse(text, "my.toml")
+    assert str(err.value).startswith("my.toml: experiments.a")
+
+
+def test_a_huge_grid_is_refused_saying_how_many_runs_it_would_make():
+    axis = ", ".join(map(str, range(1, 101)))
+    text = f"seeds = 2\n[experiments.a]\ngrid = {{ rule = ['backprop', 'sg'], depth = [{axis}], width = [{axis}] }}"
+    with pytest.raises(UserError, match="would make up to 40,000 runs .* at most 10,000"):
+        parse(text, "my.toml")
+
+
+def test_a_spec_that_is_not_text_is_refused_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"name = '\xff\xfe'\n")
+    with pytest.raises(UserError, match="binary.toml: not a text file"):
+        load_spec(binary)
+    proc = subprocess.run([sys.executable, "-m", "repanalysis.cli", "reproduce", "--spec", "/dev/urandom", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "repanalysis: error: /dev/urandom: not a text file (a spec is TOML, in UTF-8)\n"
+    assert not (tmp_path / "o").exists()

@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..outputs import safe_name
 from .selection import FIRST, Choice, Selection, parse_selection
 
 TABLES = ("analysis", "probes", "linear", "explain")
@@ -65,6 +67,10 @@ _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "r
 ARM = "arm"
 #: Grid axes that say how one network is trained; they do not make cells.
 VARIANT_AXES = ("rule", "stages", ARM)
+#: The most runs one spec may plan (a grid's size is the product of its axes' lengths, times the seeds).
+MAX_RUNS = 10_000
+#: The largest spec file read (a spec is a short text).
+MAX_SPEC_BYTES = 1 << 20
 #: Short forms of grid axes in run-file names.
 _NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}", ARM: "{}"}
 
@@ -82,7 +88,8 @@ class PlannedRun:
     def name(self) -> str:
         c = self.config
         parts = [self.experiment, c.dataset, c.model]
-        parts += [_NAME_FORMS.get(k, k + "{}").format(v) for k, v in self.axes if k not in ("rule", "dataset", "model")]
+        parts += [_NAME_FORMS.get(k, k + "{}").format(value_text(v)) for k, v in self.axes
+                  if k not in ("rule", "dataset", "model")]
         parts += [] if self.candidate is None else [f"c{self.candidate}"]
         return "_".join(parts + [c.rule, f"s{c.seed}"]) + ".h5"
 
@@ -175,6 +182,7 @@ class Spec:
         An experiment that selects takes each rule's chosen candidate from ``choice`` (required for it).
         """
         spec = self.applied(overrides or Overrides(), quick)
+        _check_size(spec)
         planned = []
         for seed in spec.seeds:
             for exp in spec.experiments.values():
@@ -185,7 +193,8 @@ class Spec:
                             raise ValueError(f"experiment {exp.name} selects its settings: plan it with a choice")
                         rule = fields.get("rule")
                         fields.update(choice.settings(exp.name, exp.select, rule, exp.select.key(axes, VARIANT_AXES)))
-                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: {exp.name}"), axes))
+                    planned.append(PlannedRun(exp.name, _resolved(fields, f"{self.source}: experiments.{exp.name}"),
+                                              axes))
         return _unique(planned, self.source)
 
     def check(self, quick: bool = False, overrides: Overrides | None = None) -> None:
@@ -264,10 +273,34 @@ def _select_in(select: Selection, grid: dict, fixed: set) -> Selection:
 
 
 def _unique(planned: list[PlannedRun], source: str) -> list[PlannedRun]:
+    """``planned``, each run's file name checked (``_check_names``) and none shared."""
+    for run in planned:
+        _check_names(run, f"{source}: experiments.{run.experiment}")
     names = [r.name for r in planned]
     if len(set(names)) != len(names):
         raise UserError(f"{source}: two runs would share a file name; give every grid value once")
     return planned
+
+
+def _check_size(spec: "Spec") -> None:
+    """Refuse a spec that would plan more than ``MAX_RUNS`` runs, saying how many, before planning any."""
+    n = sum(math.prod(len(v) for v in exp.grid.values()) for exp in spec.experiments.values()) * len(spec.seeds)
+    if n > MAX_RUNS:
+        raise UserError(f"{spec.source}: this spec would make up to {n:,} runs ({len(spec.seeds)} seed(s) of "
+                        f"{', '.join(f'{e.name}: ' + ' x '.join(map(str, map(len, e.grid.values()))) for e in spec.experiments.values())}"
+                        f" grid values); at most {MAX_RUNS:,} are allowed: split it into smaller specs")
+
+
+def value_text(value) -> str:
+    """A grid value as it appears in file names: a list as its items joined by ``-``."""
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _check_names(run: PlannedRun, where: str) -> None:
+    """Refuse a run whose file name would not stay inside the run folder (a spec is a file people share)."""
+    for key, value in (("dataset", run.config.dataset), ("model", run.config.model), *run.axes):
+        safe_name(value_text(value), f"{where}: {key} value", part=True)
+    safe_name(run.name, f"{where}: run-file name")
 
 
 def _resolved(fields: dict, where: str) -> TrainConfig:
@@ -290,12 +323,32 @@ def _check_fields(keys, where: str) -> None:
                         f"({', '.join(sorted(_FIELDS))})")
 
 
+def _check_experiment_types(table: dict, where: str) -> None:
+    """Refuse an experiment key (other than the settings) of the wrong type, naming it and the type it takes."""
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def strings(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    checks = {"description": (lambda v: isinstance(v, str), "a string"),
+              "claims": (strings, "a list of strings"), "tables": (strings, "a list of strings"),
+              "measures": (strings, "a list of strings"), "figures": (strings, "a list of strings"),
+              "rdm_depths": (lambda v: isinstance(v, list) and all(integer(x) and x >= 1 for x in v),
+                             "a list of positive integers"),
+              "probe_folds": (lambda v: integer(v) and v >= 2, "an integer of at least 2")}
+    for key, (ok, kind) in checks.items():
+        if key in table and not ok(table[key]):
+            raise UserError(f"{where}: {key} must be {kind}, got {table[key]!r}")
+
+
 def _experiment(name: str, table: dict, source: str) -> Experiment:
     from ..analysis.explain import NEEDS as EXPLAIN_NEEDS
     from ..analysis.runs import MEASURES
     from ..claims import CLAIMS
 
     where = f"{source}: experiments.{name}"
+    safe_name(name, f"{source}: experiment name")
     unknown = sorted(set(table) - _EXPERIMENT_KEYS)
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; an experiment has "
@@ -335,6 +388,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
                             f"({', '.join(grid) or 'none'})")
     if "rule" not in grid and "rule" not in settings and not arms:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
+    _check_experiment_types(table, where)
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
         bad = sorted(set(table.get(key, ())) - set(allowed))
         if bad:
@@ -349,8 +403,8 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         name, str(table.get("description", "")), settings, grid, tuple(table.get("claims", ())),
         tuple(table.get("tables", ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
-        tuple(table.get("figures", ("standard",))), tuple(int(d) for d in table.get("rdm_depths", ())),
-        int(table.get("probe_folds", 5)), quick, by, tuple(exclude), arms,
+        tuple(table.get("figures", ("standard",))), tuple(table.get("rdm_depths", ())),
+        table.get("probe_folds", 5), quick, by, tuple(exclude), arms,
         None if "select" not in table else parse_selection(table["select"], grid, settings, where, _check_fields),
         None if "compare" not in table else tuple(map(str, _list(table["compare"], "compare", where))),
     )
@@ -393,7 +447,8 @@ def parse(text: str, source: str = "<spec>") -> Spec:
         raise UserError(f"{source}: no [experiments.<name>] table")
     seeds = _seeds(data.get("seeds", 3), "seeds", source)
     quick_seeds = None if data.get("quick_seeds") is None else _seeds(data["quick_seeds"], "quick_seeds", source)
-    spec = Spec(str(data.get("name", Path(source).stem)), str(data.get("description", "")),
+    name = safe_name(data["name"], f"{source}: name") if "name" in data else Path(source).stem
+    spec = Spec(name, str(data.get("description", "")),
                 str(data.get("dataset", "digits")), seeds,
                 {name: _experiment(name, table, source) for name, table in experiments.items()}, source,
                 quick_seeds)
@@ -428,9 +483,17 @@ def load_spec(path) -> Spec:
     """The spec in the TOML file ``path``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read the spec ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < MAX_SPEC_BYTES - 3:  # not a character cut at the end of what was read
+            raise UserError(f"{path}: not a text file (a spec is TOML, in UTF-8)") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; a spec is a short TOML text file")
     return parse(text, str(path))
 
 
