@@ -167,11 +167,11 @@ def plain_synthetic(data, depth: int, conditioned: bool, xs, device, width: int 
 
 # -- 3. depth 50 --------------------------------------------------------------
 
-def plain_sequential(n_in: int, n_out: int, depth: int, width: int, device):
+def plain_sequential(n_in: int, n_out: int, depth: int, width: int, device, activation=nn.ReLU):
     torch.manual_seed(0)
     layers, d = [], n_in
     for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU()]
+        layers += [nn.Linear(d, width), nn.BatchNorm1d(width), activation()]
         d = width
     net = nn.Sequential(*layers, nn.Linear(d, n_out)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -240,6 +240,20 @@ def _last_activations(path) -> dict[str, np.ndarray]:
         return {layer: run.activations(layer, -1) for layer in run.layers}
 
 
+class _PermutedGram:
+    """A centred Gram matrix that ``stats.permutation_null`` permutes as it would permute the samples:
+    ``gram[π]`` is the Gram matrix of the rows ``y[π]`` (rows and columns permuted), with no product remade."""
+
+    def __init__(self, gram: np.ndarray):
+        self.gram = gram
+
+    def __len__(self) -> int:
+        return len(self.gram)
+
+    def __getitem__(self, order: np.ndarray) -> np.ndarray:
+        return self.gram[np.ix_(order, order)]
+
+
 def _cells(context: Context) -> dict[tuple, dict[str, dict[int, Path]]]:
     """cell -> variant -> seed -> run file."""
     cells: dict[tuple, dict[str, dict[int, Path]]] = {}
@@ -250,34 +264,47 @@ def _cells(context: Context) -> dict[tuple, dict[str, dict[int, Path]]]:
 
 def pairs(context: Context) -> pd.DataFrame:
     """The pair table: per run, backprop run of another seed of its cell, and layer, linear CKA of the
-    layer at the last checkpoint and its permutation null (columns ``PAIR_COLUMNS``)."""
+    layer at the last checkpoint and its permutation null (columns ``PAIR_COLUMNS``).
+
+    Layer by layer, each run's centred Gram matrix is made once and shared by its pairs and their
+    permutations (where linear CKA takes its Gram route; else ``linear_cka`` pair by pair).
+    """
     from .analysis import linear_cka
     from .analysis._arrays import collected
-
-    cache: dict[Path, dict[str, np.ndarray]] = {}
-
-    def acts(path):
-        if path not in cache:
-            cache[path] = _last_activations(path)
-        return cache[path]
+    from .analysis.similarity import centred_linear_gram, linear_cka_from_grams
 
     rows = []
     for cell, by_variant in _cells(context).items():
         backprop = by_variant.get("backprop", {})
         if len(backprop) < 2:
             continue
-        for rule, by_seed in by_variant.items():
-            for seed, path in by_seed.items():
-                for other, reference in backprop.items():
-                    if other == seed:
+        pairs = [(rule, seed, path, other, reference) for rule, by_seed in by_variant.items()
+                 for seed, path in by_seed.items() for other, reference in backprop.items() if other != seed]
+        acts = {path: _last_activations(path) for pair in pairs for path in (pair[2], pair[4])}
+        layers = list(dict.fromkeys(layer for arrays in acts.values() for layer in arrays))
+        with collected():  # dropped: small-n inflation hits every pair alike
+            for layer in layers:  # runs may record different layers
+                grams: dict[Path, np.ndarray] = {}
+
+                def gram(path: Path) -> np.ndarray:
+                    if path not in grams:
+                        grams[path] = centred_linear_gram(acts[path][layer])
+                    return grams[path]
+
+                for rule, seed, path, other, reference in pairs:
+                    if layer not in acts[path] or layer not in acts[reference]:
                         continue
-                    x, y = acts(path), acts(reference)
-                    with collected():  # dropped: small-n inflation hits every pair alike
-                        for layer in x:
-                            rows.append((str(path), rule, seed, scope_label(cell), pool_label(cell), other, layer,
-                                         linear_cka(x[layer], y[layer]),
-                                         stats.permutation_null(linear_cka, x[layer], y[layer],
-                                                                permutations=NULL_PERMUTATIONS, seed=seed)))
+                    x, y = acts[path][layer], acts[reference][layer]
+                    if x.shape[1] + y.shape[1] >= x.shape[0]:  # linear_cka's own choice of its Gram route
+                        k, l = gram(path), gram(reference)
+                        value = linear_cka_from_grams(k, l)
+                        null = stats.permutation_null(linear_cka_from_grams, k, _PermutedGram(l),
+                                                      permutations=NULL_PERMUTATIONS, seed=seed)
+                    else:
+                        value = linear_cka(x, y)
+                        null = stats.permutation_null(linear_cka, x, y, permutations=NULL_PERMUTATIONS, seed=seed)
+                    rows.append((str(path), rule, seed, scope_label(cell), pool_label(cell), other, layer, value,
+                                 null))
     return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
 
 

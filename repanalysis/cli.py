@@ -19,6 +19,7 @@ from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .outputs import check_file, check_folder, check_state_folder
 from .runfile import MAPS
+from .storage import RECORD_DTYPES
 
 
 class _Help(argparse.HelpFormatter):
@@ -111,6 +112,11 @@ def _add_train(sub) -> None:
                    help="batch norm in the recording's shadow pass: batch (the probe set's own statistics, as in "
                    "training; default) or eval (running statistics)")
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
+    p.add_argument("--record-dtype", choices=RECORD_DTYPES, default=d.record_dtype,
+                   help="how activations, true gradients, signals and parameters are stored: float32 (exact), or "
+                   "float16 / bfloat16 (half the bytes; the README's run-file section gives their effect on each measure)")
+    p.add_argument("--record-layers", type=_interfaces,
+                   help="interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
     p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
     p.add_argument("--validation", type=int, default=d.validation,

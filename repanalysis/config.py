@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .models import INITS
+from .storage import RECORD_DTYPES
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback", "noisy")
 OPTIMIZERS = ("adam", "sgd")
@@ -57,6 +58,8 @@ class TrainConfig:
     eval_every: int | None = None
     probe_size: int = 200
     record_bn: str = "batch"
+    record_dtype: str = "float32"  # how activations, gradients, signals and parameters are stored (storage.py)
+    record_layers: list[int] | None = None  # interfaces recorded (numbered from 1); None: all
     seed: int = 0
     validation: int = 0  # training inputs held out as a validation split (val_loss, val_acc at each evaluation)
     # the blocks up to interface hold_at hold still for the first hold_steps steps (any rule)
@@ -96,6 +99,14 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
         _check_choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
         _check_choice("record-bn", c.record_bn, RECORD_BN)
+        _check_choice("record-dtype", c.record_dtype, RECORD_DTYPES)
+        if c.record_layers is not None:
+            twice = sorted({k for k in c.record_layers if c.record_layers.count(k) > 1})
+            if twice:
+                names = ", ".join(f"h{k}" for k in twice)
+                raise UserError(f"--record-layers names interface(s) {names} more than once")
+            if not c.record_layers or min(c.record_layers) < 1:
+                raise UserError(f"--record-layers takes interface numbers from 1, got {c.record_layers}")
         _check_choice("init", c.init, INITS)
         for name in ("bn_gamma_init", "bn_beta_init"):
             if not math.isfinite(getattr(c, name)):

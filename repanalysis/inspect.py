@@ -23,6 +23,9 @@ def summary(path) -> str:
             f"  created     {run.created}    versions "
             + ", ".join(f"{k} {v}" for k, v in run.versions.items()),
             f"  probe set   {len(run.probe_index)} test inputs",
+            f"  stored as   {cfg.get('record_dtype', 'float32')}"
+            + (f"; {len(run.layers)} of {len(run.interfaces)} interfaces recorded"
+               if len(run.layers) < len(run.interfaces) else ""),
             f"  checkpoints {len(run.steps)}" + (f" at steps {_steps(run.steps)}" if len(run.steps) else ""),
             "  layers",
         ]

@@ -66,6 +66,7 @@ from .interrupts import whole
 from .outputs import check_file
 from .rules.base import batch_statistics, evaluating
 from .runfile import RunWriter
+from .storage import RECORD_DTYPES
 
 Shadow = Callable[[], dict[str, dict[str, torch.Tensor]]]
 State = Callable[[], dict[str, torch.Tensor | np.ndarray]]
@@ -168,14 +169,18 @@ class Recorder:
     ``seed``). ``probe_index``: the probe inputs' indices in your test split
     (default ``0..N-1``): runs are comparable only with equal indices and
     ``dataset``. ``config``: anything JSON-serialisable to keep with the run.
+    ``record_dtype``: how the arrays and parameters are stored (``storage.RECORD_DTYPES``).
     """
 
     def __init__(self, path, model: nn.Module, layers, probe, loss, *, rule: str = "external",
                  dataset: str = "external", seed: int | None = None, probe_index=None,
-                 record_bn: str = "batch", config: dict | None = None, overwrite: bool = False):
+                 record_bn: str = "batch", config: dict | None = None, overwrite: bool = False,
+                 record_dtype: str = "float32"):
         check_file(path, overwrite, option="path")
         if record_bn not in RECORD_BN:
             raise UserError(f"record_bn must be one of {', '.join(RECORD_BN)}, got {record_bn!r}")
+        if record_dtype not in RECORD_DTYPES:
+            raise UserError(f"record_dtype must be one of {', '.join(RECORD_DTYPES)}, got {record_dtype!r}")
         modules = _layer_modules(model, layers)
         try:
             x, y = probe
@@ -198,7 +203,8 @@ class Recorder:
             n_outputs = math.prod(model(x[:2]).shape[1:])
         about = {"external": True, "rule": rule, "model": type(model).__name__, "layers": list(modules),
                  "modules": {name: type(m).__name__ for name, m in modules.items()},
-                 "probe_size": len(x), "record_bn": record_bn, "loss": getattr(loss, "__name__", type(loss).__name__),
+                 "probe_size": len(x), "record_bn": record_bn, "record_dtype": record_dtype,
+                 "loss": getattr(loss, "__name__", type(loss).__name__),
                  "user": config or {}}
         try:
             config_json = json.dumps(about, sort_keys=True)
@@ -212,7 +218,7 @@ class Recorder:
             probe_targets=None if classification else y.reshape(len(y), -1).cpu().numpy(),
             layers=[(name, math.prod(first[name]["activations"].shape[1:]), type(m).__name__)
                     for name, m in modules.items()],
-            overwrite=overwrite, record_bn=record_bn,
+            overwrite=overwrite, record_bn=record_bn, record_dtype=record_dtype,
         )
         self._start(writer, shadow, lambda: model_tensors(model), device=device)
 

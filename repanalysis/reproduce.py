@@ -343,7 +343,7 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     return results, quantities, paths, figures, failed, explained
 
 
-def _run_frame(paths: dict[PlannedRun, Path]) -> "pd.DataFrame":
+def _run_frame(paths: dict[PlannedRun, Path]):
     """One row per run file: its path, cell (scope), arm (the rule where the grid has no arms), rule, seed
     and length, as ``analysis.explain.explain_frame`` reads them."""
     import pandas as pd

@@ -21,6 +21,13 @@ Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
     /resume/{0,1}/step     int64 []       checkpoint step whose resume state the slot holds (-1: being written)
     /resume/{0,1}/<name>   [...]          that state (``repanalysis.resume``), overwritten in place
 
+The layer arrays and the floating-point parameters are stored in the run's
+``record_dtype`` (``storage``: float32, or a 16-bit float type described in
+the file; ``RunFile`` reads either as float32); a 16-bit run's resume slots
+also keep every parameter exactly (``EXACT`` + name). ``--record-layers``
+records some interfaces only: ``position`` stays the interface's place among
+all of them, and the root attribute ``interfaces`` lists them all.
+
 Arrays grow along their first axis; each is chunked one checkpoint (one row
 block) at a time, uncompressed: LZF shrank a 6x256 MNIST run's ReLU
 activations to 0.64 of their size (its gradients, signals and parameters not
@@ -56,7 +63,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, storage
 from .errors import UserError
 from .outputs import check_file, file_lock, temporary_beside
 
@@ -64,6 +71,8 @@ MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
 FORMAT_VERSION = 1
 ARRAY_KINDS = ("activations", "true_grad", "signal")
+#: Prefix, in a resume slot, of the exact parameters that a run with a 16-bit ``record_dtype`` keeps there.
+EXACT = "params."
 
 
 def as_rows(values: np.ndarray, maps: str = "flatten") -> np.ndarray:
@@ -94,8 +103,11 @@ class RunWriter:
 
     def __init__(self, path, *, rule: str, model: str, dataset: str, seed: int, config_json: str,
                  task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False,
-                 record_bn: str = "batch"):
-        """``layers``: ``(name, width, kind)`` per interface, bottom to top.
+                 record_bn: str = "batch", record_dtype: str = "float32", interfaces: list[str] | None = None):
+        """``layers``: ``(name, width, kind)`` per recorded interface, bottom to top; ``interfaces``: every
+        interface of the network, where only some are recorded (kept as the ``interfaces`` attribute).
+        ``record_dtype``: how the ``ARRAY_KINDS`` and the parameters are stored (``storage``; see
+        ``checkpoint``).
 
         A new ``path`` is written in place. An existing one (``overwrite``) is
         kept until ``commit()``: the run is written to a temporary file beside
@@ -113,13 +125,14 @@ class RunWriter:
             self.file = _writable(self._pending or path, "w")
             self._start(rule=rule, model=model, dataset=dataset, seed=seed, config_json=config_json, task=task,
                         n_features=n_features, n_outputs=n_outputs, probe_index=probe_index,
-                        probe_labels=probe_labels, probe_targets=probe_targets, layers=layers, record_bn=record_bn)
+                        probe_labels=probe_labels, probe_targets=probe_targets, layers=layers, record_bn=record_bn,
+                        record_dtype=record_dtype, interfaces=interfaces)
         except BaseException:
             self.abandon()
             raise
 
     def _start(self, *, rule, model, dataset, seed, config_json, task, n_features, n_outputs, probe_index,
-               probe_labels, probe_targets, layers, record_bn) -> None:
+               probe_labels, probe_targets, layers, record_bn, record_dtype, interfaces) -> None:
         f = self.file
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
@@ -127,20 +140,25 @@ class RunWriter:
             "task": task, "n_features": n_features, "n_outputs": n_outputs, "record_bn": record_bn,
             "created": _now(),
         })
+        if interfaces is not None and list(interfaces) != [name for name, _, _ in layers]:
+            f.attrs["interfaces"] = json.dumps(list(interfaces))
         f.create_dataset("probe/index", data=np.asarray(probe_index, dtype=np.int64))
         if probe_labels is not None:
             f.create_dataset("probe/labels", data=np.asarray(probe_labels, dtype=np.int64))
         if probe_targets is not None:
             f.create_dataset("probe/targets", data=np.asarray(probe_targets, dtype=np.float32))
         f.create_group("checkpoints")
-        for position, (name, width, kind) in enumerate(layers):
+        every = [name for name, _, _ in layers] if interfaces is None else list(interfaces)
+        for name, width, kind in layers:
             g = f.create_group(f"layers/{name}")
-            g.attrs.update({"position": position, "width": width, "kind": kind})
+            g.attrs.update({"position": every.index(name), "width": width, "kind": kind})
         for group in ("params", "metrics", "eval"):
             f.create_group(group)
         self._metrics: dict[str, list[float]] = {}
         self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
         self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
+        self.record_dtype = record_dtype
+        self._codecs: dict[tuple[str, str], tuple[str, int]] = {}  # 16-bit datasets' (dtype, shift)
         f.flush()
 
     @classmethod
@@ -174,26 +192,44 @@ class RunWriter:
         writer = cls.__new__(cls)
         writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = path, None, {}, {}, {}
         writer._lock = lock
+        writer._codecs = {}
         try:
             writer.file = _writable(path, "a")
         except OSError as err:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
-        params = {name: ds[-1] for name, ds in _walk(writer.file["params"]).items()}
+        writer.record_dtype = json.loads(writer.file.attrs["config"]).get("record_dtype", "float32")
+        params = {name: storage.read(ds, -1) for name, ds in _walk(writer.file["params"]).items()}
+        params.update({name[len(EXACT):]: value for name, value in state.items() if name.startswith(EXACT)})
+        state = {name: value for name, value in state.items() if not name.startswith(EXACT)}
         return writer, step, params, state
 
     def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],
                    resume: dict[str, np.ndarray] | None = None) -> None:
         """Append one checkpoint: per layer its arrays (``ARRAY_KINDS``), every parameter; then flush.
 
-        ``resume``: the state that continues training from here, written to its slot.
+        ``resume``: the state that continues training from here, written to its slot. With a 16-bit
+        ``record_dtype`` the ``ARRAY_KINDS`` and the floating-point parameters are stored in it (a
+        layer's gradients share the bias taken from the larger of their first rows), and the slot
+        also keeps every parameter exactly (``EXACT`` + name), since the ``/params`` row does not.
         """
         f = self.file
         for name, arrays in layers.items():
+            gradients = [v for kind, v in arrays.items() if kind in ("true_grad", "signal")]
             for kind, value in arrays.items():
-                self._append(f"layers/{name}", kind, value.astype(np.float32, copy=False)[np.newaxis])
+                if kind in ARRAY_KINDS and self.record_dtype != "float32":
+                    first = gradients if kind in ("true_grad", "signal") else [value]
+                    self._append_compact(f"layers/{name}", kind, value, first)
+                else:
+                    self._append(f"layers/{name}", kind, value.astype(np.float32, copy=False)[np.newaxis])
         for name, value in params.items():
-            self._append("params", name, np.asarray(value)[np.newaxis])
+            value = np.asarray(value)
+            if self.record_dtype != "float32" and value.dtype.kind == "f":
+                self._append_compact("params", name, value, [value])
+            else:
+                self._append("params", name, value[np.newaxis])
         self._append("checkpoints", "step", np.array([step], dtype=np.int64))
+        if resume is not None and self.record_dtype != "float32":
+            resume = {**resume, **{EXACT + name: value for name, value in params.items()}}
         if resume is None:
             self._flush_metrics()
             return
@@ -214,13 +250,30 @@ class RunWriter:
         mark[()] = step
         f.flush()
 
-    def _append(self, group: str, name: str, rows: np.ndarray) -> None:
+    def _append_compact(self, group: str, name: str, value: np.ndarray, first: list[np.ndarray]) -> None:
+        """Append ``value`` as one row of ``group/name`` stored in ``record_dtype``; a new dataset takes its
+        float16 bias from the largest magnitude among ``first`` (``storage.shift_for``)."""
+        key = (group, name)
+        how = self._codecs.get(key)
+        if how is None:
+            existing = self.file[group].get(name)  # a resumed run's dataset keeps its type
+            if existing is not None:
+                how = storage.codec(existing)
+            elif self.record_dtype == "float16":
+                how = ("float16", storage.shift_for(np.concatenate([np.ravel(v) for v in first])))
+            else:
+                how = (self.record_dtype, 0)
+            self._codecs[key] = how
+        raw = storage.encode(value, *how, where=f"{self.path}: /{group}/{name}")
+        self._append(group, name, raw[np.newaxis], how)
+
+    def _append(self, group: str, name: str, rows: np.ndarray, compact: tuple[str, int] | None = None) -> None:
         """Append ``rows`` (one row per entry of the first axis) to the growing dataset ``group/name``,
         created on first use, chunked a row at a time (rows of scalars: 1024 at a time).
 
         Through h5py's low-level calls on a kept handle: its ``resize`` and
         ``ds[-1] = value`` cost ~0.3 ms a call, and a checkpoint appends one row
-        per parameter.
+        per parameter. ``compact``: ``rows`` are the bits of that 16-bit ``(dtype, shift)``.
         """
         rows = np.asarray(rows, order="C")
         shape = rows.shape[1:]
@@ -228,14 +281,20 @@ class RunWriter:
         if ds is None:
             g = self.file[group]
             if name not in g:
-                g.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=rows.dtype,
-                                 chunks=(1,) + shape if shape else (1024,))
+                layout = dict(shape=(0,) + shape, maxshape=(None,) + shape, chunks=(1,) + shape if shape else (1024,))
+                if compact is None:
+                    g.create_dataset(name, dtype=rows.dtype, **layout)
+                else:
+                    storage.create(g, name, dtype=compact[0], shift=compact[1], **layout)
             ds = self._rows[group, name] = g[name].id
         n = ds.shape[0]
         ds.set_extent((n + len(rows),) + shape)
         space = ds.get_space()
         space.select_hyperslab((n,) + (0,) * len(shape), rows.shape)
-        ds.write(h5py.h5s.create_simple(rows.shape), space, rows)
+        if compact is None:
+            ds.write(h5py.h5s.create_simple(rows.shape), space, rows)
+        else:
+            ds.write(h5py.h5s.create_simple(rows.shape), space, rows, mtype=ds.get_type())
 
     def log(self, row: dict[str, float]) -> None:
         """Record one logged step's metrics (kept in memory until the next flush)."""
@@ -375,11 +434,18 @@ def _copy_cut(old: h5py.File, new: h5py.File, rows: dict[str, int]) -> None:
         if cut is not None and item.shape[0] < cut:
             raise ValueError(f"{name} has {item.shape[0]} rows, expected at least {cut}")
         shape = item.shape if cut is None else (cut,) + item.shape[1:]
-        layout = {} if item.chunks is None else dict(chunks=item.chunks, maxshape=item.maxshape,
-                                                     compression=item.compression)
-        made = new.create_dataset(name, shape=shape, dtype=item.dtype, **layout)
-        if made.size:
-            made[()] = item[()] if cut is None else item[:cut]
+        key = () if cut is None else slice(0, cut)
+        how = storage.codec(item)
+        if how is not None:  # a 16-bit type: made alike, its bits copied as they are
+            made = storage.create(new, name, shape, item.maxshape or shape, item.chunks, *how)
+            if made.size:
+                storage.write_bits(made, storage.bits(item, key))
+        else:
+            layout = {} if item.chunks is None else dict(chunks=item.chunks, maxshape=item.maxshape,
+                                                         compression=item.compression)
+            made = new.create_dataset(name, shape=shape, dtype=item.dtype, **layout)
+            if made.size:
+                made[()] = item[key]
         made.attrs.update(item.attrs)
 
     old.visititems(copy)
@@ -466,8 +532,14 @@ class RunFile:
     # layers
     @property
     def layers(self) -> list[str]:
-        """Interface names, bottom to top."""
+        """Recorded interface names, bottom to top."""
         return list(self._layers)
+
+    @property
+    def interfaces(self) -> list[str]:
+        """Every interface of the network, bottom to top, recorded or not (``train --record-layers``)."""
+        stored = self.file.attrs.get("interfaces")
+        return json.loads(stored) if stored is not None else self.layers
 
     def layer_info(self, name: str) -> dict:
         """Name, position, width (values per sample), kind, and ``shape`` per sample (``(C, H, W)`` for a map)."""
@@ -484,12 +556,13 @@ class RunFile:
     def has(self, layer: str, kind: str) -> bool:
         return kind in self._layer(layer)
 
-    def array(self, layer: str, kind: str) -> h5py.Dataset:
-        """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer (sliced lazily by h5py)."""
+    def array(self, layer: str, kind: str):
+        """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer, sliced lazily: the h5py
+        dataset, or where it is stored in 16 bits a ``storage.Stored`` view that reads it as float32."""
         g = self._layer(layer)
         if kind not in g:
             raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
-        return g[kind]
+        return storage.view(g[kind])
 
     def stored(self, layer: str, kind: str, checkpoint: int = -1) -> np.ndarray:
         """One checkpoint of one layer's array as recorded: ``[N, D]`` or ``[N, C, H, W]``."""
@@ -530,7 +603,7 @@ class RunFile:
     def param(self, name: str, checkpoint: int = -1) -> np.ndarray:
         if name not in self.file["params"]:
             raise UserError(f"{self.path}: no parameter {name!r}")
-        return self.file["params"][name][checkpoint]
+        return storage.read(self.file["params"][name], checkpoint)
 
     def params(self, checkpoint: int = -1) -> dict[str, np.ndarray]:
         return {name: self.param(name, checkpoint) for name in self.param_names}

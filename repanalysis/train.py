@@ -244,6 +244,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
         from . import pipeline
 
         pipeline.check(rule)
+    kept = set(recorded_layers(config, rule))
     writer = None
     if out is not None:
         writer = RunWriter(
@@ -252,8 +253,9 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
             n_outputs=data.n_outputs, probe_index=index, probe_labels=data.probe_labels(index),
             probe_targets=data.y_test[index].numpy() if data.task == "regression" else None,
             layers=[(name, w, block.kind) for name, w, block in
-                    zip(rule.network.interfaces, rule.network.widths, rule.network.blocks)],
-            overwrite=overwrite, record_bn=config.record_bn,
+                    zip(rule.network.interfaces, rule.network.widths, rule.network.blocks) if name in kept],
+            overwrite=overwrite, record_bn=config.record_bn, record_dtype=config.record_dtype,
+            interfaces=rule.network.interfaces,
         )
     if config.stages > 1:
         return pipeline.run(config, rule, data, index, writer, quiet)
@@ -302,13 +304,31 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
     return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)
 
 
+def recorded_layers(config: TrainConfig, rule: Rule) -> list[str]:
+    """The interfaces ``config.record_layers`` keeps (all by default), bottom to top."""
+    names = rule.network.interfaces
+    if config.record_layers is None:
+        return list(names)
+    bad = sorted(k for k in config.record_layers if k > len(names))
+    if bad:
+        raise UserError(f"--record-layers names interfaces {bad}; this network has h1..h{len(names)}")
+    return [names[k - 1] for k in sorted(config.record_layers)]
+
+
 def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, training_state):
     """The ``Recorder`` of a run of ``rule`` on ``writer`` (None: nothing is recorded); its checkpoints
-    keep ``training_state()``, what ``resume`` needs (``repanalysis.resume``)."""
+    keep the layers of ``recorded_layers`` and ``training_state()``, what ``resume`` needs
+    (``repanalysis.resume``)."""
     if writer is None:
         return None
-    return Recorder.attach(writer, lambda: rule.probe(probe_x, probe_y), lambda: state_tensors(rule),
-                           training_state, probe_x.device)
+    kept = recorded_layers(rule.config, rule)
+    if len(kept) == len(rule.network.interfaces):
+        shadow = lambda: rule.probe(probe_x, probe_y)  # noqa: E731
+    else:
+        def shadow():
+            layers = rule.probe(probe_x, probe_y)
+            return {name: layers[name] for name in kept}
+    return Recorder.attach(writer, shadow, lambda: state_tensors(rule), training_state, probe_x.device)
 
 
 def non_finite(recorder: Recorder | None, step: int) -> UserError:

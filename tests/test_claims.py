@@ -136,3 +136,22 @@ def test_late_alignment_averages_the_layers_over_the_second_half_of_each_run():
     # a: steps 600, 900 and 1200 (at least half of 1200); b: steps 500 and 1000; the layers add 0 and 1
     assert late["a"] == pytest.approx(np.mean([0.6, 0.9, 1.2]) + 0.5, abs=1e-12)
     assert late["b"] == pytest.approx(np.mean([0.5, 1.0]) + 0.5, abs=1e-12)
+
+
+def test_the_null_from_permuted_gram_matrices_is_the_permutation_null_of_linear_cka():
+    """claims permute a run's centred Gram matrix (rows and columns) instead of remaking it from the
+    permuted samples: the same null, to rounding."""
+    import numpy as np
+
+    from repanalysis.analysis import linear_cka
+    from repanalysis.analysis.similarity import centred_linear_gram, linear_cka_from_grams
+    from repanalysis.claims import _PermutedGram
+    from repanalysis.stats import permutation_null
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 40))
+    y = x @ rng.standard_normal((40, 40)) + rng.standard_normal((60, 40))
+    want = permutation_null(linear_cka, x, y, permutations=20, seed=4)
+    got = permutation_null(linear_cka_from_grams, centred_linear_gram(x), _PermutedGram(centred_linear_gram(y)),
+                           permutations=20, seed=4)
+    assert got == pytest.approx(want, rel=1e-12) and 0 < got < linear_cka(x, y)

@@ -14,7 +14,6 @@ from repanalysis.experiments import Overrides, preset
 from repanalysis.figures import FROM_RUNS, FROM_TABLES
 from repanalysis.reproduce import reproduce
 from repanalysis.runfile import RunFile
-from repanalysis.stats import VERDICTS
 
 pytestmark = pytest.mark.filterwarnings(f"ignore::{RepanalysisWarning.__module__}.{RepanalysisWarning.__name__}")
 

@@ -524,3 +524,25 @@ def test_chunked_centring_gives_the_same_values(monkeypatch):
         chunked = [f() for f in funcs]
     for a, b in zip(whole, chunked):
         assert np.allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_linear_cka_from_grams_made_once_is_linear_ckas_gram_route_bit_for_bit():
+    """The across-layer CKA of ``analyze`` makes each layer's centred Gram once: the values, and the
+    small-n inflation warning, are those of ``linear_cka`` pair by pair."""
+    from repanalysis.analysis.similarity import centred_linear_gram, linear_cka_from_grams
+
+    rng = np.random.default_rng(3)
+    layers = [rng.standard_normal((40, 30)) @ rng.standard_normal((30, 30)) * 10.0 ** k for k in range(-2, 2)]
+    grams = [centred_linear_gram(x) for x in layers]
+    for i, j in itertools.combinations(range(len(layers)), 2):
+        with warnings.catch_warnings(record=True) as direct:
+            warnings.simplefilter("always")
+            want = linear_cka(layers[i], layers[j], method="gram")
+        with warnings.catch_warnings(record=True) as cached:
+            warnings.simplefilter("always")
+            got = linear_cka_from_grams(grams[i], grams[j])
+        assert got == want
+        assert [str(w.message) for w in cached] == [str(w.message) for w in direct] != []
+    before = [g.copy() for g in grams]
+    linear_cka_from_grams(grams[0], grams[1])
+    assert all(np.array_equal(a, b) for a, b in zip(grams, before))  # not consumed

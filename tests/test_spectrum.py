@@ -166,3 +166,12 @@ def test_torch_inputs():
     assert np.allclose(singular_values(torch.from_numpy(x)), singular_values(x))
     w = torch.nn.Linear(6, 4).weight
     assert weight_norms(w)["frobenius"] == pytest.approx(float(w.detach().norm()), rel=1e-6)
+
+
+def test_weight_frobenius_alone_equals_weight_norms_frobenius():
+    from repanalysis.analysis.spectrum import weight_frobenius, weight_norms
+
+    kernel = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    assert weight_frobenius(kernel) == {"frobenius": weight_norms(kernel)["frobenius"]}
+    with pytest.raises(UserError, match="NaN or Inf"):
+        weight_frobenius(np.full((2, 2), np.nan))

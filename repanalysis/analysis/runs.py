@@ -37,7 +37,8 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
 - within a run at its last checkpoint: ``linear_cka`` between each pair of
   layers (``layer_a`` below ``layer_b``; equal layers, trivially 1, left out);
   ``rsa_to_last_euclidean`` and ``rsa_to_last_correlation``: RSA of every
-  layer below the last with the last layer (side ``b``), Spearman correlation
+  layer below the last with the last layer (side ``b``; none where the run
+  did not record its last layer), Spearman correlation
   of the RDMs' upper triangles, the RDMs Euclidean or 1 − Pearson correlation
   (``rdm``'s two metrics; the name says which);
 - per run, layer and checkpoint: ``weight_frobenius_relative``, ``‖W_t‖_F /
@@ -71,9 +72,10 @@ NaN or Inf in activations, true gradients or signals are a ``UserError``
 naming the run, layer and step. Runs whose status is "running" or "failed"
 are analysed as far as they go, with one warning per file.
 
-Memory: each ``[N, D]`` checkpoint array is read once per layer pass (the
-first and last checkpoints of every run are kept for the whole pass), in
-float64. Arrays with ``N·D > STREAM_ABOVE`` are never loaded: the
+Memory and reads: each ``[N, D]`` checkpoint array is read once per layer
+pass (the first and last checkpoints of every run are kept for the whole
+pass), in float64; the measures across a run's layers read its last
+checkpoint once more, all of them from one read. Arrays with ``N·D > STREAM_ABOVE`` are never loaded: the
 moment-based measures (spectra, linear CKA, CCA, SVCCA, PWCCA, Procrustes)
 stream them in row chunks from the file (``streaming.Moments``), RSA is
 skipped (its ``[N, N]`` RDMs), and the gradient measures still load the two
@@ -105,7 +107,8 @@ from . import similarity
 from ._arrays import as_float64, at, collected, warn
 from .gradients import gradient_error
 from .rdm import compare_rdms, rdm
-from .spectrum import effective_rank, numerical_rank, participation_ratio, spectrum, stable_rank, weight_norms
+from .spectrum import (effective_rank, numerical_rank, participation_ratio, spectrum, stable_rank, weight_frobenius,
+                       weight_norms)
 from .streaming import Moments, RowView
 from .synthetic_loss import synthetic_losses
 
@@ -225,9 +228,10 @@ def _cka(notes: _Notes, measure: str, x, y, where: str):
     return notes.call(measure, where, _similarities(x, y, where, ["linear_cka"])["linear_cka"])
 
 
-def _ranked_rdm(x: np.ndarray, where: str) -> np.ndarray:
-    """The ``RSA_METRIC`` RDM of ``x`` with its upper triangle replaced by its ranks (ties averaged)."""
-    d = rdm(x, RSA_METRIC, where=where)
+def _ranked_rdm(x: np.ndarray, where: str, metric: str = RSA_METRIC) -> np.ndarray:
+    """The ``metric`` RDM of ``x`` with its upper triangle replaced by its ranks (ties averaged): Spearman's
+    correlation of two RDMs is then Pearson's of these, each ranked once however many it is compared with."""
+    d = rdm(x, metric, where=where)
     upper = np.triu_indices(len(d), 1)
     d[upper] = scipy.stats.rankdata(d[upper])
     return d
@@ -384,8 +388,9 @@ def _task(shared: tuple, task: tuple) -> tuple[list[tuple], dict]:
             rows = _layer_pass(layer, steps, runs, pairs, wanted, notes)
         elif kind == "run":
             r = run(task[1])
-            rows = _across_layers(r, notes) if "linear_cka" in wanted else []
-            rows += _to_last_layer(r, wanted, notes) + _per_run(r, wanted)
+            last = _last_checkpoint(r) if wanted & ({"linear_cka"} | set(RSA_TO_LAST)) else {}
+            rows = _across_layers(r, last, notes) if "linear_cka" in wanted else []
+            rows += _to_last_layer(r, last, wanted, notes) + _per_run(r, wanted)
         else:
             r, c = run(task[1]), task[2]
             rows = [(m, *r.side(layer, c), *_NO_SIDE, result[k])
@@ -437,7 +442,8 @@ def _single(run: _Run, layer: str, c: int, wanted: set, notes: _Notes, get) -> l
         values.update(_spectrum_values(notes, wanted, get(run, c), where))
     name = run.weight(layer) if wanted & (set(WEIGHTS) | {"weight_frobenius_relative"}) else None
     if name is not None:
-        norms = notes.call("weight norms", where, weight_norms, run.file.param(name, c), where=where) or {}
+        norms_of = weight_norms if "weight_spectral" in wanted else weight_frobenius  # no SVD unless asked for
+        norms = notes.call("weight norms", where, norms_of, run.file.param(name, c), where=where) or {}
         values.update({m: norms.get(k) for m, k in WEIGHTS.items() if m in wanted})
         if "weight_frobenius_relative" in wanted and norms:
             initial = float(np.linalg.norm(run.file.param(name, 0).astype(np.float64)))
@@ -465,41 +471,70 @@ def _update_values(update: np.ndarray) -> dict[str, float]:
     return {"update_cosine": cosine, "update_rel_error": float(np.sqrt(max(0.0, 1 + ratio**2 - 2 * ratio * cosine)))}
 
 
-def _across_layers(run: _Run, notes: _Notes) -> list[tuple]:
-    """Linear CKA between every pair of layers of ``run`` at its last checkpoint."""
+def _last_checkpoint(run: _Run) -> dict:
+    """Every layer's activations at the run's last checkpoint, read once for the measures across its layers:
+    loaded, or all streamed where together they hold more than ``STREAM_ABOVE`` values."""
+    if not run.steps:
+        return {}
+    layers = run.file.layers
+    total = sum(np.prod(run.file.array(layer, "activations").shape[1:]) for layer in layers)
+    return {layer: run.load(layer, len(run.steps) - 1, stream=total > STREAM_ABOVE) for layer in layers}
+
+
+def _across_layers(run: _Run, last_arrays: dict, notes: _Notes) -> list[tuple]:
+    """Linear CKA between every pair of layers of ``run`` at its last checkpoint (``last_arrays``)."""
     if not run.steps:
         return []
     last, layers = len(run.steps) - 1, run.file.layers
-    total = sum(np.prod(run.file.array(layer, "activations").shape[1:]) for layer in layers)
-    arrays = [run.load(layer, last, stream=total > STREAM_ABOVE) for layer in layers]
+    arrays = [last_arrays[layer] for layer in layers]
+    grams: dict[str, np.ndarray | None] = {}
+
+    def gram(layer: str, x) -> np.ndarray | None:
+        """The layer's centred Gram matrix, made once, where linear CKA takes the Gram route."""
+        if layer not in grams:
+            with collected():  # a layer that cannot be measured is refused, and noted, pair by pair below
+                try:
+                    grams[layer] = similarity.centred_linear_gram(x)
+                except UserError:
+                    grams[layer] = None
+        return grams[layer]
+
     rows = []
     for i, (la, x) in enumerate(zip(layers, arrays)):
         for lb, y in zip(layers[i + 1:], arrays[i + 1:]):
-            value = _cka(notes, "linear_cka", x, y, f"{run.name}, layers {la} and {lb}, step {run.steps[last]}")
+            where = f"{run.name}, layers {la} and {lb}, step {run.steps[last]}"
+            by_gram = not _streamed(x, y) and x.shape[1] + y.shape[1] >= x.shape[0]  # linear_cka's own choice
+            k, l = (gram(la, x), gram(lb, y)) if by_gram else (None, None)
+            if k is not None and l is not None:
+                value = notes.call("linear_cka", where, similarity.linear_cka_from_grams, k, l, where=where)
+            else:
+                value = _cka(notes, "linear_cka", x, y, where)
             rows.append(("linear_cka", *run.side(la, last), *run.side(lb, last), value))
     return rows
 
 
-def _to_last_layer(run: _Run, wanted: set, notes: _Notes) -> list[tuple]:
-    """RSA of every layer below the last with the last layer, at the last checkpoint, per ``RSA_TO_LAST`` metric."""
+def _to_last_layer(run: _Run, last_arrays: dict, wanted: set, notes: _Notes) -> list[tuple]:
+    """RSA of every layer below the last with the last layer, at the last checkpoint (``last_arrays``, each
+    read again on its own where they were streamed together), per ``RSA_TO_LAST`` metric."""
     metrics = {m: metric for m, metric in RSA_TO_LAST.items() if m in wanted}
     layers = run.file.layers
-    if not metrics or not run.steps or len(layers) < 2:
-        return []
+    if not metrics or not run.steps or len(layers) < 2 or layers[-1] != run.file.interfaces[-1]:
+        return []  # no last layer recorded (train --record-layers): nothing to compare with
     last, top = len(run.steps) - 1, layers[-1]
-    arrays = {layer: run.load(layer, last) for layer in layers}
+    arrays = {layer: run.load(layer, last) if _streamed(a) else a for layer, a in last_arrays.items()}
     if _streamed(*arrays.values()):
         return []  # [N, N] RDMs of more samples than fit are not attempted (see the module docstring)
     rows = []
     for measure, metric in metrics.items():
         where = f"{run.name}, step {run.steps[last]}"
-        reference = notes.call(measure, f"{where}, layer {top}", rdm, arrays[top], metric, where=where)
+        reference = notes.call(measure, f"{where}, layer {top}", _ranked_rdm, arrays[top], where, metric)
         if reference is None:
             continue
         for layer in layers[:-1]:
             place = f"{run.name}, layers {layer} and {top}, step {run.steps[last]}"
-            d = notes.call(measure, place, rdm, arrays[layer], metric, where=place)
-            value = None if d is None else notes.call(measure, place, compare_rdms, d, reference, where=place)
+            d = notes.call(measure, place, _ranked_rdm, arrays[layer], place, metric)
+            value = None if d is None else notes.call(measure, place, compare_rdms, d, reference, compare="pearson",
+                                                      where=place)
             rows.append((measure, *run.side(layer, last), *run.side(top, last), value))
     return rows
 

@@ -408,6 +408,22 @@ def linear_cka(X, Y, *, debiased: bool = False, method: str = "auto",
     return _cka_from_kernels(xc @ xc.T, yc @ yc.T, debiased, where, "linear")
 
 
+def centred_linear_gram(X, *, where: str | None = None) -> np.ndarray:
+    """``HKH``, the double-centred linear Gram matrix ``[n, n]`` of ``X``, as :func:`linear_cka`'s Gram route
+    makes it: to compare many arrays of the same samples pairwise, each made once
+    (:func:`linear_cka_from_grams`)."""
+    px = prepare(unit_scale(as_array(X, "X", where)), "X", where)
+    xc = px.xc
+    k = xc @ xc.T
+    return la.double_centre(k, out=k)
+
+
+def linear_cka_from_grams(k: np.ndarray, l: np.ndarray, *, where: str | None = None) -> float:
+    """Biased linear CKA from two :func:`centred_linear_gram` matrices (not changed): the value
+    :func:`linear_cka` gives by its Gram route, bit for bit, with its warnings."""
+    return _cka_finish(la.stats_from_grams(k, l, debiased=False), False, where, "linear")
+
+
 def _cka_from_kernels(k: np.ndarray, l: np.ndarray, debiased: bool, where: str | None,
                       kind: str) -> float:
     """CKA from kernel matrices (consumed: centred in place).

@@ -260,6 +260,11 @@ def spectral_summary(X_or_spectrum, *, tol: float | None = None,
     return out
 
 
+def weight_frobenius(W, *, where: str | None = None) -> dict[str, float]:
+    """``{"frobenius": ||W||_F}`` alone, as :func:`weight_norms` gives it, without its SVD."""
+    return {"frobenius": float(np.linalg.norm(_weight_matrix(as_array(W, "W", where), where)))}
+
+
 def weight_norms(W, *, where: str | None = None) -> dict[str, float]:
     """Norms and ranks of a weight matrix (no centring).
 

@@ -165,7 +165,7 @@ def losses_along_path(rule: SyntheticGradients, i: int, h0: torch.Tensor, target
 
 def synthetic_losses(run: RunFile, checkpoint: int = -1, layers: list[str] | None = None, *,
                      points: int = 8, order: int = 4) -> dict[str, dict]:
-    """Synthetic against true loss at every interface with a module (or those in ``layers``).
+    """Synthetic against true loss at every recorded interface with a module (or those in ``layers``).
 
     Per layer: ``t`` ``[K]``, ``true`` and ``synthetic`` ``[n, K]`` (per-sample
     losses along the paths), ``anchor`` ``[n]`` (the true loss at ``h0``), ``corr`` (Pearson, over all ``n·K`` points, of the
@@ -192,7 +192,7 @@ def synthetic_losses(run: RunFile, checkpoint: int = -1, layers: list[str] | Non
     ts = torch.linspace(0, 1, points + 1, dtype=torch.float64)[1:]
     out = {}
     with evaluating(rule.network, rule.modules), torch.no_grad():
-        for name in layers or names:
+        for name in layers or [name for name in names if name in run.layers]:
             h0 = as_float64(run.stored(name, "activations", checkpoint), "activations",
                             f"{run.path}, layer {name}, step {step}", ndim=None)
             true, synthetic, method = losses_along_path(rule, names[name], torch.from_numpy(h0), target, ts, order)

@@ -1,0 +1,202 @@
+"""How a run file stores recorded arrays: float32, or a 16-bit float (``RECORD_DTYPES``).
+
+- ``float32``: as computed, exactly.
+- ``bfloat16``: float32's sign, 8-bit exponent and top 7 mantissa bits (the
+  upper half of a float32), rounded to nearest, ties to even: float32's range,
+  a relative rounding error of at most 2^-9.
+- ``float16``: IEEE half's layout (sign, 5-bit exponent, 10-bit mantissa;
+  relative rounding error at most 2^-11) with the exponent bias of each
+  dataset chosen when its first row is written, so that its range sits where
+  the values are: a stored half ``h`` means ``h · 2^-shift``, ``shift`` such
+  that the first row's largest magnitude times ``2^shift`` lies in
+  ``[2^(15-HEADROOM), 2^(16-HEADROOM))``. Values up to about ``2^HEADROOM``
+  times that magnitude fit; a larger one refuses the write (an
+  ``OverflowError`` naming the dataset), never a silent infinity. Below
+  ``2^-14`` (scaled) values lose precision gradually (half's subnormals).
+  Gradients are ``∂(probe-mean loss)/∂h``, of order ``1/N`` per value: IEEE
+  half's own bias would put them among its subnormals.
+
+Both 16-bit types are HDF5 float types described in the file (``H5Tset_fields``,
+``H5Tset_ebias``), so any HDF5 reader gets the right numbers: h5py reads them as
+float32 (HDF5 converts each value, slowly); ``read`` here reads the raw bits and
+decodes them with numpy, exactly, about 15 times faster. Every 16-bit value is a
+float32 exactly, so reading it as float32 (or float64) loses nothing more.
+NaN and ±Inf are stored as such.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+RECORD_DTYPES = ("float32", "float16", "bfloat16")
+#: Binades of room above a float16 dataset's first row's largest magnitude.
+HEADROOM = 8
+_HALF_FIELDS = (15, 10, 5, 0, 10)  # sign position, exponent position and size, mantissa position and size
+_BFLOAT_FIELDS = (15, 7, 8, 0, 7)
+_HALF_ROUNDS_TO_INF = 65520.0  # the smallest magnitude that rounds to float16's infinity
+
+
+def file_type(dtype: str, shift: int = 0) -> h5py.h5t.TypeFloatID:
+    """The HDF5 type of a 16-bit ``dtype`` (``shift``: float16's, see the module docstring)."""
+    if dtype == "float16":
+        t = h5py.h5t.IEEE_F16LE.copy()
+        t.set_ebias(15 + shift)
+        return t
+    if dtype == "bfloat16":
+        t = h5py.h5t.IEEE_F32LE.copy()
+        t.set_fields(*_BFLOAT_FIELDS)
+        t.set_offset(0)
+        t.set_precision(16)
+        t.set_size(2)
+        t.set_ebias(127)
+        return t
+    raise ValueError(f"{dtype!r} is not a 16-bit record dtype")
+
+
+def codec(ds: h5py.Dataset) -> tuple[str, int] | None:
+    """``(dtype, shift)`` of a dataset stored in one of the 16-bit types; None for any other type."""
+    t = ds.id.get_type()
+    if not isinstance(t, h5py.h5t.TypeFloatID) or t.get_size() != 2:
+        return None
+    fields = t.get_fields()
+    if fields == _HALF_FIELDS:
+        return "float16", t.get_ebias() - 15
+    if fields == _BFLOAT_FIELDS and t.get_ebias() == 127:
+        return "bfloat16", 0
+    return None
+
+
+def shift_for(values: np.ndarray) -> int:
+    """float16's ``shift`` for a dataset whose first row is ``values`` (0 where they are all zero or not finite)."""
+    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+    peak = float(finite.max()) if finite.size else 0.0
+    if peak == 0.0:
+        return 0
+    return 16 - HEADROOM - int(np.frexp(peak)[1])
+
+
+def encode(values: np.ndarray, dtype: str, shift: int = 0, where: str = "") -> np.ndarray:
+    """The stored bits (uint16) of float ``values`` in ``dtype``; see the module docstring."""
+    x = np.asarray(values, dtype=np.float32)
+    if dtype == "float16":
+        scale = np.float32(2.0 ** shift)  # a power of two: exact, as long as the result is a float16 at all
+        with np.errstate(over="ignore", invalid="ignore"):
+            if x.size and not np.max(np.abs(x)) * scale < _HALF_ROUNDS_TO_INF:
+                beyond = np.isfinite(x) & (np.abs(x) * scale >= _HALF_ROUNDS_TO_INF)
+                if beyond.any():
+                    raise OverflowError(
+                        f"{where}: a value {float(np.abs(x[beyond]).max()):.4g} is beyond the float16 range this "
+                        f"dataset took from its first row (up to {65504.0 / scale:.4g}); record with "
+                        "--record-dtype bfloat16 or float32")
+            return (x * scale).astype(np.float16).view(np.uint16)
+    bits = x.view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    rounded = rounded.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():  # rounding could carry a NaN's payload into the exponent; keep it a quiet NaN
+        rounded[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
+
+
+def decode(bits: np.ndarray, dtype: str, shift: int = 0) -> np.ndarray:
+    """float32 values of stored bits (uint16), exactly."""
+    if dtype == "float16":
+        values = bits.view(np.float16).astype(np.float32)
+        if shift:
+            values *= np.float32(2.0 ** -shift)
+        return values
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _hyperslab(key, shape: tuple[int, ...]):
+    """``(start, count, squeezed axes)`` of a basic index (integers, unit-step slices, one Ellipsis); None otherwise."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        return None
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    if len(key) > len(shape):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    start, count, squeeze = [], [], []
+    for axis, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, (int, np.integer)):
+            if not -n <= k < n:
+                return None
+            start.append(int(k) % n)
+            count.append(1)
+            squeeze.append(axis)
+        elif isinstance(k, slice):
+            a, b, step = k.indices(n)
+            if step != 1:
+                return None
+            start.append(a)
+            count.append(max(0, b - a))
+        else:
+            return None
+    return tuple(start), tuple(count), tuple(squeeze)
+
+
+def bits(ds: h5py.Dataset, key=()) -> np.ndarray | None:
+    """The raw stored bits (uint16) of ``ds[key]``, a basic index of a 16-bit dataset; None for other indices."""
+    slab = _hyperslab(key, ds.shape)
+    if slab is None:
+        return None
+    start, count, squeeze = slab
+    out = np.empty(count, dtype=np.uint16)
+    if out.size:
+        space = ds.id.get_space()
+        space.select_hyperslab(start, count)
+        ds.id.read(h5py.h5s.create_simple(count), space, out, mtype=ds.id.get_type())
+    return out.reshape([c for axis, c in enumerate(count) if axis not in squeeze])
+
+
+def read(ds: h5py.Dataset, key=()) -> np.ndarray:
+    """``ds[key]``, a 16-bit dataset decoded to float32 from its raw bits (any other read as h5py reads it)."""
+    how = codec(ds)
+    raw = None if how is None else bits(ds, key)
+    return ds[key] if raw is None else decode(raw, *how)  # fancy indexing: HDF5 converts (correct, slower)
+
+
+def create(group: h5py.Group, name: str, shape: tuple, maxshape: tuple, chunks: tuple | None, dtype: str,
+           shift: int = 0) -> h5py.Dataset:
+    """A new dataset ``group/name`` stored in the 16-bit ``dtype`` (h5py's ``create_dataset`` takes numpy
+    types only)."""
+    space = h5py.h5s.create_simple(shape, tuple(h5py.h5s.UNLIMITED if m is None else m for m in maxshape))
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks is not None:
+        plist.set_chunk(chunks)
+    h5py.h5d.create(group.id, name.encode(), file_type(dtype, shift), space, dcpl=plist)
+    return group[name]
+
+
+def write_bits(ds: h5py.Dataset, raw: np.ndarray, start: tuple | None = None) -> None:
+    """Write stored bits (uint16, from ``encode``) into a 16-bit dataset: the whole of it, or the block at ``start``."""
+    raw = np.ascontiguousarray(raw)
+    space = ds.id.get_space()
+    if start is not None:
+        space.select_hyperslab(start, raw.shape)
+    ds.id.write(h5py.h5s.create_simple(raw.shape) if raw.ndim else h5py.h5s.create(h5py.h5s.SCALAR),
+                space, raw, mtype=ds.id.get_type())
+
+
+def view(ds: h5py.Dataset):
+    """``ds`` itself, or a ``Stored`` view of it where it is stored in a 16-bit type."""
+    return Stored(ds) if codec(ds) else ds
+
+
+class Stored:
+    """A dataset as an array-like that reads through ``read``: ``shape``, ``ndim``, ``dtype``, ``ds[key]``."""
+
+    def __init__(self, ds: h5py.Dataset):
+        self.dataset = ds
+        self.shape, self.ndim = ds.shape, ds.ndim
+        self.dtype = np.dtype(np.float32) if codec(ds) else ds.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        return read(self.dataset, key)

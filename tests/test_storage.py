@@ -1,0 +1,234 @@
+"""Recording dtypes (``train --record-dtype``) and recorded layers (``--record-layers``)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
+
+from repanalysis import storage
+from repanalysis.analysis.runs import analyze
+from repanalysis.cli import main
+from repanalysis.datasets import load
+from repanalysis.errors import UserError
+from repanalysis.runfile import RunFile
+from repanalysis.train import rebuild, resume, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def _roundtrip(values, dtype, shift=0):
+    return storage.decode(storage.encode(values, dtype, shift), dtype, shift)
+
+
+def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
+    ulp = 2.0 ** -7  # bfloat16's spacing in [1, 2)
+    values = np.array([1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2.0 ** -20, -(1 + ulp / 4), 3.0e38, 1e-40,
+                       np.inf, -np.inf, np.nan], dtype=np.float32)
+    out = _roundtrip(values, "bfloat16")
+    # ties go to the even mantissa (1 and 1 + 2 ulp), anything past the tie goes up, below it down;
+    # float32's range is kept (3e38, a subnormal 1e-40 to within its own spacing), and so are inf and nan
+    assert out[:4].tolist() == [1.0, 1 + 2 * ulp, 1 + ulp, -1.0]
+    assert out[4] == np.float32(3.0e38) or abs(out[4] / 3.0e38 - 1) < 2.0 ** -8
+    assert abs(out[5] - 1e-40) < 2.0 ** -133
+    assert out[6] == np.inf and out[7] == -np.inf and np.isnan(out[8])
+
+
+@pytest.mark.parametrize("dtype, bound", [("float16", 2.0 ** -11), ("bfloat16", 2.0 ** -8)])
+def test_round_trip_error_is_within_half_a_unit_in_the_last_place(dtype, bound):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(20000) * 3e-5).astype(np.float32)  # a gradient's scale: 1/N per value
+    shift = storage.shift_for(values) if dtype == "float16" else 0
+    out = _roundtrip(values, dtype, shift)
+    big = np.abs(values) > np.abs(values).max() * 2.0 ** -14  # float16's normal range below its first row's peak
+    assert np.all(np.abs(out - values)[big] <= bound * np.abs(values[big]))
+    assert out.dtype == np.float32
+    # a value that is already a 16-bit number comes back exactly
+    assert np.array_equal(_roundtrip(out, dtype, shift), out)
+
+
+def test_float16_needs_its_shift_for_gradients():
+    """IEEE half's own bias would put 1/N-sized values among its subnormals: the shift keeps them whole."""
+    values = np.float32(1e-6) * np.arange(1, 200, dtype=np.float32)
+    shifted = _roundtrip(values, "float16", storage.shift_for(values))
+    plain = _roundtrip(values, "float16", 0)
+    assert np.max(np.abs(shifted - values) / values) <= 2.0 ** -11
+    assert np.max(np.abs(plain - values) / values) > 0.01
+
+
+def test_a_float16_value_beyond_the_range_taken_from_the_first_row_is_refused():
+    first = np.ones(4, np.float32)
+    shift = storage.shift_for(first)
+    storage.encode(first * 2.0 ** (storage.HEADROOM - 1), "float16", shift)
+    with pytest.raises(OverflowError, match="beyond the float16 range"):
+        storage.encode(first * 2.0 ** (storage.HEADROOM + 2), "float16", shift)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_hdf5_reads_the_described_type_as_our_decoder_does(tmp_path, dtype):
+    """The file type describes the bits fully: HDF5's own conversion (plain h5py) gives our decoded values."""
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal((3, 50, 7)) * 2e-4).astype(np.float32)
+    shift = storage.shift_for(values[0]) if dtype == "float16" else 0
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        ds = storage.create(f, "x", values.shape, values.shape, (1, 50, 7), dtype, shift)
+        storage.write_bits(ds, storage.encode(values, dtype, shift))
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        ds = f["x"]
+        assert storage.codec(ds) == (dtype, shift)
+        ours = storage.read(ds, 1)
+        assert ds.dtype == np.float32 and np.array_equal(ds[1], ours)
+        assert np.array_equal(storage.read(ds, (slice(None), slice(3, 9))), ds[:, 3:9])
+        assert np.array_equal(storage.Stored(ds)[..., 2], ds[..., 2])
+        assert np.array_equal(storage.read(ds, ([0, 2],)), ds[[0, 2]])  # fancy indexing: HDF5 converts
+
+
+@pytest.fixture(scope="module")
+def three_dtypes(tmp_path_factory, digits):
+    """The same sg run recorded in each dtype (recording changes no parameter, so the runs are one run)."""
+    folder = tmp_path_factory.mktemp("dtypes")
+    paths = {}
+    for dtype in storage.RECORD_DTYPES:
+        torch.set_num_threads(1)
+        paths[dtype] = folder / f"{dtype}.h5"
+        train(small_config(rule="sg", record_dtype=dtype), paths[dtype], quiet=True, data=digits)
+    return paths
+
+
+def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
+    """Each 16-bit run holds exactly the float32 run's arrays and parameters encoded in its dtype."""
+    with RunFile(three_dtypes["float32"]) as exact:
+        for dtype in ("float16", "bfloat16"):
+            with RunFile(three_dtypes[dtype]) as small:
+                f = small.file
+                for layer in exact.layers:
+                    shift = {}
+                    for kind in ("activations", "true_grad", "signal"):
+                        if not exact.has(layer, kind):
+                            continue
+                        how = storage.codec(f[f"layers/{layer}/{kind}"])
+                        assert how[0] == dtype
+                        shift[kind] = how[1]
+                        want = storage.decode(storage.encode(exact.array(layer, kind)[:], *how), *how)
+                        assert np.array_equal(small.array(layer, kind)[:], want), (dtype, layer, kind)
+                    if "signal" in shift:  # a layer's gradients share one scale
+                        assert shift["signal"] == shift["true_grad"]
+                for name in exact.param_names:
+                    p = f[f"params/{name}"]
+                    if exact.param(name).dtype.kind != "f":
+                        assert p.dtype == exact.file[f"params/{name}"].dtype
+                        assert np.array_equal(small.param(name), exact.param(name))
+                        continue
+                    how = storage.codec(p)
+                    for c in range(len(exact.steps)):
+                        want = storage.decode(storage.encode(exact.param(name, c), *how), *how)
+                        assert np.array_equal(small.param(name, c), want), (dtype, name, c)
+                assert np.array_equal(small.metrics["train_loss"], exact.metrics["train_loss"])
+                # the resume slot of the last checkpoint keeps every parameter exactly
+                slot = max(f["resume"].values(), key=lambda g: g["step"][()])
+                for name in exact.param_names:
+                    assert np.array_equal(slot[f"params.{name}"][()], exact.param(name, -1)), name
+
+
+def test_float32_stays_the_exact_path(three_dtypes):
+    """float32 files store IEEE single precision, no exact copies in the slots, and the values a fresh
+    shadow pass of the network rebuilt from /params gives bit for bit."""
+    with RunFile(three_dtypes["float32"]) as run:
+        f = run.file
+
+        def stored_types(name, item):
+            if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not name.startswith(("metrics", "eval")):
+                assert item.id.get_type().equal(h5py.h5t.IEEE_F32LE) or name.startswith("resume"), name
+                assert storage.codec(item) is None
+        f.visititems(stored_types)
+        assert not any(name.startswith("params.") for slot in f["resume"].values() for name in slot)
+        data = load("digits")
+        for c in range(len(run.steps)):
+            rule = rebuild(run, c)
+            x, y = data.x_test[run.probe_index], data.y_test[run.probe_index]
+            for layer, arrays in rule.probe(x, y).items():
+                for kind, value in arrays.items():
+                    assert np.array_equal(run.stored(layer, kind, c), value.numpy()), (layer, kind, c)
+
+
+def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, digits, monkeypatch):
+    """Resuming takes the exact parameters from the slot (the /params rows are rounded): the finished file,
+    stored types included, equals the uninterrupted run's."""
+    from test_resume import assert_same_file, train_interrupted
+
+    config = small_config(rule="sg", steps=20, record_every=4, record_dtype="float16", update_prob=0.7)
+    train(config, tmp_path / "reference.h5", quiet=True, data=digits)
+    path = tmp_path / "run.h5"
+    train_interrupted(monkeypatch, config, path, digits, 11)
+    resume(path, quiet=True, data=digits)
+    assert_same_file(path, tmp_path / "reference.h5")
+    with h5py.File(path, "r") as a, h5py.File(tmp_path / "reference.h5", "r") as b:
+        kinds = {}
+        a.visititems(lambda name, o: kinds.__setitem__(name, storage.codec(o)) if isinstance(o, h5py.Dataset) else None)
+        for name, how in kinds.items():
+            assert how == storage.codec(b[name]), name
+        assert kinds["layers/h1/activations"][0] == "float16"
+
+
+def test_recorded_layers_are_a_choice_and_the_analysis_handles_runs_without_some(tmp_path, digits):
+    full = tmp_path / "full.h5"
+    some = tmp_path / "some.h5"
+    train(small_config(depth=4), full, quiet=True, data=digits)
+    train(small_config(depth=4, rule="sg", record_layers=[3, 1]), some, quiet=True, data=digits)
+    with RunFile(some) as run, RunFile(full) as reference:
+        assert run.layers == ["h1", "h3"] and run.interfaces == ["h1", "h2", "h3", "h4"]
+        assert reference.interfaces == reference.layers == ["h1", "h2", "h3", "h4"]
+        assert [run.layer_info(n)["position"] for n in run.layers] == [0, 2]
+    table = analyze([full, some], quiet=True)
+    ours = table[table.run_a == str(some)]
+    assert set(ours.layer_a.dropna()) == {"h1", "h3"}
+    assert set(ours[ours.measure == "linear_cka"].layer_b.dropna()) <= {"h1", "h3"}
+    # no last layer recorded: no RSA to it (the full run has its own)
+    assert ours[ours.measure.str.startswith("rsa_to_last")].empty
+    assert not table[(table.run_a == str(full)) & table.measure.str.startswith("rsa_to_last")].empty
+    # sg's module sits at h2, which was not recorded: no synthetic-loss rows, no error
+    assert ours[ours.measure.str.startswith("synthetic_loss")].empty
+    cross = ours[ours.measure == "procrustes"]
+    assert set(cross.layer_a) == {"h1", "h3"} and (cross.run_b == str(full)).all()
+
+
+def test_record_options_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    assert main(["train", "--steps", "4", "--record-dtype", "bfloat16", "--record-layers", "h1,h4", "--quiet",
+                 "--out", str(out)]) == 0
+    with RunFile(out) as run:
+        assert run.config["record_dtype"] == "bfloat16" and run.config["record_layers"] == [1, 4]
+        assert run.layers == ["h1", "h4"]
+        assert storage.codec(run.file["layers/h4/true_grad"]) == ("bfloat16", 0)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "stored as   bfloat16; 2 of 4 interfaces recorded" in capsys.readouterr().out
+    for argv, message in [
+        (["--record-dtype", "float8"], "argument --record-dtype: invalid choice: 'float8'"),
+        (["--record-layers", "2,2"], "--record-layers names interface(s) h2 more than once"),
+        (["--record-layers", "0"], "--record-layers takes interface numbers from 1"),
+        (["--record-layers", "9"], "--record-layers names interfaces [9]; this network has h1..h4"),
+    ]:
+        assert main(["train", "--steps", "2", "--quiet", "--out", str(tmp_path / "bad.h5"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (tmp_path / "bad.h5").exists()
+
+
+def test_record_dtype_is_a_spec_setting():
+    from repanalysis.experiments import parse
+
+    text = ('name = "s"\ndataset = "digits"\nseeds = 1\n[experiments.e]\n'
+            'settings = { steps = 2, record_dtype = "float16", record_layers = [1] }\ngrid = { rule = ["backprop"] }\n')
+    runs = parse(text).runs()
+    assert [r.config.record_dtype for r in runs] == ["float16"] and runs[0].config.record_layers == [1]
+    assert json.loads(runs[0].config.to_json())["record_dtype"] == "float16"
+    with pytest.raises(UserError, match="unknown record-dtype 'int8'"):
+        parse(text.replace('"float16"', '"int8"')).runs()
