@@ -13,7 +13,11 @@ from helpers import batch, built, parameters_equal, small_config
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.rules.synthetic import ConvSyntheticGradientModule, FlatSyntheticGradientModule, SyntheticGradientModule
+from repanalysis.rules.synthetic import (
+    ConvSyntheticGradientModule,
+    FlatSyntheticGradientModule,
+    SyntheticGradientModule,
+)
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 import itertools
 
 import matplotlib.colors as mcolors
-from matplotlib.container import BarContainer, ErrorbarContainer
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
-from repanalysis.figures import FROM_RUNS, FROM_TABLES, RULE_ORDER, draw_figures, rule_style
-from repanalysis.figures import heatmaps, layers, linear, training
+from repanalysis.figures import (
+    FROM_RUNS,
+    FROM_TABLES,
+    RULE_ORDER,
+    draw_figures,
+    heatmaps,
+    layers,
+    linear,
+    rule_style,
+    training,
+)
 from repanalysis.train import train
 
 RULES = ("backprop", "sg", "fa")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import small_config, python_sigint, run_arrays
+from helpers import python_sigint, run_arrays, small_config
 from torch import nn
 
 from repanalysis import Recorder, tasks

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import small_config, python_sigint
+from helpers import python_sigint, small_config
 
 from repanalysis import tasks
 from repanalysis.cli import main
