@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from repanalysis.config import TrainConfig
@@ -70,11 +69,3 @@ def contents(path) -> tuple[dict, dict]:
         attrs = {k: v for k, v in f.attrs.items() if k not in TIMESTAMPS}
     return arrays, attrs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Torch on one thread for one test (as the subprocesses that some tests start), then as it was."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

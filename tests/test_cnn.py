@@ -12,7 +12,6 @@ from helpers import batch, built, parameters_equal, small_config
 
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
-from repanalysis.datasets import load
 from repanalysis.rules.synthetic import (
     ConvSyntheticGradientModule,
     FlatSyntheticGradientModule,
@@ -20,11 +19,6 @@ from repanalysis.rules.synthetic import (
 )
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def cnn_config(**overrides):

@@ -12,7 +12,7 @@ import time
 
 import h5py
 import pytest
-from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
+from helpers import contents, small_config
 
 from repanalysis.cli import main
 from repanalysis.datasets import load

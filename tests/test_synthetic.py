@@ -17,11 +17,6 @@ from repanalysis.runfile import RunFile
 from repanalysis.train import train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
-
 def _oracle(rule: SyntheticGradients) -> SyntheticGradients:
     """Replace every module by an oracle: it injects the gradient arriving from above.
 

@@ -24,11 +24,6 @@ from repanalysis.train import build, evaluate, rebuild, train
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
-
-@pytest.fixture(scope="module")
 def bn_run(tmp_path_factory, digits):
     path = tmp_path_factory.mktemp("runs") / "bn.h5"
     train(small_config(batch_norm=True, steps=30), path, quiet=True, data=digits)
