@@ -32,9 +32,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import bench_recording
 import numpy as np
 import scipy.linalg as sla
-import bench_recording
 import torch
 from common import dataset, median, mnist_config, parser, timed
 from fixtures import low_rank_pair, sparse_relu_pair

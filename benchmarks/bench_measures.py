@@ -44,8 +44,9 @@ import scipy.linalg as sla
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import repanalysis.analysis as A  # noqa: E402
 from fixtures import FIXTURES  # noqa: E402
+
+import repanalysis.analysis as A  # noqa: E402
 from repanalysis.analysis import RepanalysisWarning  # noqa: E402
 
 warnings.simplefilter("ignore", RepanalysisWarning)

@@ -64,9 +64,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from common import parser
 
+from repanalysis import train as training
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis import train as training
 from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
 from repanalysis.progress import Progress

@@ -1,4 +1,4 @@
-"""The artificial problems of PAPER.md §2.2.
+"""The artificial problems of Czarnecki et al. 2017, §3.2 (claim 2 of the toolkit's ``docs/science.md``).
 
 Eight problems: {linear, nonlinear} x {regression, binary classification} x
 {2, 100} input dimensions.

@@ -19,7 +19,7 @@ import pandas as pd
 from repanalysis import stats
 
 from .rdms import rdm_grid
-from .style import line_kwargs, legend, ordered_rules, save, subplots
+from .style import legend, line_kwargs, ordered_rules, save, subplots
 
 #: stem -> (title, ((quantity, y label), ...)): one row of panels per quantity.
 DEPTH_FIGURES = {

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from .errors import UserError
 
-
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 _SAFE_PART = re.compile(r"[A-Za-z0-9_.+-]+")
 

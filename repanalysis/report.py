@@ -400,7 +400,7 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     lines = [
         f"# Reproduction report: {spec.name}", "",
         spec.description, "",
-        f"The spec's claims (those of PAPER.md §2, Czarnecki et al. 2017, and any the spec adds) against numbers "
+        f"The spec's claims (those of Czarnecki et al. 2017, and any the spec adds) against numbers "
         f"measured here, by `{command}` "
         f"(seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__}). What each "
         f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "

@@ -58,12 +58,11 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .outputs import check_state_folder, folder_lock
 from .executor import Executor, cores, one_thread
 from .experiments.selection import Choice, choose
 from .experiments.spec import Overrides, PlannedRun, Spec, preset, value_text
+from .outputs import check_state_folder, folder_lock
 from .sweep import failures, train_runs
-
 
 # -- make-style reuse -----------------------------------------------------------------
 

@@ -1,25 +1,8 @@
 """The run file: one HDF5 file per run, the contract between training and analysis.
 
-Layout (``FORMAT_VERSION`` 1; see the README for the full schema)::
-
-    /                      attrs: format, format_version, status, rule, model, dataset,
-                           seed, created, versions (JSON), config (JSON),
-                           task, n_features, n_outputs, record_bn
-    /probe/index           int64 [N]      probe inputs' indices in the test split
-    /probe/labels          int64 [N]      (classification and binary tasks)
-    /probe/targets         float32 [N, k] (regression tasks)
-    /checkpoints/step      int64 [T]
-    /layers/<name>/        attrs: position, width (values per sample), kind
-        activations        float32 [T, N, D], or [T, N, C, H, W] for a feature map
-        true_grad          float32, the same shape
-        signal             float32, the same shape (only where the rule's error is not the true gradient)
-        update             float32 [T, 2] (with signal) cosine and norm ratio of the parameter gradient of
-                           the block below the layer under the rule against the true one (``Rule.probe``)
-    /params/<qualified>    [T, ...]       every parameter and buffer, per checkpoint
-    /metrics/<name>        float64 [S]    per logged step (``step`` among them)
-    /eval/<name>           float64 [E]    per evaluation (``step``, ``test_loss``, ``test_acc``)
-    /resume/{0,1}/step     int64 []       checkpoint step whose resume state the slot holds (-1: being written)
-    /resume/{0,1}/<name>   [...]          that state (``repanalysis.resume``), overwritten in place
+The schema (``FORMAT_VERSION`` 1: root attributes, ``/probe``, ``/checkpoints``, ``/layers/<name>/{activations,
+true_grad,signal,update}``, ``/params``, ``/metrics``, ``/eval``, ``/resume/{0,1}``) is the documentation's run-file
+page, ``docs/guide/runfile.md``; ``tests/test_docs.py`` checks it against what this writer writes.
 
 The layer arrays and the floating-point parameters are stored in the run's
 ``record_dtype`` (``storage``: float32, or a 16-bit float type described in

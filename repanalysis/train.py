@@ -38,7 +38,6 @@ from .recorder import Recorder, model_tensors
 from .rules import Rule, make_rule
 from .runfile import RunFile, RunWriter
 
-
 NON_FINITE = "the training loss became non-finite"  # how a run that failed on it begins its error
 
 

@@ -7,7 +7,8 @@ import torch
 
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.train import build
+from repanalysis.rules.base import Rule
+from repanalysis.train import build, train
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -71,10 +72,21 @@ def contents(path) -> tuple[dict, dict]:
     return arrays, attrs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Torch on one thread for one test (as the subprocesses that some tests start), then as it was."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def interrupted_at(monkeypatch, step: int):
+    """Make training raise KeyboardInterrupt on entering ``step`` (as a Ctrl-C there would)."""
+    original = Rule.step
+
+    def step_or_stop(self, x, y):
+        if self.steps_done + 1 == step:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    monkeypatch.setattr(Rule, "step", step_or_stop)
+
+
+def train_interrupted(monkeypatch, config, path, data, step: int) -> None:
+    """Train ``config`` into ``path`` until a Ctrl-C on entering ``step`` stops it."""
+    with monkeypatch.context() as patch:
+        interrupted_at(patch, step)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, path, quiet=True, data=data)

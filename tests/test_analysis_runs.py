@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from repanalysis.analysis import (
-    RepanalysisWarning, cca, effective_rank, gradient_error, linear_cka, procrustes, pwcca, rsa, svcca,
+    RepanalysisWarning,
+    cca,
+    effective_rank,
+    gradient_error,
+    linear_cka,
+    procrustes,
+    pwcca,
+    rsa,
+    svcca,
 )
 from repanalysis.analysis import runs as runs_module
 from repanalysis.analysis.runs import COLUMNS, MEASURES, analyze, write_table

@@ -13,11 +13,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import one_thread, run_arrays, small_config  # noqa: F401 (an autouse fixture)
+from helpers import run_arrays, small_config
 
 from repanalysis.background import Background, thread_pays
 from repanalysis.cli import main
-from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile, RunWriter
 from repanalysis.train import resume, train
@@ -25,10 +24,6 @@ from repanalysis.train import resume, train
 # checkpoints and evaluations every 2 steps: the writer is busy for most of the run
 BUSY = dict(rule="sg", steps=16, record_every=2, eval_every=3, update_prob=0.7)
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def test_jobs_run_in_order_and_the_first_error_surfaces_once():

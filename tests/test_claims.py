@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repanalysis.claims import CLAIMS, Context, judge, pool_label, scope_label
-from repanalysis.claims import QUANTITY_COLUMNS
+from repanalysis.claims import CLAIMS, QUANTITY_COLUMNS, Context, judge, pool_label, scope_label
 
 
 def _quantities(values: dict) -> pd.DataFrame:

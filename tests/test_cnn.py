@@ -12,15 +12,13 @@ from helpers import batch, built, parameters_equal, small_config
 
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
-from repanalysis.datasets import load
-from repanalysis.rules.synthetic import ConvSyntheticGradientModule, FlatSyntheticGradientModule, SyntheticGradientModule
+from repanalysis.rules.synthetic import (
+    ConvSyntheticGradientModule,
+    FlatSyntheticGradientModule,
+    SyntheticGradientModule,
+)
 from repanalysis.runfile import RunFile
 from repanalysis.train import train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def cnn_config(**overrides):

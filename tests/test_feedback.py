@@ -12,11 +12,6 @@ from repanalysis.runfile import RunFile
 from repanalysis.train import train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
-
 def _train_side_by_side(rule, reference, data, steps, before_step):
     for step in range(steps):
         before_step()

@@ -5,15 +5,25 @@ from __future__ import annotations
 import itertools
 
 import matplotlib.colors as mcolors
-from matplotlib.container import BarContainer, ErrorbarContainer
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
-from repanalysis.figures import FROM_RUNS, FROM_TABLES, RULE_ORDER, draw_figures, rule_style
-from repanalysis.figures import heatmaps, layers, linear, training
+from repanalysis.figures import (
+    FROM_RUNS,
+    FROM_TABLES,
+    RULE_ORDER,
+    draw_figures,
+    heatmaps,
+    layers,
+    linear,
+    rule_style,
+    training,
+)
+from repanalysis.figures.style import RuleStyle
 from repanalysis.train import train
 
 RULES = ("backprop", "sg", "fa")
@@ -118,7 +128,8 @@ def test_every_rule_has_its_own_fixed_style():
     assert len({s.marker for s in styles}) == len(RULE_ORDER)
     fa, dfa = (np.array(mcolors.to_rgb(rule_style(r).color)) for r in ("fa", "dfa"))
     assert np.abs(fa - dfa).sum() > 1.0  # not two similar blues (Okabe-Ito blue and sky blue: 0.81)
-    assert rule_style("backprop") == rule_style("backprop")
+    assert rule_style("backprop") == RuleStyle("#000000", "o", "-")  # black, circles, solid: the reference rule
+    assert rule_style("sg").color.upper() == "#D55E00"  # Okabe-Ito vermillion
     assert rule_style("no-such-rule").color == "#999999"
     assert "#f0e442" not in {s.color.lower() for s in styles}  # Okabe-Ito yellow: too faint on white
 
@@ -202,18 +213,19 @@ def _spread_table(measure: str, mean: float, spread: float) -> pd.DataFrame:
 
 def test_cosine_spread_stays_within_minus_one_and_one():
     fig = training.gradient_alignment(_spread_table("grad_cosine", 0.9, 0.5))
-    for ax in fig.axes:
-        for band in ax.collections:
-            y = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
-            assert y.max() <= 1.0 + 1e-12 and y.min() >= -1.0 - 1e-12
+    bands = [band for ax in fig.axes for band in ax.collections if band.get_paths()]
+    assert bands  # the spread is drawn (a mean ± spread of 0.9 and 0.5 would reach 1.1 unclipped)
+    for band in bands:
+        y = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+        assert y.max() <= 1.0 + 1e-12 and y.min() >= -1.0 - 1e-12
     table = linear_table().assign(map_cosine=lambda t: np.where(t["seed"] == 0, 1.0, 0.5))
     fig = linear.linear_problems(table)
-    for ax in fig.axes:
-        for container in ax.containers:
-            if isinstance(container, ErrorbarContainer) and container.lines[2]:
-                for segment in container.lines[2][0].get_segments():
-                    if ax.get_ylabel().startswith("cosine"):
-                        assert segment[:, 1].max() <= 1.0 + 1e-12
+    segments = [segment for ax in fig.axes if ax.get_ylabel().startswith("cosine") for container in ax.containers
+                if isinstance(container, ErrorbarContainer) and container.lines[2]
+                for segment in container.lines[2][0].get_segments()]
+    assert segments  # the cosine panel has error bars
+    for segment in segments:
+        assert segment[:, 1].max() <= 1.0 + 1e-12
 
 
 def test_no_bars_on_a_log_axis_and_few_log_labels():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import built, one_thread, run_arrays, small_config  # noqa: F401 (one_thread: an autouse fixture)
+from helpers import built, run_arrays, small_config
 
 from repanalysis.analysis import gradient_error
 from repanalysis.datasets import load
@@ -16,11 +16,6 @@ from repanalysis.errors import UserError
 from repanalysis.rules.noisy import turned
 from repanalysis.runfile import RunFile
 from repanalysis.train import Batches, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.mark.parametrize("cosine", [0.9, 0.3, 0.0, -0.5])

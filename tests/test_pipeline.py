@@ -16,17 +16,16 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
-import torch
 import pytest
-from helpers import built, contents, small_config, run_arrays
+import torch
+from helpers import built, contents, run_arrays, small_config
 
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.pipeline import check
+from repanalysis.pipeline import check, launch
+from repanalysis.pipeline.launch import stages
 from repanalysis.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
 from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Rows
-from repanalysis.pipeline import launch
-from repanalysis.pipeline.launch import stages
 from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
 from repanalysis.train import Batches, resume, state_arrays, train

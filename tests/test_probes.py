@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
@@ -40,22 +39,16 @@ def synthetic_labels() -> np.ndarray:
 def runs(tmp_path_factory):
     """Two small trained digits runs (seeds 0 and 1) on one probe set: layers h1, h2; steps 0, 20, 40, 60.
 
-    Trained on one torch thread: on a busy two-core machine, threads on so small a model
-    slow training down many times.
+    Trained on one torch thread (``conftest.one_thread``).
     """
     folder = tmp_path_factory.mktemp("probe_runs")
     paths = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for seed in (0, 1):
-            path = folder / f"backprop-{seed}.h5"
-            config = TrainConfig(rule="backprop", dataset="digits", depth=2, width=32, steps=60, record_every=20,
-                                 probe_size=100, seed=seed)
-            train(config, path, quiet=True)
-            paths.append(str(path))
-    finally:
-        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        path = folder / f"backprop-{seed}.h5"
+        config = TrainConfig(rule="backprop", dataset="digits", depth=2, width=32, steps=60, record_every=20,
+                             probe_size=100, seed=seed)
+        train(config, path, quiet=True)
+        paths.append(str(path))
     return paths
 
 

@@ -1,9 +1,8 @@
-"""The README's "Using it" commands and its "Your own model" example run as written, in an empty folder."""
+"""The README's "Using it" commands and its "Your own model" example run as written, in an empty folder (on one
+torch thread, as every test: ``conftest.one_thread``)."""
 
 import shlex
 from pathlib import Path
-
-import torch
 
 from repanalysis.cli import main
 from repanalysis.runfile import RunFile
@@ -23,13 +22,8 @@ def test_using_it_runs_as_written(tmp_path, monkeypatch):
     assert [c[:2] for c in commands][3:] == [["repanalysis", "inspect"], ["repanalysis", "analyze"],
                                              ["repanalysis", "probe"], ["repanalysis", "figures"]]
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for command in commands:
-            assert main(command[1:]) == 0, command
-    finally:
-        torch.set_num_threads(threads)
+    for command in commands:
+        assert main(command[1:]) == 0, command
     for name in ("bp", "sg", "cdni"):
         with RunFile(name + ".h5") as run:
             assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85
@@ -56,14 +50,9 @@ def test_your_own_model_runs_as_written(tmp_path, monkeypatch, capsys):
     assert "from repanalysis import Recorder" in code and [c[:2] for c in commands] == [
         ["repanalysis", "inspect"], ["repanalysis", "analyze"], ["repanalysis", "probe"], ["repanalysis", "figures"]]
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exec(compile(code, "mine.py", "exec"), {"__name__": "__main__"})
-        for command in commands:
-            assert main(command[1:]) == 0, command
-    finally:
-        torch.set_num_threads(threads)
+    exec(compile(code, "mine.py", "exec"), {"__name__": "__main__"})
+    for command in commands:
+        assert main(command[1:]) == 0, command
     for seed in (0, 1):
         with RunFile(f"mine{seed}.h5") as run:
             assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import small_config, python_sigint, run_arrays
+from helpers import python_sigint, run_arrays, small_config
 from torch import nn
 
 from repanalysis import Recorder, tasks
-from repanalysis.datasets import load
 from repanalysis.models import build_network
 from repanalysis.runfile import RunFile, as_rows
 from repanalysis.train import Batches, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digits):

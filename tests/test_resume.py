@@ -12,12 +12,11 @@ import time
 
 import h5py
 import pytest
-from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
+from helpers import contents, small_config, train_interrupted
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.rules.base import Rule
 from repanalysis.runfile import RunFile
 from repanalysis.train import resume, train
 
@@ -36,26 +35,6 @@ def assert_same_file(resumed, reference) -> None:
         assert a[name] == b[name], name
     assert a_attrs == b_attrs
     assert a_attrs["status"] == "complete" and "error" not in a_attrs
-
-
-def interrupted_at(monkeypatch, step: int):
-    """Make training raise KeyboardInterrupt on entering ``step`` (as a Ctrl-C there would)."""
-    original = Rule.step
-
-    def step_or_stop(self, x, y):
-        if self.steps_done + 1 == step:
-            raise KeyboardInterrupt
-        return original(self, x, y)
-
-    monkeypatch.setattr(Rule, "step", step_or_stop)
-
-
-def train_interrupted(monkeypatch, config, path, data, step: int) -> None:
-    """Train ``config`` into ``path`` until a Ctrl-C on entering ``step`` stops it."""
-    with monkeypatch.context() as patch:
-        interrupted_at(patch, step)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, path, quiet=True, data=data)
 
 
 CASES = {  # rule: (config overrides, step at which training is interrupted)

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 
 from repanalysis.cli import main
+from repanalysis.errors import UserError
 from repanalysis.experiments import Overrides, load_spec, parse, preset
 from repanalysis.experiments.selection import FIRST
-from repanalysis.errors import UserError
 
 SPEC = """
 name = "tiny"

@@ -7,8 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
-from helpers import contents, one_thread, small_config  # noqa: F401 (one_thread: an autouse fixture)
+from helpers import small_config
 
 from repanalysis import storage
 from repanalysis.analysis.runs import analyze
@@ -17,11 +16,6 @@ from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile
 from repanalysis.train import rebuild, resume, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def _roundtrip(values, dtype, shift=0):
@@ -96,7 +90,6 @@ def three_dtypes(tmp_path_factory, digits):
     folder = tmp_path_factory.mktemp("dtypes")
     paths = {}
     for dtype in storage.RECORD_DTYPES:
-        torch.set_num_threads(1)
         paths[dtype] = folder / f"{dtype}.h5"
         train(small_config(rule="sg", record_dtype=dtype), paths[dtype], quiet=True, data=digits)
     return paths

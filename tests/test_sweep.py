@@ -19,8 +19,8 @@ from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
-from repanalysis.executor import Executor
 from repanalysis.errors import UserError
+from repanalysis.executor import Executor
 from repanalysis.experiments import load_spec
 from repanalysis.probes import probe_runs
 from repanalysis.reproduce import reproduce, sweep

@@ -17,11 +17,6 @@ from repanalysis.runfile import RunFile
 from repanalysis.train import train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
-
 def _oracle(rule: SyntheticGradients) -> SyntheticGradients:
     """Replace every module by an oracle: it injects the gradient arriving from above.
 
@@ -118,7 +113,7 @@ def test_bootstrapped_targets_match_an_independent_computation(digits, lam):
 
 
 def test_deep_linear_mse_sg_reaches_the_backprop_solution():
-    """PAPER §2.2: deep linear net (10 layers), MSE, linear SG: the same least-squares map."""
+    """Czarnecki et al. 2017, claim 2: deep linear net (10 layers), MSE, linear SG: the same least-squares map."""
     data = load("linear-regression-2d")
     x = np.c_[data.x_train.numpy(), np.ones(len(data.x_train))]
     least_squares = np.linalg.lstsq(x, data.y_train.numpy(), rcond=None)[0].ravel()

@@ -6,8 +6,15 @@ import torch
 
 from repanalysis import tasks
 from repanalysis.analysis.synthetic_loss import (
-    forward_above, is_affine, linear_path_integral, module_gradient, path_ends,
-    path_integral, probe_target, synthetic_loss, synthetic_losses,
+    forward_above,
+    is_affine,
+    linear_path_integral,
+    module_gradient,
+    path_ends,
+    path_integral,
+    probe_target,
+    synthetic_loss,
+    synthetic_losses,
 )
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
@@ -75,7 +82,9 @@ def test_oracle_gradient_reproduces_true_loss(sg_runs):
     direction = path_ends(h0, rule.task, target) - h0
     ts = torch.linspace(0, 1, 9, dtype=torch.float64)[1:]
     with evaluating(rule.network, rule.modules), torch.no_grad():
-        loss = lambda t: tasks.per_sample_loss(rule.task, forward_above(rule, i, h0 + t * direction), target)
+        def loss(t):
+            return tasks.per_sample_loss(rule.task, forward_above(rule, i, h0 + t * direction), target)
+
         integral = path_integral(_true_gradient(rule, i, target), h0, direction, ts, order=4)
         change = torch.stack([loss(t) - loss(0.0) for t in ts], 1)
     assert change.abs().max() > 1e-2  # the paths do move the loss

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import small_config, python_sigint
+from helpers import python_sigint, small_config
 
 from repanalysis import tasks
 from repanalysis.cli import main
@@ -21,11 +21,6 @@ from repanalysis.errors import UserError
 from repanalysis.models import build_network
 from repanalysis.runfile import FORMAT_VERSION, RunFile
 from repanalysis.train import build, evaluate, rebuild, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.fixture(scope="module")

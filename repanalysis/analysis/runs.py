@@ -107,8 +107,15 @@ from . import similarity
 from ._arrays import as_float64, at, collected, warn
 from .gradients import gradient_error
 from .rdm import compare_rdms, rdm
-from .spectrum import (effective_rank, numerical_rank, participation_ratio, spectrum, stable_rank, weight_frobenius,
-                       weight_norms)
+from .spectrum import (
+    effective_rank,
+    numerical_rank,
+    participation_ratio,
+    spectrum,
+    stable_rank,
+    weight_frobenius,
+    weight_norms,
+)
 from .streaming import Moments, RowView
 from .synthetic_loss import synthetic_losses
 

@@ -1,4 +1,5 @@
-"""The synthetic loss an SG module implies, against the true loss (PAPER.md §2.3).
+"""The synthetic loss an SG module implies, against the true loss (Czarnecki et al. 2017, claim 3 of the
+toolkit's ``docs/science.md``).
 
 A module ``M`` at interface ``h`` predicts the per-sample gradient ``∂L_n/∂h_n``,
 so it defines, up to a constant, a *synthetic loss* whose gradient it is. Along a

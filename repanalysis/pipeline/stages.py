@@ -34,7 +34,6 @@ from ..rules import SyntheticGradients
 from ..rules.base import batch_statistics, evaluating
 from ..train import state_arrays
 
-
 BLOCK_OVERHEAD = 28_000_000
 """What a block's training step costs besides its multiply-adds, in multiply-adds: its Python and small
 operations (batch norm, activation, its own and its module's optimiser steps). Measured on the 2-core

@@ -57,10 +57,10 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import signal
-import socket
 import queue as queues
 import shutil
+import signal
+import socket
 import sys
 import threading
 import time
@@ -72,8 +72,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..config import TrainConfig
 from .. import resume as resume_state
+from ..config import TrainConfig
 from ..train import Batches, build, load_arrays
 from .stages import Stage
 
