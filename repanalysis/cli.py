@@ -213,7 +213,8 @@ def _executor(args):
 
 
 def _cmd_analyze(args) -> None:
-    from .analysis.runs import MEASURES, analyze, write_table
+    from .analysis.runs import MEASURES, analyze
+    from .tables import write_table
 
     unknown = sorted(set(args.measures or ()) - set(MEASURES))
     if unknown:
@@ -227,7 +228,8 @@ def _cmd_analyze(args) -> None:
 
 
 def _cmd_probe(args) -> None:
-    from .probes import probe_runs, write_table
+    from .probes import probe_runs
+    from .tables import write_table
 
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
