@@ -225,14 +225,15 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
             tag = None if index == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
             inputs = list(made.values()) + cell_files
             figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
-                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag, executor=executor))
+                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag, executor=executor,
+                                                  overwrite=True))
     if "tables" in exp.figures:
         shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
         tag = name if shared else None
         tables_only = list(made.values())
         figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
                          lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag,
-                                                      executor=executor))
+                                                      executor=executor, overwrite=True))
     if "depth" in exp.figures:
         inputs = [q_path] + list(made.values()) + files
         depths = sorted({r.config.depth for r in planned})
