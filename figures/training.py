@@ -61,7 +61,7 @@ def _by_layer(analysis: pd.DataFrame, measures: dict[str, str], title: str):
             ax.set_title(layer)
             if c == 0:
                 ax.set_ylabel(label)
-    fig.suptitle(f"{title} ({seeds_note(summarise(every, ['rule', 'layer', 'step'])['n'])})")
+    fig.suptitle(f"{title} ({seeds_note(every.groupby(['measure', 'rule', 'layer', 'step'])['seed_a'].nunique())})")
     legend(fig, axes)
     return fig
 
