@@ -12,6 +12,8 @@ figures and claims it asks for. Per experiment ``E``:
   ``tables/E_quantities.csv``: the per-run values the claims use
   (``claims.quantities``); ``tables/E_pairs.csv``: the cross-seed CKA of
   every layer of every pair of runs that claim 4d reads (``claims.pairs``);
+  tables name their runs relative to ``tables/`` (``repanalysis.tables``),
+  so the folder can be moved and still be reused;
 - figures (PNG and SVG) in ``figures/``, by the experiment's figure sets:
   ``standard``, every figure of its tables and run files per cell (tagged with
   the experiment's name, and the cell where the grid has several, except for
