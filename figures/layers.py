@@ -91,7 +91,9 @@ def similarity_to_backprop(analysis: pd.DataFrame):
         notes.append(seeds_note(others["n"]))
     ceiling = summary[summary["rule"] == "backprop"]
     if not ceiling.empty:
-        notes.append(f"backprop line: backprop against another seed's, the ceiling ({seeds_note(ceiling['n'], what='pair')} of seeds)")
+        pairs = count_text(ceiling["n"], "pair")
+        over = f"{pairs} of seeds" if (ceiling["n"] == 1).all() else f"mean ± std over {pairs} of seeds"
+        notes.append(f"backprop line: backprop against another seed's, the ceiling ({over})")
     fig.suptitle("Similarity of each layer to the same layer of the backprop run with the same seed "
                  f"(same initial weights) at the last checkpoint\n({'; '.join(notes)})")
     legend(fig, axes)
@@ -127,7 +129,8 @@ def probe_accuracy(probes: pd.DataFrame):
         summaries.append(summary)
     n = pd.concat(summaries)["n"]
     if (n == 1).all():
-        note = f"one seed; bars: ± std over {count_text(rows['folds'], 'outer fold')}" if folds else "one seed, no spread"
+        note = (f"one seed; bars: ± std over {count_text(rows['folds'], 'outer fold')}" if folds
+                else "one seed, no spread")
     elif (n > 1).all():
         note = seeds_note(n)
     else:

@@ -121,13 +121,13 @@ def count_text(counts, what: str = "seed") -> str:
     return f"{n[0]} {what}s" if len(n) == 1 else f"{n[0]}–{n[-1]} {what}s"
 
 
-def seeds_note(n_seeds, *, spread: str = "± std", what: str = "seed") -> str:
+def seeds_note(n_seeds) -> str:
     """``mean ± std over 3 seeds``; ``one seed, no spread`` (nothing to average, none drawn); ``mean ± std
     over 1–3 seeds`` where rules differ (a spread only where there are two or more)."""
     n = sorted(set(int(k) for k in n_seeds))
     if n == [1]:
-        return f"one {what}, no spread"
-    return f"mean {spread} over {count_text(n, what)}"
+        return "one seed, no spread"
+    return f"mean ± std over {count_text(n)}"
 
 
 
