@@ -2,7 +2,7 @@
 
 Training loss is the per-step batch loss smoothed by a trailing moving average
 over ``max(1, steps // 50)`` steps; test loss and accuracy are the whole test
-split at each evaluation. Lines are the mean over seeds with a ±std band.
+split at each evaluation. Lines are the mean over seeds with a ±std band (over two seeds or more).
 Test accuracy is left out for tasks without one (regression).
 """
 
@@ -57,6 +57,6 @@ def learning_curves(paths):
         ax.set_title(PANELS[quantity])
         if quantity != "test_acc":
             log_y(ax)
-    fig.suptitle(f"Learning curves ({seeds_note(rows.groupby('rule')['seed'].nunique())} per rule)")
+    fig.suptitle(f"Learning curves ({seeds_note(rows.groupby('rule')['seed'].nunique())})")
     legend(fig, axes)
     return fig

@@ -3,9 +3,10 @@
 They read the reproduction's quantity table (``claims.quantities``: one row
 per run and quantity, with its ``scope``), the analysis table and the run
 files. Lines are rules, panels activations (one per activation in the grid);
-points are the mean over seeds with its 95% percentile-bootstrap interval
-(``stats.paired_effect`` of the values themselves: the same resampling as the
-report's verdicts), so a figure and the report agree.
+points are the mean over seeds with, as the report gives them, its 95%
+t-interval (``stats.paired_effect`` of the values themselves) where every
+point has at least ``stats.MIN_SEEDS`` seeds, else the range of the seeds'
+values (none for one seed); the caption says which.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 from repanalysis import stats
 
 from .rdms import rdm_grid
-from .style import legend, line_kwargs, ordered_rules, save, subplots
+from .style import count_text, legend, line_kwargs, ordered_rules, save, subplots
 
 #: stem -> (title, ((quantity, y label), ...)): one row of panels per quantity.
 DEPTH_FIGURES = {
@@ -54,24 +55,28 @@ def _with_cells(q: pd.DataFrame) -> pd.DataFrame:
                     activation=cells.map(lambda c: c.get("activation", "")))
 
 
-def _interval(values) -> tuple[float, float, float]:
+def _bars(values, kind: str) -> tuple[float, float, float]:
+    """``(mean, below, above)`` of per-seed ``values``: bars to the 95% t-interval (``kind`` "interval") or to
+    the range of the values ("range"; "none": not drawn)."""
     e = stats.paired_effect(values)
-    return e.mean, e.mean - e.low, e.high - e.mean
+    if kind == "interval":
+        return e.mean, e.mean - e.low, e.high - e.mean
+    return e.mean, e.mean - e.smallest, e.largest - e.mean
 
 
-def _draw_quantity(ax, q: pd.DataFrame, quantity: str, ylabel: str, activation: str) -> None:
+def _draw_quantity(ax, q: pd.DataFrame, quantity: str, ylabel: str, activation: str, bars: str) -> None:
     rows = q[(q["quantity"] == quantity) & (q["activation"] == activation)]
     for rule in ordered_rules(rows["rule"]):
-        points = [(depth, *_interval(g["value"])) for depth, g in rows[rows["rule"] == rule].groupby("depth")]
+        points = [(depth, *_bars(g["value"], bars)) for depth, g in rows[rows["rule"] == rule].groupby("depth")]
         if not points:
             continue
         depth, mean, low, high = map(np.array, zip(*points))
         style = line_kwargs(rule)
         if rule == "backprop" and quantity == "cka_to_other_backprop":
             style["label"] = "backprop (seed-vs-seed ceiling)"
-        ax.errorbar(depth, mean, yerr=[low, high], capsize=3, **style)
-    if quantity == "cka_to_other_backprop":
-        null = q[(q["quantity"] == "cka_null") & (q["activation"] == activation) & (q["rule"] == "sg")]
+        ax.errorbar(depth, mean, yerr=None if bars == "none" else [low, high], capsize=3, **style)
+    if quantity == "cka_to_other_backprop":  # the null of every compared pair of runs, whatever the rule
+        null = q[(q["quantity"] == "cka_null") & (q["activation"] == activation)].dropna(subset=["value"])
         if not null.empty:
             by_depth = null.groupby("depth")["value"].mean()
             ax.plot(by_depth.index, by_depth.to_numpy(), color="#999999", linestyle=":",
@@ -92,15 +97,19 @@ def _quantity_figure(q: pd.DataFrame, panels, title: str):
     present = [(name, label) for name, label in panels if (q["quantity"] == name).any()]
     if not present or not activations:
         return None
+    drawn = q[q["quantity"].isin([name for name, _ in present])].dropna(subset=["value"])
+    n = drawn.groupby(["rule", "scope", "quantity"])["seed"].nunique()
+    bars = "none" if n.max() == 1 else "interval" if n.min() >= stats.MIN_SEEDS else "range"
     fig, axes = subplots(len(present) * len(activations), ncols=len(activations), size=(4.2, 3.2),
                          sharey="row")
     for r, (name, label) in enumerate(present):
         for c, activation in enumerate(activations):
-            _draw_quantity(axes[r * len(activations) + c], q, name, label, activation)
-    n = q.groupby(["rule", "scope"])["seed"].nunique()
-    seeds = f"{n.min()}–{n.max()} seeds" if n.min() != n.max() else f"{n.min()} seeds"
-    fig.suptitle(f"{title}\n(one seed: no interval)" if n.max() == 1
-                 else f"{title}\n(mean over {seeds}, 95% bootstrap interval)")
+            _draw_quantity(axes[r * len(activations) + c], q, name, label, activation, bars)
+    note = {"none": "one seed: no interval",
+            "range": f"mean over {count_text(n)}; bars: the range of the seeds' values (no interval from fewer "
+                     f"than {stats.MIN_SEEDS} seeds)",
+            "interval": f"mean over {count_text(n)}, 95% t-interval"}[bars]
+    fig.suptitle(f"{title}\n({note})")
     legend(fig, axes)
     return fig
 
@@ -115,6 +124,8 @@ def weight_norm_profiles(analysis: pd.DataFrame | None, runs: dict):
     rows = rows[rows["step_a"] == rows.groupby("run_a")["step_a"].transform("max")]
     cells = {str(path): planned for planned, path in runs.items()}
     rows = rows[rows["run_a"].astype(str).isin(cells)]
+    if rows.empty:
+        return None
     rows = rows.assign(depth=rows["run_a"].map(lambda r: cells[str(r)].config.depth),
                        activation=rows["run_a"].map(lambda r: cells[str(r)].config.activation),
                        position=rows["layer_a"].str[1:].astype(int))
@@ -136,7 +147,9 @@ def weight_norm_profiles(analysis: pd.DataFrame | None, runs: dict):
         ax.set_title(f"{rule}, {activation}")
         ax.grid(alpha=0.3)
         ax.label_outer()
-    fig.suptitle("Weight norm relative to its initial value, per layer (mean over seeds, last checkpoint);\n"
+    seeds = rows.groupby(["rule_a", "depth", "activation"])["seed_a"].nunique()
+    over = "one seed" if seeds.max() == 1 else f"mean over {count_text(seeds)}"
+    fig.suptitle(f"Weight norm relative to its initial value, per layer ({over}, last checkpoint);\n"
                  "open symbol: h1, the input layer (its weight reads the raw inputs; left out of the slopes)")
     legend(fig, axes)
     return fig

@@ -10,7 +10,10 @@ Figures (file stems) and what they need:
 
 Several tables of one kind are concatenated. With ``tag`` every stem gets
 ``_<tag>`` and every title `` — <tag>``, so figures of several experiments
-can share a folder.
+can share a folder. The output folder follows the rules of every output
+(``repanalysis.outputs``): checked before any drawing, no file in it replaced
+unless ``overwrite`` (any file a figure of the inputs could be written to
+counts), and a folder made for a call that fails removed again.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import pandas as pd
 import seaborn as sns
 
 from repanalysis.errors import UserError
+from repanalysis.outputs import check_files_in_folder, new_folder
 from repanalysis.runfile import RunFile
 
 from . import curves, heatmaps, layers, linear, rdms, spectra, training
 from .inputs import split_inputs
-from .style import save
+from .style import FORMATS, save
 
 FROM_TABLES = {
     "analysis": {
@@ -54,6 +58,10 @@ def _check_runs(runs: list[Path]) -> None:
         raise UserError(f"the run files come from several data sets or models: {listed}; draw each group separately")
 
 
+def _name(stem: str, tag: str | None) -> str:
+    return f"{stem}_{tag}" if tag else stem
+
+
 def _draw(stem: str, data, out: Path, tag: str | None) -> list[Path]:
     """Draw figure ``stem`` from ``data`` (a table, or run-file paths) into ``out``; the files (none if empty)."""
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
@@ -62,12 +70,14 @@ def _draw(stem: str, data, out: Path, tag: str | None) -> list[Path]:
             return []
         if tag:
             fig.suptitle(f"{fig.get_suptitle()} — {tag}")
-        return save(fig, out, f"{stem}_{tag}" if tag else stem)
+        return save(fig, out, _name(stem, tag))
 
 
-def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None, executor=None) -> list[Path]:
+def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None, executor=None,
+                 overwrite: bool = False) -> list[Path]:
     """Draw what ``inputs`` (tables ``.csv``, run files ``.h5``) allow into ``out_dir``; return the files.
 
+    ``overwrite``: replace figure files that exist in ``out_dir`` (else refused before any drawing).
     One task per figure on ``executor`` (a ``repanalysis.executor.Executor``; default: this process).
     """
     from repanalysis.executor import Executor
@@ -81,11 +91,12 @@ def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None
     jobs += [(stem, [Path(p).resolve() for p in runs], out.resolve(), tag) for stem in FROM_RUNS if runs]
     if not jobs:
         raise UserError("nothing to draw: give an analysis, probe or linear-problem table, or run files")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / path.name for files in (executor or Executor()).map(_draw, jobs, label="figures", quiet=quiet)
-               for path in files]
-    if not written:
-        raise UserError("nothing to draw: the inputs hold none of the measures the figures show")
+    names = [f"{_name(stem, tag)}.{fmt}" for stem, *_ in jobs for fmt in FORMATS]
+    check_files_in_folder(out, names, overwrite)
+    with new_folder(out):
+        written = [out / path.name
+                   for files in (executor or Executor()).map(_draw, jobs, label="figures", quiet=quiet)
+                   for path in files]
+        if not written:
+            raise UserError("nothing to draw: the inputs hold none of the measures the figures show")
     return written

@@ -10,18 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .inputs import at_last_step, measure
-from .style import LAYER_CMAP, ordered_layers, ordered_rules, subplots
+from .inputs import at_last_step, layer_positions, measure
+from .style import LAYER_CMAP, count_text, ordered_layers, ordered_rules, subplots
 
 
 def layer_matrices(analysis: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per rule: ``(layers, [L, L] mean CKA over seeds)``, symmetrised, unit diagonal; NaN where unmeasured."""
+    """Per rule: ``(layers bottom to top, [L, L] mean CKA over seeds)``, symmetrised, unit diagonal; NaN where
+    unmeasured."""
     rows = measure(analysis, "linear_cka")
     rows = at_last_step(rows[(rows["run_a"] == rows["run_b"]) & (rows["layer_a"] != rows["layer_b"])])
     out = {}
     for rule in ordered_rules(rows["rule_a"]):
         picked = rows[rows["rule_a"] == rule]
-        layers = ordered_layers(pd.concat([picked["layer_a"], picked["layer_b"]]))
+        positions = layer_positions(picked, ("layer_a", "position_a"), ("layer_b", "position_b"))
+        layers = ordered_layers(pd.concat([picked["layer_a"], picked["layer_b"]]), positions)
         index = {name: i for i, name in enumerate(layers)}
         total = np.zeros((len(layers), len(layers)))
         count = np.zeros_like(total)
@@ -41,6 +43,8 @@ def layer_cka(analysis: pd.DataFrame):
     matrices = layer_matrices(analysis)
     if not matrices:
         return None
+    rows = measure(analysis, "linear_cka")
+    seeds = rows[rows["run_a"] == rows["run_b"]].groupby("rule_a")["seed_a"].nunique()
     fig, axes = subplots(len(matrices), ncols=min(len(matrices), 3), size=(3.2, 3.0))
     for ax, (rule, (layers, matrix)) in zip(axes, matrices.items()):
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap=LAYER_CMAP, origin="lower")
@@ -55,7 +59,8 @@ def layer_cka(analysis: pd.DataFrame):
                 if np.isfinite(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if v > 0.6 else "white")
-    fig.suptitle("Linear CKA between the layers of one network (last checkpoint, mean over seeds)")
+    over = "one seed" if set(seeds) == {1} else f"mean over {count_text(seeds)}"
+    fig.suptitle(f"Linear CKA between the layers of one network (last checkpoint, {over})")
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     fig.colorbar(image, ax=list(axes), fraction=0.03, label="linear CKA")
     return fig

@@ -7,7 +7,7 @@ Table kinds (``KINDS``), each recognised by the columns it must have:
 - ``linear``: the reproduction's linear-problem table (``dataset, model, rule, seed,
   train_loss, map_cosine, map_distance``).
 
-Summaries are over seeds: ``mean``, ``std`` (ddof 1; 0 with one seed) and ``n``.
+Summaries are over seeds: ``mean``, ``std`` (ddof 1; NaN with one seed: no spread) and ``n``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from repanalysis import tables
 from repanalysis.errors import UserError
 
 KINDS = {
@@ -38,11 +39,8 @@ def table_kind(table: pd.DataFrame, name: str = "table") -> str:
 
 
 def read_table(path) -> tuple[str, pd.DataFrame]:
-    """``(kind, table)`` read from a CSV file."""
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise UserError(f"{path}: cannot read a table ({str(err).splitlines()[0]})") from None
+    """``(kind, table)`` read from a CSV file (``repanalysis.tables.read_table``)."""
+    table = tables.read_table(path)
     return table_kind(table, str(path)), table
 
 
@@ -65,11 +63,22 @@ def split_inputs(inputs) -> tuple[dict[str, list[pd.DataFrame]], list[Path]]:
 
 
 def summarise(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
-    """``by`` columns with the ``mean``, ``std`` (ddof 1, 0 for one row) and ``n`` of ``value``."""
+    """``by`` columns with the ``mean``, ``std`` (ddof 1; NaN for one row, which has no spread) and ``n`` of
+    ``value``."""
     grouped = table.groupby(by, sort=False)[value]
-    out = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
-    out["std"] = out["std"].fillna(0.0)
-    return out
+    return grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+
+
+def layer_positions(table: pd.DataFrame, *columns: tuple[str, str]) -> dict[str, int]:
+    """Layer -> its position in the model, from ``(layer column, position column)`` pairs of ``table`` (the
+    lowest where runs differ); empty for a table without its position columns."""
+    found: dict[str, int] = {}
+    for layer, position in columns:
+        if layer in table and position in table:
+            known = table[[layer, position]].dropna()
+            for name, at in known.groupby(layer)[position].min().items():
+                found[name] = min(int(at), found.get(name, int(at)))
+    return found
 
 
 def at_last_step(table: pd.DataFrame, run: str = "run_a", step: str = "step_a") -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The linear-problem table (claims 1 and 2) as dot plots: final training loss and agreement of the learned maps.
 
 Top row: final training loss per problem (x) and rule (a marker per rule, side by
-side, mean over seeds with ±std error bars), log scale, one panel per model; where
+side, mean over seeds with ±std error bars from two seeds on), log scale, one panel per model; where
 the table gives the least-squares optimum (``optimum_loss``), it is marked by a grey
 line across the problem. Bottom row: cosine between each other rule's learned linear
 map and the backprop map of the same seed (error bars cut at ±1). Points, not bars:
@@ -38,7 +38,8 @@ def _points(ax, summary: pd.DataFrame, problems: list[str], bounds: tuple[float,
         low, high = rows["std"], rows["std"]
         if bounds is not None:
             low, high = np.minimum(low, rows["mean"] - bounds[0]), np.minimum(high, bounds[1] - rows["mean"])
-        ax.errorbar(x, rows["mean"], yerr=[low, high], capsize=2, **{**line_kwargs(rule), "linestyle": "none"})
+        bars = [low, high] if rows["std"].notna().any() else None
+        ax.errorbar(x, rows["mean"], yerr=bars, capsize=2, **{**line_kwargs(rule), "linestyle": "none"})
     ax.set_xticks(range(len(problems)), [short_name(p) for p in problems], fontsize=8)
     ax.grid(alpha=0.3, axis="y")
 
@@ -60,8 +61,9 @@ def linear_problems(table: pd.DataFrame):
                     (-1.0, 1.0) if column == "map_cosine" else None)
             if column == "train_loss":
                 log_y(ax)
-                if "optimum_loss" in table:
-                    optimum = picked.groupby("dataset")["optimum_loss"].mean().reindex(problems)
+                optimum = picked.groupby("dataset")["optimum_loss"].mean().reindex(problems) if (
+                    "optimum_loss" in table) else pd.Series(dtype=float)
+                if optimum.notna().any():  # a line in the legend only where one is drawn
                     ax.hlines(optimum, np.arange(len(problems)) - 0.45, np.arange(len(problems)) + 0.45,
                               color="0.5", linewidth=2, label="least-squares optimum")
             ax.set_ylabel(label)

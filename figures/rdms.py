@@ -39,15 +39,16 @@ def _scaled(matrix: np.ndarray) -> np.ndarray:
     return matrix / top if top > 0 else matrix
 
 
-def sorted_rdms(path) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
-    """``({layer: RDM with rows sorted by class}, sorted labels or None, seed)``."""
+def sorted_rdms(path) -> tuple[dict[str, np.ndarray], np.ndarray | None, int, dict[str, int]]:
+    """``({layer: RDM with rows sorted by class}, sorted labels or None, seed, {layer: its position})``."""
     with RunFile(path) as run:
         labels = run.probe_labels
         key = labels if labels is not None else run.probe_targets[:, 0]
         order = np.argsort(key, kind="stable")
         order = order[:: -(-len(order) // MAX_SHOWN)]
         matrices = {layer: _scaled(rdm(run.activations(layer, -1)[order], RDM_METRIC)) for layer in run.layers}
-        return matrices, None if labels is None else labels[order], run.seed
+        positions = {layer: run.layer_info(layer)["position"] for layer in run.layers}
+        return matrices, None if labels is None else labels[order], run.seed, positions
 
 
 def rdm_grid(paths, max_layers: int | None = None):
@@ -56,12 +57,13 @@ def rdm_grid(paths, max_layers: int | None = None):
     if not runs:
         return None
     data = {rule: sorted_rdms(path) for rule, path in runs.items()}
-    layers = ordered_layers({layer for matrices, _, _ in data.values() for layer in matrices})
+    positions = {layer: at for *_, own in data.values() for layer, at in own.items()}
+    layers = ordered_layers({layer for matrices, *_ in data.values() for layer in matrices}, positions)
     if max_layers and len(layers) > max_layers:
         layers = [layers[i] for i in sorted(set(np.linspace(0, len(layers) - 1, max_layers).round().astype(int)))]
     fig, axes = subplots(len(layers) * len(runs), ncols=len(runs), size=(1.9, 1.9))
     for r, layer in enumerate(layers):
-        for c, (rule, (matrices, labels, seed)) in enumerate(data.items()):
+        for c, (rule, (matrices, labels, seed, _)) in enumerate(data.items()):
             ax = axes[r * len(runs) + c]
             ax.set_xticks([])
             ax.set_yticks([])
@@ -77,7 +79,7 @@ def rdm_grid(paths, max_layers: int | None = None):
                 for edge in np.flatnonzero(np.diff(labels)) + 0.5:
                     ax.axhline(edge, color="white", linewidth=0.3)
                     ax.axvline(edge, color="white", linewidth=0.3)
-    by = "class" if all(labels is not None for _, labels, _ in data.values()) else "class or target value"
+    by = "class" if all(labels is not None for _, labels, *_ in data.values()) else "class or target value"
     fig.suptitle(f"RDMs at the last checkpoint\nrows: layers, bottom first; columns: rules\n"
                  f"probe inputs sorted by {by}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 1))

@@ -1,4 +1,4 @@
-"""Singular-value spectra of each layer's activations: one panel per layer, one line per rule.
+"""Singular-value spectra of each layer's activations: one panel per layer (bottom to top), one line per rule.
 
 Each run's spectrum is ``repanalysis.analysis.singular_values`` of the layer's
 probe activations at the last checkpoint, normalised by its largest value;
@@ -12,27 +12,30 @@ import numpy as np
 from repanalysis.analysis import singular_values
 from repanalysis.runfile import RunFile
 
-from .style import legend, line_kwargs, log_y, ordered_layers, ordered_rules, subplots
+from .style import count_text, legend, line_kwargs, log_y, ordered_layers, ordered_rules, subplots
 
 
-def normalised_spectra(paths) -> dict[tuple[str, str], list[np.ndarray]]:
-    """``{(rule, layer): [σ / σ_max per run]}`` at each run's last checkpoint (all-zero spectra left out)."""
+def normalised_spectra(paths) -> tuple[dict[tuple[str, str], list[np.ndarray]], dict[str, int]]:
+    """``({(rule, layer): [σ / σ_max per run]}, {layer: its position})`` at each run's last checkpoint
+    (all-zero spectra left out)."""
     out: dict[tuple[str, str], list[np.ndarray]] = {}
+    positions: dict[str, int] = {}
     for path in paths:
         with RunFile(path) as run:
             for layer in run.layers:
+                positions.setdefault(layer, run.layer_info(layer)["position"])
                 s = np.asarray(singular_values(run.activations(layer, -1)), dtype=np.float64)
                 if len(s) and s[0] > 0:
                     out.setdefault((run.rule, layer), []).append(s / s[0])
-    return out
+    return out, positions
 
 
 def spectra(paths):
     """The figure, or None when no layer has a non-zero spectrum."""
-    found = normalised_spectra(paths)
+    found, positions = normalised_spectra(paths)
     if not found:
         return None
-    layers = ordered_layers(layer for _, layer in found)
+    layers = ordered_layers((layer for _, layer in found), positions)
     fig, axes = subplots(len(layers), ncols=min(len(layers), 3), size=(3.6, 3.0), sharey=True)
     for ax, layer in zip(axes, layers):
         for rule in ordered_rules(rule for rule, name in found if name == layer):
@@ -47,6 +50,8 @@ def spectra(paths):
         ax.set_ylabel(r"$\sigma_i / \sigma_1$")
         ax.set_title(layer)
         ax.grid(alpha=0.3)
-    fig.suptitle("Singular-value spectra of the activations (last checkpoint, mean over seeds)")
+    runs = [len(spectra) for spectra in found.values()]
+    over = "one seed" if set(runs) == {1} else f"mean over {count_text(runs)}"
+    fig.suptitle(f"Singular-value spectra of the activations (last checkpoint, {over})")
     legend(fig, axes)
     return fig

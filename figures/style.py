@@ -7,6 +7,13 @@ olive instead of Okabe–Ito's sky blue, which was too close to fa's blue. Every
 rule also has its own marker and line style, so no figure relies on colour
 alone. A rule keeps its colour in every figure; unknown rules are grey.
 
+Captions say what is drawn: how many seeds each mean is over; a spread
+(± std error bars or band) only over two seeds or more (none for one
+seed, and the caption says so); a 95% interval only where the
+report gives one (``figures.depth``); a line named in a caption or legend
+only where it has data. Titles are wrapped to the figure's width
+(``fit_title``), never clipped.
+
 Figures are bare ``matplotlib.figure.Figure`` objects, not pyplot ones: they
 render with the Agg canvas whatever backend the caller has chosen, change no
 global state, and are freed with their last reference. Each is saved as PNG
@@ -17,8 +24,10 @@ same stem.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +82,11 @@ def layer_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(name)))
 
 
-def ordered_layers(layers) -> list[str]:
-    return sorted(set(layers), key=layer_key)
+def ordered_layers(layers, positions: dict | None = None) -> list[str]:
+    """``layers`` bottom to top: by their position in the model (``positions``, read off the tables' position
+    columns or the run files); layers without one (tables from elsewhere) after them, in natural name order."""
+    positions = positions or {}
+    return sorted(set(layers), key=lambda name: (positions.get(name, math.inf), layer_key(name)))
 
 
 def subplots(n: int, *, ncols: int | None = None, size=(3.2, 2.6), **kwargs):
@@ -101,14 +113,22 @@ def log_y(ax) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def count_text(counts, what: str = "seed") -> str:
+    """``3 seeds``, ``one seed`` or ``1–3 seeds`` (a range where rules or layers have different numbers)."""
+    n = sorted(set(int(k) for k in counts))
+    if n == [1]:
+        return f"one {what}"
+    return f"{n[0]} {what}s" if len(n) == 1 else f"{n[0]}–{n[-1]} {what}s"
+
+
 def seeds_note(n_seeds) -> str:
-    """``mean ± std over 3 seeds``; ``one seed, no spread`` (nothing to average); a range when rules differ."""
+    """``mean ± std over 3 seeds``; ``one seed, no spread`` (nothing to average, none drawn); ``mean ± std
+    over 1–3 seeds`` where rules differ (a spread only where there are two or more)."""
     n = sorted(set(int(k) for k in n_seeds))
     if n == [1]:
         return "one seed, no spread"
-    if len(n) == 1:
-        return f"mean ± std over {n[0]} seeds"
-    return f"mean ± std over {n[0]}–{n[-1]} seeds"
+    return f"mean ± std over {count_text(n)}"
+
 
 
 def legend(fig, axes) -> None:
@@ -138,8 +158,39 @@ def _write(fig, path: Path, fmt: str) -> None:
     image.save(path, format="png", optimize=True)
 
 
+#: The share of the figure's width a title's line may take.
+TITLE_WIDTH = 0.96
+
+
+def fit_title(fig) -> None:
+    """Wrap the figure's title (``suptitle``) so that every line fits ``TITLE_WIDTH`` of the figure's width,
+    and make the figure taller by the lines that adds, at the top, the panels keeping their size in inches."""
+    title = fig._suptitle
+    if title is None or not title.get_text():
+        return
+    text = title.get_text()
+    box = title.get_window_extent()
+    if box.width <= TITLE_WIDTH * fig.bbox.width:
+        return
+    lines = text.split("\n")
+    per_char = box.width / max(len(line) for line in lines)
+    fits = max(10, int(TITLE_WIDTH * fig.bbox.width / per_char))
+    wrapped = [part for line in lines for part in (textwrap.wrap(line, fits) or [""])]
+    title.set_text("\n".join(wrapped))
+    added = title.get_window_extent().height - box.height
+    if added > 0:
+        height = fig.bbox.height
+        grow = height / (height + added)  # the old height as a share of the new one
+        fig.set_figheight((height + added) / fig.dpi)
+        for ax in fig.axes:
+            x0, y0, w, h = ax.get_position().bounds
+            ax.set_position((x0, y0 * grow, w, h * grow))
+
+
 def save(fig, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each through a temporary file."""
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each through a temporary file; its title
+    wrapped to fit first (``fit_title``)."""
+    fit_title(fig)
     paths = []
     for fmt in FORMATS:
         path = Path(out_dir) / f"{stem}.{fmt}"

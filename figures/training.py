@@ -1,4 +1,5 @@
-"""Per-layer measures over training: one panel per layer, step on x, one line per rule (mean ± std band).
+"""Per-layer measures over training: one panel per layer (bottom to top), step on x, one line per rule (mean,
+with a ± std band over two or more seeds).
 
 Each function takes the analysis table and returns a Figure, or None when
 the table holds no row of its measures.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .inputs import measure, single_run, summarise
+from .inputs import layer_positions, measure, single_run, summarise
 from .style import legend, line_kwargs, ordered_layers, ordered_rules, seeds_note, subplots
 
 GRADIENT_MEASURES = {"grad_cosine": "cosine(signal, true gradient)"}
@@ -20,16 +21,19 @@ SYNTHETIC_MEASURES = {
 
 
 def draw_over_steps(ax, summary: pd.DataFrame, bounds: tuple[float, float] | None = None) -> None:
-    """One line per rule of ``summary`` (``rule, step, mean, std``) against step, with a ±std band
-    (cut at ``bounds``, the range the quantity can take)."""
+    """One line per rule of ``summary`` (``rule, step, mean, std``) against step, with a ±std band where the
+    std is known (two seeds or more; cut at ``bounds``, the range the quantity can take)."""
     for rule in ordered_rules(summary["rule"]):
         rows = summary[summary["rule"] == rule].sort_values("step")
         style = line_kwargs(rule)
         ax.plot(rows["step"], rows["mean"], markevery=max(1, len(rows) // 10), **style)
+        if rows["std"].isna().all():
+            continue
         low, high = rows["mean"] - rows["std"], rows["mean"] + rows["std"]
         if bounds is not None:
             low, high = low.clip(lower=bounds[0]), high.clip(upper=bounds[1])
-        ax.fill_between(rows["step"], low, high, color=style["color"], alpha=0.15, linewidth=0)
+        ax.fill_between(rows["step"], low, high, where=rows["std"].notna(), color=style["color"], alpha=0.15,
+                        linewidth=0)
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
 
@@ -43,7 +47,8 @@ def _by_layer(analysis: pd.DataFrame, measures: dict[str, str], title: str):
             found[label] = rows.rename(columns={"rule_a": "rule", "layer_a": "layer", "step_a": "step"})
     if not found:
         return None
-    layers = ordered_layers(pd.concat(found.values())["layer"])
+    every = pd.concat(found.values())
+    layers = ordered_layers(every["layer"], layer_positions(every, ("layer", "position_a")))
     fig, axes = subplots(len(found) * len(layers), ncols=len(layers), size=(3.0, 2.6), sharex=True, sharey="row")
     for r, (label, rows) in enumerate(found.items()):
         for c, layer in enumerate(layers):
@@ -56,7 +61,7 @@ def _by_layer(analysis: pd.DataFrame, measures: dict[str, str], title: str):
             ax.set_title(layer)
             if c == 0:
                 ax.set_ylabel(label)
-    fig.suptitle(f"{title} ({seeds_note(summarise(pd.concat(found.values()), ['rule', 'layer', 'step'])['n'])})")
+    fig.suptitle(f"{title} ({seeds_note(every.groupby(['measure', 'rule', 'layer', 'step'])['seed_a'].nunique())})")
     legend(fig, axes)
     return fig
 

@@ -1,7 +1,9 @@
-"""Probe every layer and checkpoint of some run files; one tidy table, written atomically.
+"""Probe every layer and checkpoint of some run files; one tidy table (written by ``repanalysis.tables``).
 
 One row per (run, layer, step, probe) with ``COLUMNS``: ``run`` is the path
-as given, ``accuracy`` the mean over the outer folds of each fold's test
+as given, ``position`` the layer's place in the model (the run file's: 0 for
+the lowest interface; sort by it, not by name, for the model's order),
+``accuracy`` the mean over the outer folds of each fold's test
 accuracy, ``accuracy_std`` their standard deviation over folds with ddof 1,
 ``folds`` the number of outer folds. The outer folds come from ``make_folds``
 on the shared probe labels and ``seed``, the same for every run, layer and
@@ -20,7 +22,6 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from repanalysis.errors import UserError
-from repanalysis.outputs import write_atomically
 from repanalysis.runfile import MAPS, RunFile
 
 from .folds import make_folds
@@ -29,7 +30,7 @@ from .linear import linear_accuracy
 
 PROBES = ("linear", "knn")
 CHECKPOINTS = ("all", "last")
-COLUMNS = ["run", "rule", "seed", "layer", "step", "probe", "accuracy", "accuracy_std", "folds"]
+COLUMNS = ["run", "rule", "seed", "layer", "position", "step", "probe", "accuracy", "accuracy_std", "folds"]
 
 
 def _probe_set(path) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
@@ -74,6 +75,7 @@ def _probe_task(name: str, path: str, layer: str, indices: list[int], labels: np
     scorers = {"linear": lambda *a: linear_accuracy(*a, seed=seed), "knn": lambda *a: knn_accuracy(*a, k=k)}
     rows = []
     with RunFile(path) as run, threadpool_limits(limits=1):
+        position = run.layer_info(layer)["position"]
         for i in indices:
             step = int(run.steps[i])
             x = run.activations(layer, i, maps).astype(np.float64)
@@ -81,7 +83,7 @@ def _probe_task(name: str, path: str, layer: str, indices: list[int], labels: np
                 raise UserError(f"{name}: non-finite activations in layer {layer} at step {step}")
             for probe in probes:
                 scores = [scorers[probe](x[tr], labels[tr], x[te], labels[te]) for tr, te in splits]
-                rows.append([name, run.rule, run.seed, layer, step, probe,
+                rows.append([name, run.rule, run.seed, layer, position, step, probe,
                              float(np.mean(scores)), float(np.std(scores, ddof=1)), len(splits)])
     return rows
 
@@ -117,9 +119,4 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
                   for layer in layers]
     results = (executor or Executor()).map(_probe_task, tasks, label="probe", quiet=quiet)
     table = pd.DataFrame([row for rows in results for row in rows], columns=COLUMNS)
-    return table.astype({"seed": "int64", "step": "int64", "folds": "int64"})
-
-
-def write_table(table: pd.DataFrame, out_csv) -> Path:
-    """Write ``table`` to ``out_csv`` (no index column) atomically (see ``outputs.write_atomically``)."""
-    return write_atomically(out_csv, lambda f: table.to_csv(f, index=False))
+    return table.astype({"seed": "int64", "position": "int64", "step": "int64", "folds": "int64"})

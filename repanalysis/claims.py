@@ -29,7 +29,7 @@ Per-run quantities (``quantities``; one row per run and quantity, written to
 - ``test_acc``: the final test accuracy (the run's last evaluation);
 - ``train_loss_area``, ``steps_to_test_acc_95``: from the analysis table
   (``analysis.runs``: the mean training loss over the run; the first evaluated
-  step at 95% test accuracy);
+  step at 95% test accuracy, none for a run that never got there);
 - ``rsa_to_last_euclidean``, ``rsa_to_last_correlation``: the mean, over every
   layer below the last, of that analysis measure at the last checkpoint; and
   ``<quantity>|<rule>|below`` / ``|above``: the same over one region of the
@@ -80,7 +80,7 @@ from .errors import UserError
 from .runfile import RunFile
 
 QUANTITY_COLUMNS = ("run", "experiment", "rule", "seed", "scope", "pool", "quantity", "value")
-PAIR_COLUMNS = ("run", "rule", "seed", "scope", "pool", "reference_seed", "layer", "cka", "null")
+PAIR_COLUMNS = ("run", "rule", "seed", "scope", "pool", "reference_seed", "layer", "position", "cka", "null")
 NULL_PERMUTATIONS = 50
 REGIONS = {"below": "below the module", "above": "above the module"}
 
@@ -235,9 +235,10 @@ def _final_test_acc(path) -> float:
         return float(acc[-1]) if len(acc) else math.nan
 
 
-def _last_activations(path) -> dict[str, np.ndarray]:
+def _last_activations(path) -> dict[str, tuple[int, np.ndarray]]:
+    """Layer -> (its position in the model, its activations at the last checkpoint)."""
     with RunFile(path) as run:
-        return {layer: run.activations(layer, -1) for layer in run.layers}
+        return {layer: (run.layer_info(layer)["position"], run.activations(layer, -1)) for layer in run.layers}
 
 
 class _PermutedGram:
@@ -288,13 +289,13 @@ def pairs(context: Context) -> pd.DataFrame:
 
                 def gram(path: Path) -> np.ndarray:
                     if path not in grams:
-                        grams[path] = centred_linear_gram(acts[path][layer])
+                        grams[path] = centred_linear_gram(acts[path][layer][1])
                     return grams[path]
 
                 for rule, seed, path, other, reference in pairs:
                     if layer not in acts[path] or layer not in acts[reference]:
                         continue
-                    x, y = acts[path][layer], acts[reference][layer]
+                    (position, x), (_, y) = acts[path][layer], acts[reference][layer]
                     if x.shape[1] + y.shape[1] >= x.shape[0]:  # linear_cka's own choice of its Gram route
                         k, l = gram(path), gram(reference)
                         value = linear_cka_from_grams(k, l)
@@ -303,8 +304,8 @@ def pairs(context: Context) -> pd.DataFrame:
                     else:
                         value = linear_cka(x, y)
                         null = stats.permutation_null(linear_cka, x, y, permutations=NULL_PERMUTATIONS, seed=seed)
-                    rows.append((str(path), rule, seed, scope_label(cell), pool_label(cell), other, layer, value,
-                                 null))
+                    rows.append((str(path), rule, seed, scope_label(cell), pool_label(cell), other, layer, position,
+                                 value, null))
     return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
 
 
@@ -343,7 +344,7 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
     split = regions(context)
     scope_of = {str(path): scope_label(planned.cell) for planned, path in context.runs.items()}
     for measure in ("train_loss_area", "steps_to_test_acc_95"):
-        for _, r in _measure(analysis, measure).iterrows():
+        for _, r in _measure(analysis, measure).dropna(subset=["value"]).iterrows():  # NaN: a level never reached
             per_run.setdefault(str(r["run_a"]), {})[measure] = float(r["value"])
     for measure in ("rsa_to_last_euclidean", "rsa_to_last_correlation"):
         for run, group in _measure(analysis, measure).groupby("run_a"):

@@ -17,7 +17,7 @@ from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .outputs import check_file, check_folder, check_state_folder
+from .outputs import check_file, check_state_folder
 from .runfile import MAPS
 from .storage import RECORD_DTYPES
 
@@ -213,7 +213,8 @@ def _executor(args):
 
 
 def _cmd_analyze(args) -> None:
-    from .analysis.runs import MEASURES, analyze, write_table
+    from .analysis.runs import MEASURES, analyze
+    from .tables import write_table
 
     unknown = sorted(set(args.measures or ()) - set(MEASURES))
     if unknown:
@@ -227,7 +228,8 @@ def _cmd_analyze(args) -> None:
 
 
 def _cmd_probe(args) -> None:
-    from .probes import probe_runs, write_table
+    from .probes import probe_runs
+    from .tables import write_table
 
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
@@ -240,8 +242,7 @@ def _cmd_probe(args) -> None:
 def _cmd_figures(args) -> None:
     from .figures import draw_figures
 
-    check_folder(args.out)
-    made = draw_figures(args.inputs, args.out, quiet=args.quiet)
+    made = draw_figures(args.inputs, args.out, quiet=args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(made)} files to {args.out}")
 
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")
     p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
     p.add_argument("--out", required=True, help="the folder for the figures")
+    p.add_argument("--overwrite", action="store_true", help="replace figure files that exist in --out")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("reproduce", help="run an experiment spec: train, analyse, probe, draw, write report.md")
     _add_spec_options(p)

@@ -1,7 +1,9 @@
 """Output files and folders: refuse early, never lose a file, never leave a half-written one.
 
 Every command checks its output *before* any work (``check_file`` for a file,
-``check_folder`` for a folder), and writes files through ``write_atomically``:
+``check_folder`` for a folder, ``check_files_in_folder`` for the files a
+command will write into a folder, which ``new_folder`` then makes and removes
+again if the work fails), and writes files through ``write_atomically``:
 a temporary file in the same folder, renamed over the target only once it is
 complete, so an existing file is either kept whole or replaced whole. Files
 get the mode a plain ``open`` would give them (``0o666`` less the umask).
@@ -85,6 +87,51 @@ def check_folder(path, option: str = "--out") -> Path:
         raise UserError(f"cannot create the folder {out}: {err.strerror or err}") from None
     _writable_folder(out)
     return out
+
+
+def check_files_in_folder(path, names, overwrite: bool, option: str = "--out") -> Path:
+    """Refuse, before any work and creating nothing, the output folder ``path`` for the files ``names``: a
+    file in its place, any of ``names`` already in it (unless ``overwrite``), or a folder that cannot be
+    written in (or, where it does not exist yet, made in its nearest existing parent)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a folder")
+    if out.is_dir():
+        existing = [name for name in names if (out / name).exists()]
+        if existing and not overwrite:
+            more = f" (and {len(existing) - 1} more of the files to write)" if len(existing) > 1 else ""
+            raise UserError(f"{out / existing[0]} exists{more}; pass --overwrite to replace them")
+        _writable_folder(out)
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the folder {out}: {parent} is not a folder")
+    _writable_folder(parent)
+    return out
+
+
+@contextlib.contextmanager
+def new_folder(path):
+    """Make the folder ``path`` (and its missing parents) for the work of a with-block; if the block raises,
+    remove the folders it made, those still empty, so that a failed command leaves nothing behind."""
+    out = Path(path)
+    made, missing = [], out
+    while not missing.exists() and missing != missing.parent:
+        made.append(missing)
+        missing = missing.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder {out}: {err.strerror or err}") from None
+    try:
+        yield out
+    except BaseException:
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 #: The file that marks a folder made by ``reproduce`` or ``sweep`` (their state).

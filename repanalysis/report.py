@@ -234,13 +234,13 @@ CAPTIONS = {
     "spectra": "Singular-value spectra of each layer's activations at the last checkpoint.",
     "linear_problems": "Final training loss and agreement of the learned maps, backprop against a linear SG "
                        "(claims 1 and 2).",
-    "depth_accuracy": "Final test accuracy against depth, per activation and rule: mean over seeds with its 95% "
-                      "bootstrap interval (claim 4a).",
+    "depth_accuracy": "Final test accuracy against depth, per activation and rule: mean over seeds, with its 95% "
+                      "t-interval from 5 seeds on, else the range of the seeds' values (claim 4a).",
     "depth_convergence": "Training-loss area and steps to 95% test accuracy against depth (claim 4b).",
     "depth_rsa_to_last": "Mean RSA of each layer with the last layer against depth, Euclidean and correlation RDMs "
                          "(claim 4c).",
-    "depth_cka_to_backprop": "Mean linear CKA with other-seed backprop runs against depth: sg, the backprop "
-                             "ceiling and the permutation null (claim 4d).",
+    "depth_cka_to_backprop": "Mean linear CKA with other-seed backprop runs against depth: the compared rules, "
+                             "the backprop ceiling and the permutation null (claim 4d).",
     "depth_weight_norms": "Relative weight norm ‖W_T‖/‖W_0‖ against relative layer position for every depth; "
                           "the input layer h1 is marked with an open symbol (claim 4e).",
 }

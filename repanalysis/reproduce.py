@@ -12,6 +12,8 @@ figures and claims it asks for. Per experiment ``E``:
   ``tables/E_quantities.csv``: the per-run values the claims use
   (``claims.quantities``); ``tables/E_pairs.csv``: the cross-seed CKA of
   every layer of every pair of runs that claim 4d reads (``claims.pairs``);
+  tables name their runs relative to ``tables/`` (``repanalysis.tables``),
+  so the folder can be moved and still be reused;
 - figures (PNG and SVG) in ``figures/``, by the experiment's figure sets:
   ``standard``, every figure of its tables and run files per cell (tagged with
   the experiment's name, and the cell where the grid has several, except for
@@ -51,6 +53,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import shutil
 import sys
 import threading
@@ -223,14 +226,15 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
             tag = None if index == 0 and len(cells) == 1 else name + (f"_{_slug(cell)}" if len(cells) > 1 else "")
             inputs = list(made.values()) + cell_files
             figures += _made(manifest, f"figures/{name}/{_slug(cell)}", inputs, tag,
-                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag, executor=executor))
+                             lambda: draw_figures(inputs, out / "figures", quiet, tag=tag, executor=executor,
+                                                  overwrite=True))
     if "tables" in exp.figures:
         shared = any(set(e.tables) & set(exp.tables) for e in spec.experiments.values() if e is not exp)
         tag = name if shared else None
         tables_only = list(made.values())
         figures += _made(manifest, f"figures/{name}/tables", tables_only, tag,
                          lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag,
-                                                      executor=executor))
+                                                      executor=executor, overwrite=True))
     if "depth" in exp.figures:
         inputs = [q_path] + list(made.values()) + files
         depths = sorted({r.config.depth for r in planned})
@@ -240,13 +244,12 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
                          lambda: draw_depth_figures(quantities, analysis, paths, out / "figures",
                                                     rdm_depths=chosen, tag=tag))
     if "explain" in exp.figures and explain_path is not None:
-        import pandas as pd
-
         from .figures.explain import draw_explain_figures
+        from .tables import read_table
 
         tag = None if index == 0 else name
         figures += _made(manifest, f"figures/{name}/explain", [explain_path], tag,
-                         lambda: draw_explain_figures(pd.read_csv(explain_path), out / "figures", tag=tag))
+                         lambda: draw_explain_figures(read_table(explain_path), out / "figures", tag=tag))
     return figures
 
 
@@ -284,9 +287,10 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
 
     from . import claims as claims_module
     from .analysis.explain import explain_frame, explain_table, run_losses
-    from .analysis.runs import analyze, write_table
+    from .analysis.runs import analyze
     from .probes import probe_runs
     from .report import linear_table
+    from .tables import read_table, write_table
 
     failed = failures(train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet))
 
@@ -300,14 +304,15 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
 
         return _made(manifest, product, inputs, settings, make)[0]
 
+    runs_dir = Path(os.path.abspath(out / "runs"))  # as the tables' runs read back (``tables.read_table``)
+
     def analysis(cells) -> pd.DataFrame:
-        parts = [analyze([out / "runs" / r.name for r in cell], measures=exp.measures, quiet=quiet,
-                         executor=executor)
+        parts = [analyze([runs_dir / r.name for r in cell], measures=exp.measures, quiet=quiet, executor=executor)
                  for cell in cells.values()]
         return pd.concat(parts, ignore_index=True)
 
     planned = [r for r in runs if r.name not in failed]
-    paths = {r: out / "runs" / r.name for r in planned}
+    paths = {r: runs_dir / r.name for r in planned}
     files = list(paths.values())
     if not files:
         return None, None, paths, [], failed, None
@@ -322,21 +327,21 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
             files, checkpoints="last", quiet=quiet, executor=executor, **options), options)
     if "linear" in exp.tables:
         made["linear"] = table(f"{name}_linear.csv", files, lambda: linear_table(files, data_dir=data_dir))
-    frames = {kind: pd.read_csv(path) for kind, path in made.items()}
+    frames = {kind: read_table(path) for kind, path in made.items()}
     context = claims_module.Context(name, paths, frames.get("analysis"), frames.get("linear"), compare=exp.compare)
     need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
     pair_table = [table(f"{name}_pairs.csv", files, lambda: claims_module.pairs(context))] if need_cka else []
-    context.pairs = pd.read_csv(pair_table[0]) if pair_table else None
+    context.pairs = read_table(pair_table[0]) if pair_table else None
     q_path = table(f"{name}_quantities.csv", files + list(made.values()) + pair_table,
                    lambda: claims_module.quantities(context, cka=need_cka), need_cka)
-    context.quantities = quantities = pd.read_csv(q_path)
+    context.quantities = quantities = read_table(q_path)
     results = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
     explained, frame_path = None, None
     if "explain" in exp.tables:
         frame_path = table(f"{name}_explain_frame.csv", files + [made["analysis"]],
                            lambda: explain_frame(frames["analysis"], _run_frame(paths), run_losses(files)))
-        explained = (pd.read_csv(frame_path), pd.read_csv(table(
-            f"{name}_explain.csv", [frame_path], lambda: explain_table(pd.read_csv(frame_path)))))
+        explained = (read_table(frame_path), read_table(table(
+            f"{name}_explain.csv", [frame_path], lambda: explain_table(read_table(frame_path)))))
     figures = _figures(out, manifest, spec, index, exp, planned, files, made, q_path, quantities,
                        frames.get("analysis"), paths, executor, quiet, frame_path)
     return results, quantities, paths, figures, failed, explained

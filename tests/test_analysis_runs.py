@@ -19,11 +19,12 @@ from repanalysis.analysis import (
     svcca,
 )
 from repanalysis.analysis import runs as runs_module
-from repanalysis.analysis.runs import COLUMNS, MEASURES, analyze, write_table
+from repanalysis.analysis.runs import COLUMNS, MEASURES, STEPS_TO, analyze
 from repanalysis.analysis.synthetic_loss import synthetic_loss
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile
+from repanalysis.tables import read_table, write_table
 from repanalysis.train import train
 
 SMALL = dict(dataset="digits", depth=3, width=16, steps=40, record_every=20, probe_size=100, batch_size=32)
@@ -65,17 +66,19 @@ def _value(table, measure, run_a, layer_a, step_a, run_b=None, layer_b=None, ste
 
 def test_table_is_tidy(table):
     assert list(table.columns) == list(COLUMNS)
-    unreached = {m for m in MEASURES if m.startswith("steps_to_test_acc_")} - set(table.measure)
-    assert set(table.measure) == set(MEASURES) - unreached
-    assert "steps_to_test_acc_90" not in unreached or table.measure.str.startswith("steps_to").sum() == 0
-    assert table.value.notna().all() and np.isfinite(table.value).all()
+    assert set(table.measure) == set(MEASURES)
+    # a level never reached is a NaN row (one per run), every other value finite
+    assert (table.measure.isin(STEPS_TO) | np.isfinite(table.value)).all()
+    assert (table[table.measure.isin(STEPS_TO)].groupby("measure").run_a.nunique() == 4).all()
     keys = table.drop(columns="value").astype(str)
     assert not keys.duplicated().any()  # one row per value
     single = table[table.measure.isin(["effective_rank", "weight_frobenius", "grad_cosine", "synthetic_loss_gap"])]
     assert single[["run_b", "rule_b", "seed_b", "layer_b", "step_b"]].isna().all().all()
     # 4 runs x 3 layers x 3 checkpoints
     assert (table.measure == "effective_rank").sum() == 36
-    assert str(table.seed_a.dtype) == "Int64" and str(table.step_b.dtype) == "Int64"
+    assert all(str(table[c].dtype) == "Int64" for c in ("seed_a", "position_a", "step_a", "seed_b", "position_b",
+                                                            "step_b"))
+    assert table.position_a.isna().equals(table.layer_a.isna())  # per-run measures have no layer
 
 
 def test_run_against_itself_is_identical(paths):
@@ -216,9 +219,10 @@ def test_unfinished_runs_are_analysed_with_a_warning(paths, tmp_path):
 def test_write_table_round_trips_atomically(table, tmp_path):
     out = tmp_path / "table.csv"
     write_table(table, out)
-    back = pd.read_csv(out)
+    back = read_table(out)
     assert list(back.columns) == list(COLUMNS) and len(back) == len(table)
     np.testing.assert_array_equal(back.value.to_numpy(), table.value.to_numpy())
+    pd.testing.assert_frame_equal(back.drop(columns="value"), table.drop(columns="value"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
     with pytest.raises(UserError, match="does not exist"):
         write_table(table, tmp_path / "missing" / "table.csv")
@@ -246,7 +250,8 @@ def test_within_run_and_per_run_measures_have_their_known_values(table, paths):
     for level in (90, 95, 97):
         rows = table[(table.measure == f"steps_to_test_acc_{level}") & (table.run_a == path)]
         reached = evals["step"][evals["test_acc"] >= level / 100]
-        assert list(rows.value) == ([reached[0]] if len(reached) else [])
+        assert len(rows) == 1 and rows.value.iloc[0] == (reached[0] if len(reached) else pytest.approx(np.nan,
+                                                                                                  nan_ok=True))
 
 
 def test_collected_warnings_stay_with_their_thread():

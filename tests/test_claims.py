@@ -111,7 +111,7 @@ def test_layers_differ_resamples_seeds_by_the_jackknife_over_pairs():
         for seed in range(6):
             for other in range(6):
                 if other != seed:
-                    rows.append((f"{rule}{seed}", rule, seed, "depth 5, relu", "relu, all depths", other, "h1",
+                    rows.append((f"{rule}{seed}", rule, seed, "depth 5, relu", "relu, all depths", other, "h1", 0,
                                  level + rng.normal(0, 0.01), 0.1))
     context = Context("depth", {}, quantities=_quantities({(5, "sg", 0): {"test_acc": 1.0}}),
                       pairs=pd.DataFrame(rows, columns=list(PAIR_COLUMNS)))

@@ -10,8 +10,9 @@ import pytest
 
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
-from repanalysis.probes import COLUMNS, make_folds, probe_runs, write_table
+from repanalysis.probes import COLUMNS, make_folds, probe_runs
 from repanalysis.runfile import RunFile, RunWriter
+from repanalysis.tables import write_table
 from repanalysis.train import train
 
 N_CLASSES, PER_CLASS = 10, 20
@@ -112,6 +113,7 @@ def test_table_has_one_row_per_run_layer_step_probe(runs, full_table):
     assert not full_table.duplicated(["run", "layer", "step", "probe"]).any()
     assert sorted(full_table["step"].unique()) == [0, 20, 40, 60]
     assert set(full_table["layer"]) == {"h1", "h2"} and set(full_table["run"]) == set(runs)
+    assert set(zip(full_table["layer"], full_table["position"])) == {("h1", 0), ("h2", 1)}  # the run file's
     assert set(full_table["probe"]) == {"linear", "knn"} and (full_table["folds"] == 5).all()
     assert (full_table["rule"] == "backprop").all() and set(full_table["seed"]) == {0, 1}
     assert full_table["accuracy"].between(0, 1).all() and (full_table["accuracy_std"] >= 0).all()

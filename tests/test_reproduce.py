@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from repanalysis.analysis import RepanalysisWarning
@@ -107,6 +109,26 @@ def test_rerun_reuses_everything_and_is_much_faster(done):
     assert again < first / 2
 
 
+def test_a_moved_folder_keeps_its_tables_and_judges_the_same(done, tmp_path):
+    """Tables name runs relative to themselves: a copy elsewhere (sizes and times kept, so every product is
+    reused) matches its tables' rows to its own runs, as the claims do by run path."""
+    out, report, _ = done
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    before = _mtimes(moved)
+    text = reproduce(moved, quick=True, quiet=True).read_text()
+    assert {k: v for k, v in _mtimes(moved).items() if k != "report.md"} == {
+        k: v for k, v in before.items() if k != "report.md"}
+
+    def claims(report_text: str) -> str:
+        return report_text.split("## Claims")[1].split("## Details")[0]
+
+    assert claims(text) == claims(report.read_text()) and "no data" not in claims(text)
+    analysis = pd.read_csv(moved / "tables" / "main_analysis.csv")
+    assert analysis.run_a.str.startswith("../runs/").all()
+    assert (analysis.run_b.dropna().str.startswith("../runs/")).all()
+
+
 def test_a_foreign_or_incomplete_run_is_redone_and_only_what_depends_on_it(done):
     out, _, _ = done
     foreign = out / "runs" / "linear_linear-regression-2d_linear_sg_s0.h5"
@@ -158,11 +180,11 @@ def test_paper_preset_judges_every_cell_and_pools_over_depth(paper_quick):
 
 
 def test_quantities_are_read_from_the_run_files_and_tables(paper_quick):
-    import pandas as pd
+    from repanalysis.tables import read_table
 
     out, _ = paper_quick
-    q = pd.read_csv(out / "tables" / "depth_quantities.csv")
-    analysis = pd.read_csv(out / "tables" / "depth_analysis.csv")
+    q = read_table(out / "tables" / "depth_quantities.csv")  # runs named relative to the table, read back absolute
+    analysis = read_table(out / "tables" / "depth_analysis.csv")
     for run, group in q.groupby("run"):
         values = group.set_index("quantity")["value"]
         with RunFile(run) as r:

@@ -63,6 +63,28 @@ def test_tables_refuse_bad_outputs_before_computing(tmp_path, capsys, run, monke
     _refused(capsys, command, run, "--out", "/proc/x.csv", message="cannot write")
 
 
+def test_figures_follow_the_output_rules(tmp_path, capsys, run, monkeypatch):
+    """Checked before any drawing, nothing replaced without --overwrite, nothing created on error."""
+    import repanalysis.figures.draw as draw
+
+    _refused(capsys, "figures", tmp_path / "nothere.csv", "--out", tmp_path / "f2", message="nothere.csv: no such file")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "spectra.svg").write_text("mine")
+    real = draw._draw
+    monkeypatch.setattr(draw, "_draw", lambda *a: pytest.fail("drew before checking the output"))
+    _refused(capsys, "figures", run, "--out", figs, "--quiet", message="spectra.svg exists; pass --overwrite")
+    assert [p.name for p in figs.iterdir()] == ["spectra.svg"] and (figs / "spectra.svg").read_text() == "mine"
+    monkeypatch.setattr(draw, "_draw", real)
+    assert main(["figures", str(run), "--out", str(figs), "--overwrite", "--quiet"]) == 0
+    assert (figs / "spectra.svg").read_text() != "mine" and (figs / "learning_curves.png").is_file()
+    capsys.readouterr()
+    nothing = tmp_path / "nothing.csv"  # a table of a measure that no figure shows
+    nothing.write_text("run,rule,seed,layer,step,probe,accuracy\na.h5,sg,0,h1,0,linear,nan\n")
+    _refused(capsys, "figures", nothing, "--out", tmp_path / "new" / "f3", message="nothing to draw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "nothing.csv"]
+
+
 @pytest.mark.parametrize("args", [
     ["train", "--steps", "2", "--out", "/proc/x.h5"],
     ["figures", "RUN", "--out", "/proc/figs"],

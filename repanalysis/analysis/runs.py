@@ -1,8 +1,10 @@
-"""Comparisons over run files, as one tidy table: ``analyze`` and ``write_table``.
+"""Comparisons over run files, as one tidy table: ``analyze`` (written and read by ``repanalysis.tables``).
 
 One row per value, columns ``COLUMNS``: the measure, then each side's run (the
-path as given), rule, seed, layer and step, then the value. Single-run
-measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
+path as given), rule, seed, layer, the layer's ``position`` in the model (the
+run file's: 0 for the lowest interface; sort by it, not by name, for the
+model's order) and step, then the value. Single-run measures leave the
+``*_b`` columns empty. Measures (``MEASURES``):
 
 - per run, layer and checkpoint: ``effective_rank``, ``stable_rank``,
   ``participation_ratio``, ``numerical_rank`` (one spectrum of the centred
@@ -51,8 +53,8 @@ measures leave the ``*_b`` columns empty. Measures (``MEASURES``):
   curve divided by the number of steps: lower is faster convergence for runs
   of equal length); ``steps_to_test_acc_<p>`` for ``p`` in ``ACCURACY_LEVELS``
   (percent): the first evaluated step whose test accuracy is at least
-  ``p``% (no row when never reached; a run evaluated every K steps reads to
-  within K steps);
+  ``p``% (NaN when never reached; no row for a run never evaluated; a run
+  evaluated every K steps reads to within K steps);
 - within a run, every checkpoint against the first and the last:
   ``linear_cka_to_first``, ``linear_cka_to_last`` (1 at the first, or last,
   checkpoint itself).
@@ -64,7 +66,7 @@ each position of each channel is a feature, ``D = C·H·W``) or ``channels``
 always compare the flattened maps (the error at every position). ``N·D`` is
 counted on the stored map, so a large map is streamed, pooled block by block.
 
-Undefined values get no row. A measure that refuses degenerate data (CCA
+Undefined values get no row (but for a level never reached, above). A measure that refuses degenerate data (CCA
 with ``rank X + rank Y >= N``, zero variance, a constant sample in a
 correlation RDM) and the measures' warnings are gathered and reported as one
 warning per kind at the end, with a count and the first place it happened.
@@ -101,7 +103,6 @@ import scipy.stats
 from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
-from ..outputs import write_atomically
 from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
 from ._arrays import as_float64, at, collected, warn
@@ -132,18 +133,19 @@ ACROSS = ("linear_cka", "linear_cka_debiased", "svcca", "pwcca", "cca", "procrus
 OVER_TIME = ("linear_cka_to_first", "linear_cka_to_last")
 RSA_TO_LAST = {"rsa_to_last_euclidean": "euclidean", "rsa_to_last_correlation": "correlation"}
 ACCURACY_LEVELS = (90, 95, 97)
-PER_RUN = ("train_loss_area",) + tuple(f"steps_to_test_acc_{p}" for p in ACCURACY_LEVELS)
+STEPS_TO = tuple(f"steps_to_test_acc_{p}" for p in ACCURACY_LEVELS)
+PER_RUN = ("train_loss_area",) + STEPS_TO
 MEASURES = (SPECTRUM + tuple(WEIGHTS) + ("weight_frobenius_relative",) + tuple(GRADIENT) + UPDATE + tuple(SYNTHETIC)
             + ACROSS + OVER_TIME + tuple(RSA_TO_LAST) + PER_RUN)
-COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
-           "run_b", "rule_b", "seed_b", "layer_b", "step_b", "value")
+COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "position_a", "step_a",
+           "run_b", "rule_b", "seed_b", "layer_b", "position_b", "step_b", "value")
 SG_RULES = ("sg", "dni", "cdni")
 RSA_METRIC = "correlation"
 
 #: Checkpoint arrays with more values than this (128 MiB in float64) are streamed, not loaded.
 STREAM_ABOVE = 2**24
 
-_NO_SIDE = (None, None, None, None, None)
+_NO_SIDE = (None,) * 6
 
 
 class _Run:
@@ -156,9 +158,10 @@ class _Run:
         self.steps = [int(s) for s in file.steps]
         self.index = {s: c for c, s in reversed(list(enumerate(self.steps)))}
         self.n = len(file.probe_index)
+        self.position = {layer: file.layer_info(layer)["position"] for layer in file.layers}
 
     def side(self, layer: str, c: int) -> tuple:
-        return (self.name, self.rule, self.seed, layer, self.steps[c])
+        return (self.name, self.rule, self.seed, layer, self.position[layer], self.steps[c])
 
     def where(self, layer: str, c: int) -> str:
         return f"{self.name}, layer {layer}, step {self.steps[c]}"
@@ -175,7 +178,7 @@ class _Run:
 
     def weight(self, layer: str) -> str | None:
         """The name in ``/params`` of the weight feeding ``layer`` (a linear map's or a convolution's), if any."""
-        prefix = f"model.blocks.{self.file.layer_info(layer)['position']}."
+        prefix = f"model.blocks.{self.position[layer]}."
         names = self.file.param_names
         return next((prefix + w for w in ("linear.weight", "conv.weight") if prefix + w in names), None)
 
@@ -362,8 +365,9 @@ def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet
         rows += task_rows
         notes.absorb(kinds)
     notes.report()
-    table = pd.DataFrame([r for r in rows if r[-1] is not None and np.isfinite(r[-1])], columns=list(COLUMNS))
-    ints = {c: "Int64" for c in ("seed_a", "step_a", "seed_b", "step_b")}
+    table = pd.DataFrame([r for r in rows if r[0] in STEPS_TO or (r[-1] is not None and np.isfinite(r[-1]))],
+                         columns=list(COLUMNS))
+    ints = {c: "Int64" for c in ("seed_a", "position_a", "step_a", "seed_b", "position_b", "step_b")}
     return table.astype({**ints, "value": "float64"})
 
 
@@ -549,7 +553,7 @@ def _to_last_layer(run: _Run, last_arrays: dict, wanted: set, notes: _Notes) -> 
 def _per_run(run: _Run, wanted: set) -> list[tuple]:
     """The run-level measures (``PER_RUN``) from the run's metrics and evaluations."""
     rows = []
-    side = (run.name, run.rule, run.seed, None, run.steps[-1] if run.steps else None)
+    side = (run.name, run.rule, run.seed, None, None, run.steps[-1] if run.steps else None)
     losses = run.file.metrics.get("train_loss", np.zeros(0)) if "train_loss_area" in wanted else np.zeros(0)
     if len(losses):
         rows.append(("train_loss_area", *side, *_NO_SIDE, float(np.mean(losses))))
@@ -558,11 +562,6 @@ def _per_run(run: _Run, wanted: set) -> list[tuple]:
         measure = f"steps_to_test_acc_{level}"
         if measure in wanted and "test_acc" in evals:
             reached = np.flatnonzero(evals["test_acc"] >= level / 100)
-            if reached.size:
-                rows.append((measure, *side, *_NO_SIDE, float(evals["step"][reached[0]])))
+            step = float(evals["step"][reached[0]]) if reached.size else np.nan
+            rows.append((measure, *side, *_NO_SIDE, step))
     return rows
-
-
-def write_table(table: pd.DataFrame, out_csv) -> None:
-    """Write ``table`` as CSV to ``out_csv`` atomically (see ``outputs.write_atomically``)."""
-    write_atomically(out_csv, lambda f: table.to_csv(f, index=False))
