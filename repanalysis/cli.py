@@ -264,14 +264,23 @@ def _spec_and_overrides(args):
     return spec, overrides
 
 
-def _cmd_reproduce(args) -> None:
+def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     spec, overrides = _spec_and_overrides(args)
+    failed: dict[str, str] = {}
     with _executor(args) as executor:
         report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                           executor=executor, quiet=args.quiet, overwrite=args.overwrite)
-    print(f"wrote {report}")
+                           executor=executor, quiet=args.quiet, overwrite=args.overwrite, failed=failed)
+    _name_failures(failed)
+    print(f"wrote {report}" + (f" ({len(failed)} run(s) failed; the report judges the others)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _name_failures(failed: dict[str, str]) -> None:
+    """One line on stderr per failed run of ``reproduce`` or ``sweep``."""
+    for name, error in failed.items():
+        print(f"repanalysis: {name} failed: {error}", file=sys.stderr)
 
 
 def _add_maps(p) -> None:
@@ -290,8 +299,7 @@ def _cmd_sweep(args) -> int:
                      executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}
     failed = failures(done)
-    for name, error in failed.items():
-        print(f"repanalysis: {name} failed: {error}", file=sys.stderr)
+    _name_failures(failed)
     print(f"{len(done) - len(failed)} of {len(done)} runs complete in {Path(args.out) / 'runs'} "
           f"({', '.join(f'{n} {what}' for what, n in counts.items())}; {len(failed)} failed)")
     return 1 if failed else 0
