@@ -17,7 +17,7 @@ from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .outputs import check_file, check_folder, check_state_folder
+from .outputs import check_file, check_folder, check_inputs, check_state_folder
 from .runfile import MAPS
 from .storage import RECORD_DTYPES
 
@@ -218,6 +218,8 @@ def _cmd_analyze(args) -> None:
     unknown = sorted(set(args.measures or ()) - set(MEASURES))
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    check_inputs(args.runs, args.out)
+    check_inputs([args.reference] if args.reference else [], args.out)  # the reference may be among the runs
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
         table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps,
@@ -229,6 +231,7 @@ def _cmd_analyze(args) -> None:
 def _cmd_probe(args) -> None:
     from .probes import probe_runs, write_table
 
+    check_inputs(args.runs, args.out)
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
         table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
@@ -240,6 +243,7 @@ def _cmd_probe(args) -> None:
 def _cmd_figures(args) -> None:
     from .figures import draw_figures
 
+    check_inputs(args.inputs, args.out)
     check_folder(args.out)
     made = draw_figures(args.inputs, args.out, quiet=args.quiet)
     print(f"wrote {len(made)} files to {args.out}")

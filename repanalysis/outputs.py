@@ -88,6 +88,20 @@ def check_folder(path, option: str = "--out") -> Path:
     return out
 
 
+def check_inputs(inputs, out, option: str = "--out") -> None:
+    """Refuse an input given twice (its rows would count twice) and an output that is one of the inputs; paths
+    are compared resolved (``./a.h5`` is ``a.h5``, a symbolic link is its target)."""
+    seen: dict[Path, str] = {}
+    for given in map(str, inputs):
+        key = Path(given).resolve()
+        if key in seen:
+            raise UserError(f"the input {key} is given twice (as {seen[key]} and {given}); give each file once")
+        seen[key] = given
+    target = Path(out).resolve()
+    if target in seen:
+        raise UserError(f"{option} {out} is one of the inputs ({seen[target]}); write the output to another path")
+
+
 #: The file that marks a folder made by ``reproduce`` or ``sweep`` (their state).
 MARK = ".repanalysis"
 _MARK_TEXT = "an output folder of repanalysis reproduce/sweep: its runs/ and tables/ are their state\n"

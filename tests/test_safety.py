@@ -226,3 +226,17 @@ def test_reproduce_and_sweep_refuse_a_folder_they_did_not_make_or_that_is_in_use
     with folder_lock(mine):
         _refused(capsys, "sweep", "--spec", spec, "--workers", 1, "--out", mine,
                  message=f"the folder {mine} is being written by another process {os.getpid()}")
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe", "figures"])
+def test_no_output_is_one_of_the_inputs_and_no_input_counts_twice(tmp_path, capsys, run, monkeypatch, command):
+    """``--out`` naming an input (whatever its spelling) is refused before anything is written, and so is
+    an input given twice; the run file stays as it was and nothing is created."""
+    copy = tmp_path / "bp.h5"
+    copy.write_bytes(run.read_bytes())
+    before = copy.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, command, copy, "--out", "./bp.h5", "--overwrite" if command != "figures" else "--quiet",
+             message="is one of the inputs")
+    _refused(capsys, command, copy, "bp.h5", "--out", tmp_path / "t.csv", message="is given twice")
+    assert copy.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["bp.h5"]
