@@ -27,6 +27,7 @@ import datetime
 import errno
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -207,23 +208,37 @@ def temporary_beside(path) -> Path:
     return Path(tmp)
 
 
+def write_failure(path, err: OSError) -> str:
+    """Why writing ``path`` failed, in words; for a full disk (or quota) with the space left in its folder."""
+    lines = str(err.strerror or err).strip().splitlines()
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return lines[0] if lines else type(err).__name__
+    folder = Path(path).absolute().parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB"
+    except OSError:
+        free = "unknown space"
+    said = lines[0] if len(lines) == 1 else os.strerror(err.errno)  # HDF5's own reason spans many lines
+    return f"{said}; {free} free in {folder}"
+
+
 def write_atomically(path, write, text: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    ``OSError`` (a full disk, a vanished folder) becomes a ``UserError``; the
+    ``OSError`` (a full disk, a vanished folder) becomes a ``UserError`` (``write_failure``); the
     temporary file never outlives the call, and ``path`` is untouched on failure.
     """
     out = check_file(path, overwrite=True)
     try:
         tmp = temporary_beside(out)
     except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {out}: {write_failure(out, err)}") from None
     try:
         with open(tmp, "w" if text else "wb", newline="" if text else None) as f:
             write(f)
         os.replace(tmp, out)
     except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {out}: {write_failure(out, err)}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return out

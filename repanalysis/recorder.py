@@ -64,7 +64,7 @@ from .background import Background, thread_pays
 from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
-from .outputs import check_file
+from .outputs import check_file, write_failure
 from .rules.base import batch_statistics, evaluating
 from .runfile import RunWriter
 from .storage import RECORD_DTYPES
@@ -77,8 +77,9 @@ def _number(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _failed(err: BaseException) -> str:
-    return f"writing the run file failed ({err if isinstance(err, OSError) else type(err).__name__ + ': ' + str(err)})"
+def _failed(err: BaseException, path) -> str:
+    why = write_failure(path, err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+    return f"writing the run file failed ({why})"
 
 
 def _numpy(arrays: dict) -> dict:
@@ -291,7 +292,7 @@ class Recorder:
         try:
             yield
         except OSError as err:
-            raise UserError(f"{self.path}: {_failed(err)}") from err
+            raise UserError(f"{self.path}: {_failed(err, self.path)}") from err
 
     def _submit(self, write: Callable[[], None]) -> None:
         """Hand the logged rows and then ``write`` to the background writer, in this order."""
@@ -357,10 +358,10 @@ class Recorder:
                     self._background.stop()
             except BaseException:
                 if self._background.error is not None:
-                    self._close_broken(_failed(self._background.error))
+                    self._close_broken(_failed(self._background.error, self.path))
                 raise
             if self._background.error is not None:  # raised already, where it was handed over
-                self._close_broken(_failed(self._background.error))
+                self._close_broken(_failed(self._background.error, self.path))
                 return
             for row in self._rows:
                 self._writer.log(row)

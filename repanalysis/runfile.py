@@ -56,9 +56,11 @@ checkpoint on), and ``RunWriter.reopen`` continues from the newest one.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import platform
+import shutil
 from pathlib import Path
 
 import h5py
@@ -72,6 +74,8 @@ MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
 FORMAT_VERSION = 1
 ARRAY_KINDS = ("activations", "true_grad", "signal")
+#: Bytes a write leaves free on the disk, so that a run refused for space can still be closed as "failed".
+SPARE = 2**20
 #: Prefix, in a resume slot, of the exact parameters that a run with a 16-bit ``record_dtype`` keeps there.
 EXACT = "params."
 
@@ -214,6 +218,8 @@ class RunWriter:
         layer's gradients share the bias taken from the larger of their first rows), and the slot
         also keeps every parameter exactly (``EXACT`` + name), since the ``/params`` row does not.
         """
+        self._make_room(sum(np.asarray(v).nbytes for group in (*layers.values(), params, resume or {})
+                            for v in group.values()))
         f = self.file
         for name, arrays in layers.items():
             gradients = [v for kind, v in arrays.items() if kind in ("true_grad", "signal")]
@@ -322,7 +328,17 @@ class RunWriter:
             self._append("eval", name, np.array([value], dtype=np.float64))
         self._flush_metrics()
 
+    def _make_room(self, nbytes: int) -> None:
+        """Refuse a write of about ``nbytes`` (an ``OSError`` ENOSPC) unless the disk has room for it and
+        ``SPARE`` more, before anything of it is written: HDF5 cannot take back a write the disk
+        refused half-way, and a file closed after one may no longer open."""
+        free = shutil.disk_usage(self.file.filename).free
+        if free < nbytes + SPARE:
+            raise OSError(errno.ENOSPC, f"no room for the next write ({nbytes / 2**20:,.1f} MiB, with "
+                          f"{SPARE // 2**20} MiB to spare)", str(self.path))
+
     def _flush_metrics(self) -> None:
+        self._make_room(8 * sum(map(len, self._metrics.values())))
         for name, values in self._metrics.items():
             missing = self._padding.pop(name, 0)
             if values or missing:
