@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import textwrap
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from PIL import Image  # Pillow: a dependency of matplotlib
+
+from repanalysis.outputs import write_atomically
 
 DPI = 100
 FORMATS = ("png", "svg")
@@ -146,16 +147,16 @@ def legend(fig, axes) -> None:
     fig.tight_layout(rect=(0, min(0.3, 0.35 * rows / fig.get_figheight()), 1, 1))
 
 
-def _write(fig, path: Path, fmt: str) -> None:
-    """One format of ``fig`` to ``path``; PNGs are reduced to a 256-colour palette (a third of the size)."""
+def _write(fig, file, fmt: str) -> None:
+    """One format of ``fig`` to the open ``file``; PNGs are reduced to a 256-colour palette (a third of the size)."""
     if fmt != "png":
-        fig.savefig(path, dpi=DPI, format=fmt, metadata={"Date": None})
+        fig.savefig(file, dpi=DPI, format=fmt, metadata={"Date": None})
         return
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, format="png")
     image = Image.open(buffer).convert("RGB")
     image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    image.save(path, format="png", optimize=True)
+    image.save(file, format="png", optimize=True)
 
 
 #: The share of the figure's width a title's line may take.
@@ -188,17 +189,9 @@ def fit_title(fig) -> None:
 
 
 def save(fig, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each through a temporary file; its title
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each through a temporary file
+    (``outputs.write_atomically``: a full disk is a ``UserError``, and leaves no file behind); its title
     wrapped to fit first (``fit_title``)."""
     fit_title(fig)
-    paths = []
-    for fmt in FORMATS:
-        path = Path(out_dir) / f"{stem}.{fmt}"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            _write(fig, tmp, fmt)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        paths.append(path)
-    return paths
+    return [write_atomically(Path(out_dir) / f"{stem}.{fmt}", lambda f, fmt=fmt: _write(fig, f, fmt), text=False)
+            for fmt in FORMATS]

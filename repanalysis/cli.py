@@ -17,7 +17,7 @@ from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
 from .errors import UserError
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .outputs import check_file, check_state_folder
+from .outputs import check_file, check_inputs, check_state_folder
 from .runfile import MAPS
 from .storage import RECORD_DTYPES
 
@@ -219,6 +219,8 @@ def _cmd_analyze(args) -> None:
     unknown = sorted(set(args.measures or ()) - set(MEASURES))
     if unknown:
         raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    check_inputs(args.runs, args.out)
+    check_inputs([args.reference] if args.reference else [], args.out)  # the reference may be among the runs
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
         table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps,
@@ -231,6 +233,7 @@ def _cmd_probe(args) -> None:
     from .probes import probe_runs
     from .tables import write_table
 
+    check_inputs(args.runs, args.out)
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
         table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
@@ -242,6 +245,7 @@ def _cmd_probe(args) -> None:
 def _cmd_figures(args) -> None:
     from .figures import draw_figures
 
+    check_inputs(args.inputs, args.out)
     made = draw_figures(args.inputs, args.out, quiet=args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(made)} files to {args.out}")
 
@@ -265,14 +269,23 @@ def _spec_and_overrides(args):
     return spec, overrides
 
 
-def _cmd_reproduce(args) -> None:
+def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     spec, overrides = _spec_and_overrides(args)
+    failed: dict[str, str] = {}
     with _executor(args) as executor:
         report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
-                           executor=executor, quiet=args.quiet, overwrite=args.overwrite)
-    print(f"wrote {report}")
+                           executor=executor, quiet=args.quiet, overwrite=args.overwrite, failed=failed)
+    _name_failures(failed)
+    print(f"wrote {report}" + (f" ({len(failed)} run(s) failed; the report judges the others)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _name_failures(failed: dict[str, str]) -> None:
+    """One line on stderr per failed run of ``reproduce`` or ``sweep``."""
+    for name, error in failed.items():
+        print(f"repanalysis: {name} failed: {error}", file=sys.stderr)
 
 
 def _add_maps(p) -> None:
@@ -291,8 +304,7 @@ def _cmd_sweep(args) -> int:
                      executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}
     failed = failures(done)
-    for name, error in failed.items():
-        print(f"repanalysis: {name} failed: {error}", file=sys.stderr)
+    _name_failures(failed)
     print(f"{len(done) - len(failed)} of {len(done)} runs complete in {Path(args.out) / 'runs'} "
           f"({', '.join(f'{n} {what}' for what, n in counts.items())}; {len(failed)} failed)")
     return 1 if failed else 0

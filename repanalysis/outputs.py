@@ -29,6 +29,7 @@ import datetime
 import errno
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,6 +133,20 @@ def new_folder(path):
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def check_inputs(inputs, out, option: str = "--out") -> None:
+    """Refuse an input given twice (its rows would count twice) and an output that is one of the inputs; paths
+    are compared resolved (``./a.h5`` is ``a.h5``, a symbolic link is its target)."""
+    seen: dict[Path, str] = {}
+    for given in map(str, inputs):
+        key = Path(given).resolve()
+        if key in seen:
+            raise UserError(f"the input {key} is given twice (as {seen[key]} and {given}); give each file once")
+        seen[key] = given
+    target = Path(out).resolve()
+    if target in seen:
+        raise UserError(f"{option} {out} is one of the inputs ({seen[target]}); write the output to another path")
 
 
 #: The file that marks a folder made by ``reproduce`` or ``sweep`` (their state).
@@ -239,23 +254,37 @@ def temporary_beside(path) -> Path:
     return Path(tmp)
 
 
+def write_failure(path, err: OSError) -> str:
+    """Why writing ``path`` failed, in words; for a full disk (or quota) with the space left in its folder."""
+    lines = str(err.strerror or err).strip().splitlines()
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return lines[0] if lines else type(err).__name__
+    folder = Path(path).absolute().parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB"
+    except OSError:
+        free = "unknown space"
+    said = lines[0] if len(lines) == 1 else os.strerror(err.errno)  # HDF5's own reason spans many lines
+    return f"{said}; {free} free in {folder}"
+
+
 def write_atomically(path, write, text: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    ``OSError`` (a full disk, a vanished folder) becomes a ``UserError``; the
+    ``OSError`` (a full disk, a vanished folder) becomes a ``UserError`` (``write_failure``); the
     temporary file never outlives the call, and ``path`` is untouched on failure.
     """
     out = check_file(path, overwrite=True)
     try:
         tmp = temporary_beside(out)
     except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {out}: {write_failure(out, err)}") from None
     try:
         with open(tmp, "w" if text else "wb", newline="" if text else None) as f:
             write(f)
         os.replace(tmp, out)
     except OSError as err:
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+        raise UserError(f"cannot write {out}: {write_failure(out, err)}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return out

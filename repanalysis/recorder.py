@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 from typing import Callable
 
 import numpy as np
@@ -63,7 +64,7 @@ from .background import Background, thread_pays
 from .config import RECORD_BN
 from .errors import UserError
 from .interrupts import whole
-from .outputs import check_file
+from .outputs import check_file, write_failure
 from .rules.base import batch_statistics, evaluating
 from .runfile import RunWriter
 from .storage import RECORD_DTYPES
@@ -76,8 +77,9 @@ def _number(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _failed(err: BaseException) -> str:
-    return f"writing the run file failed ({err if isinstance(err, OSError) else type(err).__name__ + ': ' + str(err)})"
+def _failed(err: BaseException, path) -> str:
+    why = write_failure(path, err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+    return f"writing the run file failed ({why})"
 
 
 def _numpy(arrays: dict) -> dict:
@@ -90,6 +92,32 @@ def _snapshot(arrays: dict) -> dict:
     """A copy of named tensors (and numpy values) that later updates of the originals leave alone."""
     return {k: v.detach().clone() if isinstance(v, torch.Tensor) else np.array(v, copy=True)
             for k, v in arrays.items()}
+
+
+def _checkpoint_step(step, previous: int | None) -> int:
+    """``step`` as an int if it can follow the checkpoint at ``previous``; else a ``UserError``."""
+    try:
+        whole_step = operator.index(step)
+    except TypeError:
+        whole_step = None
+    if whole_step is None or isinstance(step, bool):
+        raise UserError(f"checkpoint step {step!r} is not a whole number; give the training step as an int")
+    if whole_step < 0 or (previous is not None and whole_step <= previous):
+        after = "" if previous is None else f" and after the previous checkpoint's step {previous}"
+        raise UserError(f"checkpoint step {whole_step} must be at least 0{after}: steps are increasing")
+    return whole_step
+
+
+def _check_batch_mean(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse a loss that sums over its inputs (``reduction="sum"``) instead of averaging: the recorded
+    gradients assume a mean. Tried, not guessed: on the probe set given twice a mean stays the same and a
+    sum doubles (in eval mode, where a pass over a batch is the pass over each input)."""
+    with torch.no_grad(), evaluating(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        once = float(loss(model(x), y))
+        twice = float(loss(model(torch.cat([x, x])), torch.cat([y, y])))
+    if once != 0 and math.isfinite(once) and math.isclose(twice, 2 * once, rel_tol=1e-3):
+        raise UserError("the loss sums over the probe set (reduction='sum', say); the recorded gradients assume "
+                        "its mean over the inputs: give a loss with reduction='mean'")
 
 
 def model_tensors(model: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -199,6 +227,7 @@ class Recorder:
             return shadow_pass(model, modules, x, y, loss, record_bn)
 
         first = shadow()  # every check before the file is touched: the layers run, the loss is one number
+        _check_batch_mean(model, loss, x, y)
         with torch.no_grad(), evaluating(model), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             n_outputs = math.prod(model(x[:2]).shape[1:])
         about = {"external": True, "rule": rule, "model": type(model).__name__, "layers": list(modules),
@@ -239,6 +268,7 @@ class Recorder:
         self._rows: list[dict[str, float]] = []  # logged rows not yet handed to the writer
         self._written = 0  # checkpoints written by this recorder
         self.step: int | None = None  # the last step it was given
+        self._last_checkpoint: int | None = None
         self.closed = False
 
     @property
@@ -262,7 +292,7 @@ class Recorder:
         try:
             yield
         except OSError as err:
-            raise UserError(f"{self.path}: {_failed(err)}") from err
+            raise UserError(f"{self.path}: {_failed(err, self.path)}") from err
 
     def _submit(self, write: Callable[[], None]) -> None:
         """Hand the logged rows and then ``write`` to the background writer, in this order."""
@@ -279,12 +309,14 @@ class Recorder:
     def checkpoint(self, step: int) -> None:
         """Record every layer's activations and true gradients on the probe set, and every parameter.
 
-        The shadow pass runs here. With the writer thread, so does a copy of the
-        state, and the copy to the host and the file write run in the background
-        while training goes on; without it, the write runs here (and needs no copy).
+        ``step``: a whole number, at least 0 and larger than the previous checkpoint's. The shadow pass
+        runs here. With the writer thread, so does a copy of the state, and the copy to the host and the
+        file write run in the background while training goes on; without it, the write runs here (and
+        needs no copy).
         """
+        step = _checkpoint_step(step, self._last_checkpoint)
         with whole():
-            self.step = step
+            self.step = self._last_checkpoint = step
             layers = self._shadow()  # fresh tensors, which no later update touches
             keep = _snapshot if self._background.threaded else dict  # a write at once needs no copy
             state = keep(self._state())
@@ -326,10 +358,10 @@ class Recorder:
                     self._background.stop()
             except BaseException:
                 if self._background.error is not None:
-                    self._close_broken(_failed(self._background.error))
+                    self._close_broken(_failed(self._background.error, self.path))
                 raise
             if self._background.error is not None:  # raised already, where it was handed over
-                self._close_broken(_failed(self._background.error))
+                self._close_broken(_failed(self._background.error, self.path))
                 return
             for row in self._rows:
                 self._writer.log(row)

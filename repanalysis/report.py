@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,15 @@ import torch
 from . import stats, tasks
 from .claims import ClaimResult, scope_label, variant
 from .datasets import load
+from .outputs import write_atomically
 from .runfile import RunFile
 
 SCIENCE = "docs/science.md"
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``text`` to ``path`` through a temporary file in the same folder (``outputs.write_atomically``)."""
+    write_atomically(path, lambda f: f.write(text))
 
 
 def mean_std(values, digits: int = 3) -> str:

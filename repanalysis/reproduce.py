@@ -178,13 +178,16 @@ def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: 
 
 
 def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
-              data_dir=None, executor: Executor | None = None, quiet: bool = False, overwrite: bool = False) -> Path:
+              data_dir=None, executor: Executor | None = None, quiet: bool = False, overwrite: bool = False,
+              failed: dict[str, str] | None = None) -> Path:
     """Run (or reuse) ``spec`` (default: the ``digits`` preset) into ``out_dir``; return the path of ``report.md``.
 
     Runs, analyses and probes are tasks on ``executor`` (default: a local Dask
     cluster of one worker per core, closed at the end). ``out_dir`` is held
     against other writers; ``overwrite``: write into a non-empty folder that
-    ``reproduce`` or ``sweep`` did not make.
+    ``reproduce`` or ``sweep`` did not make. ``failed``: a dict that receives
+    ``{run file name: error}`` for every run that failed (a selection's
+    candidates included); the report is written without them and lists them.
     """
     spec, overrides, applied = _planned(spec, quick, overrides)
     spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
@@ -195,9 +198,12 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
         executor = executor or stack.enter_context(Executor(cores()))
         executor.start()  # the workers start while this process imports what it needs
         stack.enter_context(one_thread())
-        choice, _ = _selected(applied, out / "runs", executor, data_dir, quiet)
-        return _reproduce(out, applied, applied.runs(choice=choice), command, quick=quick, data_dir=data_dir,
-                          executor=executor, quiet=quiet, choice=choice)
+        choice, tried = _selected(applied, out / "runs", executor, data_dir, quiet)
+        report, lost = _reproduce(out, applied, applied.runs(choice=choice), command, quick=quick,
+                                  data_dir=data_dir, executor=executor, quiet=quiet, choice=choice)
+        if failed is not None:
+            failed.update({**failures(tried), **lost})
+        return report
 
 
 def _cells(runs: list[PlannedRun]) -> dict[tuple, list[PlannedRun]]:
@@ -254,8 +260,9 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
 
 
 def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, quick: bool, data_dir,
-               executor: Executor, quiet: bool, choice: Choice | None = None) -> Path:
-    """Each experiment's chain (``_experiment``), the experiments at once on a cluster; then the report."""
+               executor: Executor, quiet: bool, choice: Choice | None = None) -> tuple[Path, dict[str, str]]:
+    """Each experiment's chain (``_experiment``), the experiments at once on a cluster; then the report.
+    ``(the report's path, {run file name: error} of the runs that failed)``."""
     from .report import write_report
 
     manifest = Manifest(out)
@@ -273,9 +280,10 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
             explained[name] = made_explained
         figures += made_figures
         failed.update(made_failed)
+    failed = {r.name: failed[r.name] for r in runs if r.name in failed}
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
-                        failed={r.name: failed[r.name] for r in runs if r.name in failed}, figures=figures,
-                        command=command, quick=quick, choice=choice, explained=explained)
+                        failed=failed, figures=figures, command=command, quick=quick, choice=choice,
+                        explained=explained), failed
 
 
 def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,

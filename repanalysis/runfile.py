@@ -39,8 +39,11 @@ checkpoint on), and ``RunWriter.reopen`` continues from the newest one.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
+import math
 import platform
+import shutil
 from pathlib import Path
 
 import h5py
@@ -54,6 +57,8 @@ MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
 FORMAT_VERSION = 1
 ARRAY_KINDS = ("activations", "true_grad", "signal")
+#: Bytes a write leaves free on the disk, so that a run refused for space can still be closed as "failed".
+SPARE = 2**20
 #: Prefix, in a resume slot, of the exact parameters that a run with a 16-bit ``record_dtype`` keeps there.
 EXACT = "params."
 
@@ -137,7 +142,7 @@ class RunWriter:
             g.attrs.update({"position": every.index(name), "width": width, "kind": kind})
         for group in ("params", "metrics", "eval"):
             f.create_group(group)
-        self._metrics: dict[str, list[float]] = {}
+        self._follow_metrics()
         self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
         self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
         self.record_dtype = record_dtype
@@ -173,13 +178,14 @@ class RunWriter:
             raise
         fresh.replace(path)
         writer = cls.__new__(cls)
-        writer.path, writer._pending, writer._metrics, writer._resume_sets, writer._rows = path, None, {}, {}, {}
+        writer.path, writer._pending, writer._resume_sets, writer._rows = path, None, {}, {}
         writer._lock = lock
         writer._codecs = {}
         try:
             writer.file = _writable(path, "a")
         except OSError as err:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
+        writer._follow_metrics()
         writer.record_dtype = json.loads(writer.file.attrs["config"]).get("record_dtype", "float32")
         params = {name: storage.read(ds, -1) for name, ds in _walk(writer.file["params"]).items()}
         params.update({name[len(EXACT):]: value for name, value in state.items() if name.startswith(EXACT)})
@@ -195,6 +201,8 @@ class RunWriter:
         layer's gradients share the bias taken from the larger of their first rows), and the slot
         also keeps every parameter exactly (``EXACT`` + name), since the ``/params`` row does not.
         """
+        self._make_room(sum(np.asarray(v).nbytes for group in (*layers.values(), params, resume or {})
+                            for v in group.values()))
         f = self.file
         for name, arrays in layers.items():
             gradients = [v for kind, v in arrays.items() if kind in ("true_grad", "signal")]
@@ -279,10 +287,23 @@ class RunWriter:
         else:
             ds.write(h5py.h5s.create_simple(rows.shape), space, rows, mtype=ds.get_type())
 
+    def _follow_metrics(self) -> None:
+        """Start the metric buffers after the rows already in the file (none in a new one)."""
+        stored = _walk(self.file["metrics"])
+        self._metrics: dict[str, list[float]] = {name: [] for name in stored}
+        self._padding: dict[str, int] = {}  # rows in the file before a metric's first value
+        self._logged = self._flushed = max((len(ds) for ds in stored.values()), default=0)
+
     def log(self, row: dict[str, float]) -> None:
-        """Record one logged step's metrics (kept in memory until the next flush)."""
-        for name, value in row.items():
-            self._metrics.setdefault(name, []).append(value)
+        """Record one logged step's metrics (kept in memory until the next flush) as one row of every
+        ``/metrics`` array: a metric missing from the row is NaN in it, and a metric first seen in it is NaN
+        in the rows before, so every array stays aligned with ``step``."""
+        for name in row.keys() - self._metrics.keys():
+            self._metrics[name] = [math.nan] * (self._logged - self._flushed)
+            self._padding[name] = self._flushed  # rows already in the file that it is missing from
+        for name, values in self._metrics.items():
+            values.append(row.get(name, math.nan))
+        self._logged += 1
 
     def evaluation(self, row: dict[str, float]) -> None:
         """Append one evaluation (``step``, ``test_loss``, ``test_acc``); then flush."""
@@ -290,11 +311,23 @@ class RunWriter:
             self._append("eval", name, np.array([value], dtype=np.float64))
         self._flush_metrics()
 
+    def _make_room(self, nbytes: int) -> None:
+        """Refuse a write of about ``nbytes`` (an ``OSError`` ENOSPC) unless the disk has room for it and
+        ``SPARE`` more, before anything of it is written: HDF5 cannot take back a write the disk
+        refused half-way, and a file closed after one may no longer open."""
+        free = shutil.disk_usage(self.file.filename).free
+        if free < nbytes + SPARE:
+            raise OSError(errno.ENOSPC, f"no room for the next write ({nbytes / 2**20:,.1f} MiB, with "
+                          f"{SPARE // 2**20} MiB to spare)", str(self.path))
+
     def _flush_metrics(self) -> None:
+        self._make_room(8 * sum(map(len, self._metrics.values())))
         for name, values in self._metrics.items():
-            if values:
-                self._append("metrics", name, np.asarray(values, dtype=np.float64))
+            missing = self._padding.pop(name, 0)
+            if values or missing:
+                self._append("metrics", name, np.asarray([math.nan] * missing + values, dtype=np.float64))
         self._metrics = {name: [] for name in self._metrics}
+        self._flushed = self._logged
         self.file.flush()
 
     def commit(self) -> None:

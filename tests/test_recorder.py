@@ -247,3 +247,58 @@ def test_an_existing_file_is_replaced_only_once_the_new_run_is_under_way(tmp_pat
     rec.close()
     with RunFile(path) as run:
         assert run.status == "complete"
+
+
+def _tiny_recorder(path, digits, loss=F.cross_entropy) -> Recorder:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
+    return Recorder(path, model, {"h": model[1]}, (digits.x_test[:20], digits.y_test[:20]), loss)
+
+
+def test_metrics_are_aligned_by_step_with_nan_where_a_metric_is_missing(tmp_path, digits):
+    """A metric missing from a logged step is NaN there, also across flushes (checkpoints) and when a
+    metric first appears after rows already in the file."""
+    with _tiny_recorder(tmp_path / "m.h5", digits) as rec:
+        rec.log(1, a=1)
+        rec.checkpoint(1)  # the first row goes to the file before b appears
+        rec.log(2, a=2, b=5)
+        rec.log(3, b=6)
+        rec.evaluation(3, test_acc=0.5)
+        rec.log(4, c=7)
+    with RunFile(tmp_path / "m.h5") as run:
+        m = run.metrics
+    nan = np.nan
+    assert m["step"].tolist() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(m["a"], [1, 2, nan, nan])
+    np.testing.assert_array_equal(m["b"], [nan, 5, 6, nan])
+    np.testing.assert_array_equal(m["c"], [nan, nan, nan, 7])
+
+
+@pytest.mark.parametrize("steps, message", [
+    ((0, 0), "after the previous checkpoint's step 0"),
+    ((5, 3), "after the previous checkpoint's step 5"),
+    ((-1,), "must be at least 0"),
+    ((1.5,), "not a whole number"),
+    ((2.0,), "not a whole number"),
+])
+def test_checkpoint_steps_are_increasing_whole_numbers(tmp_path, digits, steps, message):
+    from repanalysis.errors import UserError
+
+    rec = _tiny_recorder(tmp_path / "s.h5", digits)
+    with pytest.raises(UserError, match=message):
+        for step in steps:
+            rec.checkpoint(step)
+    rec.close()
+    with RunFile(tmp_path / "s.h5") as run:
+        assert list(run.steps) == list(steps[:-1])  # the refused step left nothing behind
+
+
+def test_a_summed_loss_is_refused_before_the_file_is_made(tmp_path, digits):
+    from repanalysis.errors import UserError
+
+    for loss in (nn.CrossEntropyLoss(reduction="sum"), lambda out, y: F.cross_entropy(out, y, reduction="sum"),
+                 lambda out, y: F.cross_entropy(out, y, reduction="sum") / 20):
+        with pytest.raises(UserError, match="sums over the probe set"):
+            _tiny_recorder(tmp_path / "sum.h5", digits, loss)
+        assert not (tmp_path / "sum.h5").exists()
+    _tiny_recorder(tmp_path / "mean.h5", digits, nn.CrossEntropyLoss()).close()  # a mean is taken

@@ -234,3 +234,23 @@ def test_a_slice_of_the_async_preset_runs_end_to_end(tmp_path):
     assert after.index("No data to judge this part with") < after.index("**")
     assert "not reproducible bit for bit" in report
     assert "| unlocked | all runs | cdni, 2 stages | 1 |" in report  # the per-run table names the variant
+
+
+def test_reproduce_exits_non_zero_and_names_each_failed_run(tmp_path, capsys):
+    """A run that fails (a learning rate that makes the loss non-finite) is named on stderr and the command
+    exits 1 (as ``sweep`` does); the report is still written from the runs that completed."""
+    from repanalysis.cli import main
+
+    spec = tmp_path / "failing.toml"
+    spec.write_text('name = "failing"\ndescription = "one learning rate fails"\ndataset = "digits"\nseeds = 1\n\n'
+                    '[experiments.e]\ndescription = "two learning rates"\ntables = ["analysis"]\n'
+                    'settings = { model = "mlp", depth = 2, width = 8, steps = 6, batch_size = 32, optimizer = "sgd", '
+                    'record_every = 3, eval_every = 3, probe_size = 30 }\n'
+                    'grid = { rule = ["backprop"], lr = [0.01, 1e30] }\n')
+    out = tmp_path / "out"
+    assert main(["reproduce", "--spec", str(spec), "--workers", "1", "--quiet", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.err.splitlines() if " failed: " in line]
+    assert len(failed) == 1, captured.err
+    assert failed[0].startswith("repanalysis: e_digits_mlp_lr1e+30_backprop_s0.h5 failed: ") and "non-finite" in failed[0]
+    assert (out / "report.md").is_file() and "1 run(s) failed" in captured.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -257,3 +258,85 @@ def test_reproduce_and_sweep_refuse_a_folder_they_did_not_make_or_that_is_in_use
     with folder_lock(mine):
         _refused(capsys, "sweep", "--spec", spec, "--workers", 1, "--out", mine,
                  message=f"the folder {mine} is being written by another process {os.getpid()}")
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe", "figures"])
+def test_no_output_is_one_of_the_inputs_and_no_input_counts_twice(tmp_path, capsys, run, monkeypatch, command):
+    """``--out`` naming an input (whatever its spelling) is refused before anything is written, and so is
+    an input given twice; the run file stays as it was and nothing is created."""
+    copy = tmp_path / "bp.h5"
+    copy.write_bytes(run.read_bytes())
+    before = copy.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, command, copy, "--out", "./bp.h5", "--overwrite" if command != "figures" else "--quiet",
+             message="is one of the inputs")
+    _refused(capsys, command, copy, "bp.h5", "--out", tmp_path / "t.csv", message="is given twice")
+    assert copy.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["bp.h5"]
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_keeps_the_earlier_checkpoints_and_marks_the_run_failed(tmp_path, capsys, monkeypatch):
+    """The disk fills at the third flush (a mocked ENOSPC): one line naming the file and the free space, the
+    run "failed" with its first checkpoint readable, no temporary file; with --overwrite the old run stays."""
+    real_flush = h5py.File.flush
+    flushes = []
+
+    def flush(self):
+        flushes.append(1)
+        if len(flushes) > 3:
+            _no_space()
+        real_flush(self)
+
+    out = tmp_path / "t.h5"
+    args = ["train", "--steps", "20", "--record-every", "10", "--eval-every", "10", "--width", "8", "--depth", "2",
+            "--quiet", "--out", out]
+    monkeypatch.setattr(h5py.File, "flush", flush)
+    _refused(capsys, *args, message=f"{out}: writing the run file failed (No space left on device; ")
+    monkeypatch.setattr(h5py.File, "flush", real_flush)
+    with RunFile(out) as run:
+        assert run.status == "failed" and "No space left on device" in run.error
+        assert list(run.steps) == [0] and run.activations("h1", 0).shape == (200, 8)
+    before = out.read_bytes()
+    flushes.clear()
+    monkeypatch.setattr(h5py.File, "flush", flush)
+    _refused(capsys, *args, "--overwrite", "--seed", "1", message="free in")
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["t.h5"]
+
+
+def test_a_checkpoint_without_room_on_the_disk_is_refused_before_it_is_written(tmp_path, capsys, monkeypatch):
+    """HDF5 cannot take back a write the disk refused half-way, so a checkpoint is refused, whole, while the
+    disk lacks room for it (and a spare MiB for closing the run as failed)."""
+    import shutil
+
+    import repanalysis.runfile as runfile
+
+    out = tmp_path / "t.h5"
+    real = shutil.disk_usage
+    calls = []
+
+    def usage(path):
+        calls.append(path)
+        return real(path) if len(calls) < 3 else real(path)._replace(free=runfile.SPARE)  # no room for an array
+    monkeypatch.setattr(runfile.shutil, "disk_usage", usage)
+    _refused(capsys, "train", "--steps", "20", "--record-every", "10", "--width", "8", "--depth", "2", "--quiet",
+             "--out", out, message="no room for the next write")
+    with RunFile(out) as run:
+        assert run.status == "failed" and "no room for the next write" in run.error and len(run.steps) >= 1
+
+
+@pytest.mark.parametrize("command", ["analyze", "figures"])
+def test_a_full_disk_ends_tables_and_figures_with_one_line(tmp_path, capsys, run, monkeypatch, command):
+    import pandas as pd
+
+    import repanalysis.figures.style as style
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", _no_space)
+    monkeypatch.setattr(style, "_write", _no_space)
+    out = tmp_path / ("t.csv" if command == "analyze" else "figs")
+    assert main([command, str(run), "--out", str(out), "--quiet"]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("repanalysis: warning:")]
+    assert len(said) == 1 and "No space left on device; " in said[0] and " MiB free in " in said[0], said
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no file, no temporary file
