@@ -315,7 +315,7 @@ class RunWriter:
         """Refuse a write of about ``nbytes`` (an ``OSError`` ENOSPC) unless the disk has room for it and
         ``SPARE`` more, before anything of it is written: HDF5 cannot take back a write the disk
         refused half-way, and a file closed after one may no longer open."""
-        free = shutil.disk_usage(self.file.filename).free
+        free = shutil.disk_usage(Path(self.file.filename).parent).free  # the folder: the file may have been renamed
         if free < nbytes + SPARE:
             raise OSError(errno.ENOSPC, f"no room for the next write ({nbytes / 2**20:,.1f} MiB, with "
                           f"{SPARE // 2**20} MiB to spare)", str(self.path))
