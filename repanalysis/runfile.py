@@ -296,6 +296,12 @@ class RunWriter:
         else:
             ds.write(h5py.h5s.create_simple(rows.shape), space, rows, mtype=ds.get_type())
 
+    def append_row(self, group: str, name: str, value: np.ndarray) -> None:
+        """Append ``value`` as one row of ``group/name`` (float32), for arrays outside the layer contract (a
+        recurrent run's ``/boundary``); written at the next flush, as a checkpoint is."""
+        self.file.require_group(group)
+        self._append(group, name, np.asarray(value, dtype=np.float32)[np.newaxis])
+
     def log(self, row: dict[str, float]) -> None:
         """Record one logged step's metrics (kept in memory until the next flush)."""
         for name, value in row.items():
