@@ -147,7 +147,7 @@ def derived_seed(seed: int, purpose: int) -> int:
     return int(np.random.SeedSequence([seed, purpose]).generate_state(1, np.uint64)[0]) & MAX_SEED
 
 
-class _Task:
+class SequenceTask:
     """The task of a run as the loop sees it: training batches, the probe set, evaluations."""
 
     def __init__(self, config: RecurrentConfig, data_dir):
@@ -167,7 +167,7 @@ class _Task:
                 raise UserError(f"--probe-size {config.probe_size} is more than the {self.text.n_held} held-out "
                                 f"sequences of {config.seq_length} characters")
             self.probe = self.text.held_out(0, config.probe_size)
-            self.dataset = path.name
+            self.dataset = f"{path.parent.name}/{path.name}"
         self.batches = torch.Generator().manual_seed(derived_seed(config.seed, 0))
         self.scores = torch.Generator().manual_seed(derived_seed(config.seed, 1))
 
@@ -201,7 +201,7 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
     config = config.resolved()
     if out is not None:
         check_file(out, overwrite)
-    task = _Task(config, data_dir)
+    task = SequenceTask(config, data_dir)
     torch.manual_seed(config.seed)
     model = SequenceLSTM(task.vocab, config.hidden, task.n_outputs)
     module = boundary_module(config.hidden) if config.rule == "dni" else None
@@ -261,7 +261,7 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
     return RecurrentResult(config.steps, score)
 
 
-def _writer(config: RecurrentConfig, task: _Task, at: list[int], out, overwrite: bool) -> RunWriter:
+def _writer(config: RecurrentConfig, task: SequenceTask, at: list[int], out, overwrite: bool) -> RunWriter:
     steps, hidden = task.probe.length, config.hidden
     writer = RunWriter(
         out, rule=config.rule, model="lstm", dataset=task.dataset, seed=config.seed, config_json=config.to_json(),
