@@ -176,8 +176,9 @@ def _add_recurrent(p) -> None:
     g = p.add_argument_group("recurrent networks (--model lstm, with --rule backprop or dni; also --width, --steps, "
                              "--batch-size, --optimizer, --lr, --momentum, --sg-lr, --seed, --record-every, "
                              "--eval-every, --probe-size, --data-dir)")
-    g.add_argument("--task", choices=TASKS, help=f"copy (generated, with a curriculum) or charlm (character-level "
-                   f"language modelling on --text) (default {r.task})")
+    g.add_argument("--task", choices=TASKS, help=f"copy (generated, with a curriculum scored every --eval-every "
+                   f"steps, default steps/50) or charlm (character-level language modelling on --text) "
+                   f"(default {r.task})")
     g.add_argument("--bptt", type=int, metavar="T", help="the truncation window of backprop through time, in steps "
                    "(default: the whole sequence, full BPTT); dni puts its module at the window boundaries")
     g.add_argument("--copy-start", type=int, help=f"copy: the curriculum's first length (default {r.copy_start})")

@@ -59,16 +59,16 @@ class RecurrentConfig:
     rule: str = "backprop"
     bptt: int | None = None  # the window T; None: full BPTT
     hidden: int = 64
-    steps: int = 2000
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 64
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
     sg_lr: float | None = None  # the module's learning rate (default lr)
     seed: int = 0
-    record_every: int | None = None  # default steps/4
+    record_every: int | None = None  # default steps/10
     eval_every: int | None = None  # default steps/50 for copy, steps/10 for charlm
-    probe_size: int = 16
+    probe_size: int = 200
     copy_symbols: int = 8
     copy_start: int = 1
     copy_max: int = 64
@@ -110,7 +110,7 @@ class RecurrentConfig:
             raise UserError(f"--bptt {c.bptt} is longer than {what}; use at most {longest}, or leave --bptt out "
                             "for full BPTT")
         c.sg_lr = c.lr if c.sg_lr is None else c.sg_lr
-        c.record_every = c.record_every or max(1, c.steps // 4)
+        c.record_every = c.record_every or max(1, c.steps // 10)
         c.eval_every = c.eval_every or max(1, c.steps // (50 if c.task == "copy" else 10))
         if c.record_every < 1 or c.eval_every < 1:
             raise UserError("--record-every and --eval-every must be at least 1")
