@@ -235,3 +235,14 @@ def test_train_lstm_on_the_command_line(tmp_path, capsys):
         assert f["layers/h/activations"].shape == (4, 2, 12, 8)  # checkpoints at 0 and every step (steps/10 < 1)
         assert f["boundary/after_step"][:].tolist() == [4, 8]
         assert f["eval/test_bits"].shape == (3,) and np.isfinite(f["eval/test_bits"][:]).all()
+
+
+def test_a_recurrent_run_is_not_resumed(tmp_path, capsys):
+    out = tmp_path / "copy.h5"
+    train_recurrent(RecurrentConfig(steps=2, hidden=4, batch_size=2, probe_size=2, probe_length=2), out, quiet=True)
+    with h5py.File(out, "a") as f:
+        f.attrs["status"] = "running"  # as a killed run leaves it
+    before = out.read_bytes()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 2
+    assert "is a recurrent run (--model lstm); those cannot be resumed" in capsys.readouterr().err
+    assert out.read_bytes() == before
