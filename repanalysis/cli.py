@@ -84,9 +84,11 @@ def _add_train(sub) -> None:
     d = TrainConfig()
     p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
+    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}, or lstm (a recurrent network: see "
+                   f"the options for --model lstm below) (default {d.model})")
     p.add_argument("--depth", type=int, default=d.depth, help="hidden (or convolutional) blocks (default %(default)s)")
-    p.add_argument("--width", type=int, default=d.width, help="units per hidden block, mlp (default %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="units per hidden block, mlp; hidden units, lstm "
+                   "(default %(default)s; 64 for lstm)")
     p.add_argument("--channels", type=int, default=d.channels, help="kernels per convolution, cnn")
     p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="side of the square kernels (odd), cnn")
     p.add_argument("--pool", choices=POOLING, default=d.pool, help="2x2 max pooling after each block, or none; cnn")
@@ -157,6 +159,7 @@ def _add_train(sub) -> None:
                    "not the Dask workers of reproduce/sweep/analyze/probe")
     g.add_argument("--sync", action="store_true",
                    help="with --workers: stages in lock-step, equal to the in-process rule (the check of the machinery)")
+    _add_recurrent(p)
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
     p.add_argument("--out", help="the run file to write (.h5); required unless --resume")
@@ -164,6 +167,59 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", metavar="RUN.h5", help="continue this interrupted run in place, exactly, with the "
                    "settings stored in it (only --data-dir, --device and --quiet may be given with it)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _add_recurrent(p) -> None:
+    from .recurrent.train import TASKS, RecurrentConfig
+
+    r = RecurrentConfig()
+    g = p.add_argument_group("recurrent networks (--model lstm, with --rule backprop or dni; also --width, --steps, "
+                             "--batch-size, --optimizer, --lr, --momentum, --sg-lr, --seed, --record-every, "
+                             "--eval-every, --probe-size, --data-dir)")
+    g.add_argument("--task", choices=TASKS, help=f"copy (generated, with a curriculum scored every --eval-every "
+                   f"steps, default steps/50) or charlm (character-level language modelling on --text) "
+                   f"(default {r.task})")
+    g.add_argument("--bptt", type=int, metavar="T", help="the truncation window of backprop through time, in steps "
+                   "(default: the whole sequence, full BPTT); dni puts its module at the window boundaries")
+    g.add_argument("--copy-start", type=int, help=f"copy: the curriculum's first length (default {r.copy_start})")
+    g.add_argument("--copy-max", type=int, help=f"copy: the curriculum's longest length (default {r.copy_max})")
+    g.add_argument("--copy-threshold", type=float, help="copy: bits per output symbol below which a length is "
+                   f"solved (default {r.copy_threshold})")
+    g.add_argument("--probe-length", type=int, help=f"copy: symbols in each recorded probe sequence "
+                   f"(default {r.probe_length})")
+    g.add_argument("--seq-length", type=int, help=f"charlm: characters per sequence (default {r.seq_length})")
+    g.add_argument("--text", help="charlm: the text file (default: --data-dir's tinyshakespeare/input.txt)")
+
+
+#: The ``train`` options a recurrent run takes, and the ``RecurrentConfig`` field each sets.
+_RECURRENT = {"width": "hidden", "rule": "rule", "steps": "steps", "batch_size": "batch_size",
+              "optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "sg_lr": "sg_lr", "seed": "seed",
+              "record_every": "record_every", "eval_every": "eval_every", "probe_size": "probe_size",
+              "task": "task", "bptt": "bptt", "copy_start": "copy_start", "copy_max": "copy_max",
+              "copy_threshold": "copy_threshold", "probe_length": "probe_length", "seq_length": "seq_length",
+              "text": "text"}
+#: Options of ``train`` for recurrent runs only.
+_RECURRENT_ONLY = ("task", "bptt", "copy_start", "copy_max", "copy_threshold", "probe_length", "seq_length", "text")
+
+
+def _cmd_train_recurrent(args) -> None:
+    """``train --model lstm``: the options given that a recurrent run takes, the others refused."""
+    from .recurrent.train import RecurrentConfig, train_recurrent
+
+    given = list(dict.fromkeys(args.given))
+    if args.model != "lstm":
+        option = next(name for name in given if name in _RECURRENT_ONLY)
+        raise UserError(f"--{option.replace('_', '-')} is for a recurrent model (--model lstm); {args.model} has "
+                        "no recurrent interface")
+    foreign = [f"--{name.replace('_', '-')}" for name in given
+               if name not in _RECURRENT and name not in ("model", "data_dir", "out", "overwrite", "quiet")]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} cannot be given with --model lstm")
+    if args.out is None:
+        raise UserError("the following arguments are required: --out (see repanalysis train --help)")
+    config = RecurrentConfig(**{_RECURRENT[name]: getattr(args, name) for name in given if name in _RECURRENT})
+    result = train_recurrent(config, args.out, data_dir=args.data_dir, overwrite=args.overwrite, quiet=args.quiet)
+    print(f"wrote {args.out}: {result.steps_done} steps, {result.summary()}")
 
 
 _WITH_RESUME = {"resume", "data_dir", "device", "quiet"}
@@ -177,6 +233,8 @@ def _config_from(args) -> TrainConfig:
 def _cmd_train(args) -> None:
     from .train import resume, train
 
+    if args.model == "lstm" or any(name in _RECURRENT_ONLY for name in args.given):
+        return _cmd_train_recurrent(args)
     if args.resume:
         others = [f"--{name.replace('_', '-')}" for name in dict.fromkeys(args.given) if name not in _WITH_RESUME]
         if others:

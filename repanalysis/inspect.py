@@ -48,6 +48,8 @@ def summary(path) -> str:
 def _model_size(cfg: dict) -> str:
     if cfg.get("external"):
         return "recorded with Recorder"
+    if cfg.get("model") == "lstm":
+        return f"hidden {cfg.get('hidden')}, task {cfg.get('task')}, bptt {cfg.get('bptt') or 'full'}"
     if cfg.get("model") == "cnn":
         return f"depth {cfg.get('depth')}, channels {cfg.get('channels')}, kernel {cfg.get('kernel_size')}"
     return f"depth {cfg.get('depth')}, width {cfg.get('width')}"

@@ -294,6 +294,12 @@ class RunWriter:
         self._padding: dict[str, int] = {}  # rows in the file before a metric's first value
         self._logged = self._flushed = max((len(ds) for ds in stored.values()), default=0)
 
+    def append_row(self, group: str, name: str, value: np.ndarray) -> None:
+        """Append ``value`` as one row of ``group/name`` (float32), for arrays outside the layer contract (a
+        recurrent run's ``/boundary``); written at the next flush, as a checkpoint is."""
+        self.file.require_group(group)
+        self._append(group, name, np.asarray(value, dtype=np.float32)[np.newaxis])
+
     def log(self, row: dict[str, float]) -> None:
         """Record one logged step's metrics (kept in memory until the next flush) as one row of every
         ``/metrics`` array: a metric missing from the row is NaN in it, and a metric first seen in it is NaN

@@ -275,6 +275,9 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
     with RunFile(path) as run:
         if run.status == "complete":
             return None
+        if run.model == "lstm":
+            raise UserError(f"{path} is a recurrent run (--model lstm); those cannot be resumed yet: train it again "
+                            "with --overwrite")
         if run.status == "failed" and str(run.error).startswith(NON_FINITE):
             raise UserError(f"{path} failed on a non-finite loss, and would fail again if resumed ({run.error})")
         config = stored_config(run)
