@@ -99,8 +99,14 @@ def run_block(block: Block) -> None:
         exec(compile(block.text, block.name, "exec"), {"__name__": "__main__"})
 
 
+#: Pages whose examples another test runs as they stand: the recorder page is the README's "Your own model"
+#: (``test_the_guide_runs_the_readme_example`` checks they are the same text; tests/test_readme.py runs it).
+RUN_ELSEWHERE = {DOCS / "guide" / "recorder.md"}
+
+
 def runnable_pages() -> list[Path]:
-    return [page for page in PAGES if any(b.runnable and not b.not_run for b in blocks(page))]
+    return [page for page in PAGES
+            if page not in RUN_ELSEWHERE and any(b.runnable and not b.not_run for b in blocks(page))]
 
 
 # -- the examples ---------------------------------------------------------------------------------------------
