@@ -283,7 +283,7 @@ class RunWriter:
             if name not in g:
                 layout = dict(shape=(0,) + shape, maxshape=(None,) + shape, chunks=(1,) + shape if shape else (1024,))
                 if compact is None:
-                    g.create_dataset(name, dtype=rows.dtype, fletcher32=True, **layout)
+                    g.create_dataset(name, dtype=rows.dtype, **layout, **storage.checksummed(layout["shape"]))
                 else:
                     storage.create(g, name, dtype=compact[0], shift=compact[1], **layout)
             ds = self._rows[group, name] = g[name].id

@@ -203,7 +203,8 @@ def create(group: h5py.Group, name: str, shape: tuple, maxshape: tuple, chunks: 
     plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     if chunks is not None:
         plist.set_chunk(chunks)
-        plist.set_fletcher32()
+        if checksummed(shape):
+            plist.set_fletcher32()
     h5py.h5d.create(group.id, name.encode(), file_type(dtype, shift), space, dcpl=plist)
     return group[name]
 
