@@ -433,6 +433,7 @@ def _handshake(address: str) -> None:
     the address: Dask's ``connect`` gives up reaching it after ``CONNECT_TIMEOUT_S``, but would then wait for
     a silent peer's handshake for ever, so the whole is given a quarter more."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from distributed.comm import connect
 
@@ -442,7 +443,8 @@ def _handshake(address: str) -> None:
 
     limit = 1.25 * CONNECT_TIMEOUT_S
     try:
-        asyncio.run(asyncio.wait_for(greet(), limit))
+        with ThreadPoolExecutor(1) as pool:  # an event loop of its own, even beside a running one (a notebook's)
+            pool.submit(asyncio.run, asyncio.wait_for(greet(), limit)).result()
     except TimeoutError:
         raise UserError(f"the Dask scheduler at {address} took the connection but did not answer within "
                         f"{limit:g} s (is a Dask scheduler listening there?)") from None

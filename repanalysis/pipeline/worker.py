@@ -47,10 +47,11 @@ stage and the parent about a millisecond of CPU a step on the shared cores);
 ``("state", rank, step, arrays)`` at every checkpoint or evaluation step (the
 stage's parameters and buffers, and its share of the resume state), after that
 step's rows; ``("nonfinite", rank, step)``; ``("error", rank, step, text,
-lost_peer)`` (a stage that failed also prints its traceback, unless it only lost a neighbour: the user sees the
-parent's one line naming the stage to blame); ``("done", rank)``. The step a stage is in is also written to a
+lost_peer)``; ``("done", rank)``. The step a stage is in is also written to a
 shared array (``current[rank]``) at every step, so that the parent can name it
-when the stage dies between messages.
+when the stage dies between messages. A stage that fails prints its traceback,
+unless it only lost a neighbour: that follows another stage's failure, and the
+user sees the parent's one line naming the stage to blame.
 """
 
 from __future__ import annotations
