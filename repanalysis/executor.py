@@ -61,7 +61,7 @@ _STARTED = "repanalysis-task-started"  # the Dask event topic a worker logs each
 #: The least of the host's available memory a local worker process is started with.
 WORKER_MEMORY = 2**30
 #: Seconds to reach a scheduler (``--scheduler``); its handshake may take a quarter more.
-CONNECT_TIMEOUT_S = 20.0
+CONNECT_TIMEOUT_S = 20
 
 
 @contextlib.contextmanager

@@ -267,6 +267,18 @@ def test_a_scheduler_that_takes_the_connection_and_never_answers_is_refused_nami
     assert capsys.readouterr().err == (f"repanalysis: error: the Dask scheduler at {address} took the connection "
                                        "but did not answer within 1 s (is a Dask scheduler listening there?)\n")
     assert not (tmp_path / "out").exists()
+    assert main(["sweep", "--quick", "--scheduler", address, "--out", str(tmp_path / "out")]) == 2  # now closed
+    assert capsys.readouterr().err == (f"repanalysis: error: cannot reach the Dask scheduler at {address}: Timed out "
+                                       f"trying to connect to {address} after 0.8 s\n")
+
+
+def test_a_scheduler_at_a_tcp_address_is_connected():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        with Executor(scheduler=cluster.scheduler_address) as remote:
+            assert remote.map(_square, [(3,), (4,)], label="squares", quiet=True) == [9, 16]
 
 
 def test_local_workers_are_refused_below_a_gib_of_memory_each(tmp_path, capsys, monkeypatch):
