@@ -514,8 +514,8 @@ class RunFile:
             )
         try:
             self._layers = sorted(self.file["layers"], key=lambda n: int(self.file["layers"][n].attrs["position"]))
-            steps = self.file["checkpoints"].get("step")
-            self.steps = storage.read(steps) if steps is not None else np.zeros(0, np.int64)
+            self.steps = (storage.read(self.file["checkpoints/step"]) if "step" in self.file["checkpoints"]
+                          else np.zeros(0, np.int64))
         except UserError:  # a checksum that fails
             self.file.close()
             raise
