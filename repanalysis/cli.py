@@ -330,9 +330,9 @@ def _spec_and_overrides(args):
 def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
-    spec, overrides = _spec_and_overrides(args)
     failed: dict[str, str] = {}
-    with _executor(args) as executor:
+    with _executor(args) as executor:  # refused (workers, scheduler) before the output folder is made
+        spec, overrides = _spec_and_overrides(args)
         report = reproduce(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
                            executor=executor, quiet=args.quiet, overwrite=args.overwrite, failed=failed)
     _name_failures(failed)
@@ -356,8 +356,8 @@ def _cmd_sweep(args) -> int:
     from .reproduce import sweep
     from .sweep import failures
 
-    spec, overrides = _spec_and_overrides(args)
-    with _executor(args) as executor:
+    with _executor(args) as executor:  # refused (workers, scheduler) before the output folder is made
+        spec, overrides = _spec_and_overrides(args)
         done = sweep(args.out, spec=spec, quick=args.quick, overrides=overrides, data_dir=args.data_dir,
                      executor=executor, quiet=args.quiet, overwrite=args.overwrite)
     counts = {what: sum(1 for w, _ in done.values() if w == what) for what in ("trained", "resumed", "kept")}

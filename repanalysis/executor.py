@@ -9,6 +9,14 @@ here, one after another: a cluster would cost seconds to start and gain
 nothing. The local workers are forked from a server process that imported
 what the tasks need once (``TASK_MODULES``), not each afresh.
 
+``Executor(...)`` itself refuses, with a ``UserError``: local workers that
+would have less than ``WORKER_MEMORY`` each of the host's available memory; a
+scheduler address that is not ``tcp://HOST:PORT`` (no other Dask protocol:
+TLS, UCX and the others need settings this package does not take); and a
+scheduler that cannot be reached within ``CONNECT_TIMEOUT_S``, or that takes
+the connection but does not answer Dask's handshake within a quarter more
+(Dask's client would wait on such a peer for ever).
+
 Conventions:
 
 - a task is a module-level function and its arguments, all picklable; it
@@ -45,10 +53,15 @@ import uuid
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
+from . import memory
 from .errors import UserError
 from .progress import Progress
 
 _STARTED = "repanalysis-task-started"  # the Dask event topic a worker logs each task's key under when it starts
+#: The least of the host's available memory a local worker process is started with.
+WORKER_MEMORY = 2**30
+#: Seconds to reach a scheduler (``--scheduler``); its handshake may take a quarter more.
+CONNECT_TIMEOUT_S = 20
 
 
 @contextlib.contextmanager
@@ -171,6 +184,11 @@ class Executor:
     def __init__(self, workers: int = 1, scheduler: str | None = None):
         if workers < 1:
             raise UserError(f"an executor needs at least 1 worker, got {workers}")
+        if scheduler is not None:
+            _check_address(scheduler)
+            _handshake(scheduler)
+        elif workers > 1:
+            _check_memory(workers)
         self.workers, self.scheduler = workers, scheduler
         self.client = self.cluster = None
         self._lock = threading.RLock()  # the connection, the batches under way and the progress line
@@ -236,7 +254,7 @@ class Executor:
 
         if self.scheduler is not None:
             try:
-                return Client(self.scheduler, timeout="20s")
+                return Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError, ValueError) as err:
                 raise UserError(f"cannot reach the Dask scheduler at {self.scheduler}: {err}") from None
         import dask
@@ -379,6 +397,61 @@ class Executor:
         return results
 
 
+def most_workers(have: int | None = None) -> int:
+    """The most local workers that ``have`` bytes (default: the host's available memory) give
+    ``WORKER_MEMORY`` each; at least 1."""
+    return max(1, (memory.available() if have is None else have) // WORKER_MEMORY)
+
+
+def _check_memory(workers: int) -> None:
+    have = memory.available()
+    if have < workers * WORKER_MEMORY:
+        most = most_workers(have)
+        raise UserError(f"--workers {workers}: the host has {have / 2**30:,.1f} GiB of memory available, less than "
+                        f"{WORKER_MEMORY / 2**30:g} GiB per worker; use --workers {most}"
+                        + (" or fewer" if most > 1 else " (no Dask workers: the tasks run in this process)"))
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address other than ``[tcp://]HOST:PORT`` (see the module docstring)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme != "tcp":
+        raise UserError(f"--scheduler {address}: the {scheme}:// protocol is not supported; give the scheduler's "
+                        "tcp://HOST:PORT address")
+    try:
+        port = parse_host_port(location)[1]
+    except ValueError:
+        port = -1
+    if not 0 < port < 2**16:
+        raise UserError(f"--scheduler {address}: not a HOST:PORT address (e.g. tcp://10.0.0.5:8786)")
+
+
+def _handshake(address: str) -> None:
+    """Connect to the scheduler at ``address`` and exchange Dask's handshake, or raise a ``UserError`` naming
+    the address: Dask's ``connect`` gives up reaching it after ``CONNECT_TIMEOUT_S``, but would then wait for
+    a silent peer's handshake for ever, so the whole is given a quarter more."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def greet() -> None:
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        await comm.close()
+
+    limit = 1.25 * CONNECT_TIMEOUT_S
+    try:
+        with ThreadPoolExecutor(1) as pool:  # an event loop of its own, even beside a running one (a notebook's)
+            pool.submit(asyncio.run, asyncio.wait_for(greet(), limit)).result()
+    except TimeoutError:
+        raise UserError(f"the Dask scheduler at {address} took the connection but did not answer within "
+                        f"{limit:g} s (is a Dask scheduler listening there?)") from None
+    except OSError as err:
+        raise UserError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+
+
 def _worker_count(text: str) -> int:
     import argparse
 
@@ -392,12 +465,13 @@ def _worker_count(text: str) -> int:
 
 
 def add_options(parser, per_core: bool = False) -> None:
-    """``--workers`` (default 1, or one per core with ``per_core``) and ``--scheduler`` on a command's parser."""
-    default = cores() if per_core else 1
+    """``--workers`` (default 1, or ``default_workers()`` with ``per_core``) and ``--scheduler`` on a command's
+    parser."""
+    default = default_workers() if per_core else 1
     parser.add_argument("--workers", type=_worker_count, default=default, help=(
-        "worker processes of a local Dask cluster, each running whole tasks; 1 runs in this process "
-        f"(default {'one per CPU core, here ' if per_core else ''}{default}); not train's --workers "
-        "(pipeline stages of one network)"))
+        "worker processes of a local Dask cluster, each running whole tasks and given at least 1 GiB of memory; "
+        f"1 runs in this process (default {'one per CPU core, as memory allows, here ' if per_core else ''}"
+        f"{default}); not train's --workers (pipeline stages of one network)"))
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this address "
                         "(e.g. tcp://host:8786) instead of local workers")
 
@@ -405,3 +479,8 @@ def add_options(parser, per_core: bool = False) -> None:
 def cores() -> int:
     """CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Local workers when none are asked for: one per core, as far as the memory goes (``most_workers``)."""
+    return min(cores(), most_workers())

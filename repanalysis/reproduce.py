@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .executor import Executor, cores, one_thread
+from .executor import Executor, default_workers, one_thread
 from .experiments.selection import Choice, choose
 from .experiments.spec import Overrides, PlannedRun, Spec, preset, value_text
 from .outputs import check_state_folder, folder_lock
@@ -171,7 +171,7 @@ def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: 
     out = _output_dir(out_dir, overwrite, ("runs",))
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(out))
-        executor = executor or stack.enter_context(Executor(cores()))
+        executor = executor or stack.enter_context(Executor(default_workers()))
         choice, done = _selected(applied, out / "runs", executor, data_dir, quiet)
         return {**done, **train_runs(applied.runs(choice=choice), out / "runs", executor, data_dir=data_dir,
                                      quiet=quiet)}
@@ -195,7 +195,7 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
     command = _command(spec_arg, quick, overrides, data_dir, out)
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(out))
-        executor = executor or stack.enter_context(Executor(cores()))
+        executor = executor or stack.enter_context(Executor(default_workers()))
         executor.start()  # the workers start while this process imports what it needs
         stack.enter_context(one_thread())
         choice, tried = _selected(applied, out / "runs", executor, data_dir, quiet)

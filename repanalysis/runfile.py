@@ -11,6 +11,10 @@ also keep every parameter exactly (``EXACT`` + name). ``--record-layers``
 records some interfaces only: ``position`` stays the interface's place among
 all of them, and the root attribute ``interfaces`` lists them all.
 
+Every array but a scalar carries HDF5's Fletcher-32 checksum per chunk
+(``storage.checksummed``): a bit changed on disk is a ``UserError`` naming the
+file and the dataset when it is read, never a wrong number.
+
 Arrays grow along their first axis; each is chunked one checkpoint (one row
 block) at a time, uncompressed: LZF shrank a 6x256 MNIST run's ReLU
 activations to 0.64 of their size (its gradients, signals and parameters not
@@ -130,11 +134,10 @@ class RunWriter:
         })
         if interfaces is not None and list(interfaces) != [name for name, _, _ in layers]:
             f.attrs["interfaces"] = json.dumps(list(interfaces))
-        f.create_dataset("probe/index", data=np.asarray(probe_index, dtype=np.int64))
-        if probe_labels is not None:
-            f.create_dataset("probe/labels", data=np.asarray(probe_labels, dtype=np.int64))
-        if probe_targets is not None:
-            f.create_dataset("probe/targets", data=np.asarray(probe_targets, dtype=np.float32))
+        for name, values, dtype in (("index", probe_index, np.int64), ("labels", probe_labels, np.int64),
+                                    ("targets", probe_targets, np.float32)):
+            if values is not None:
+                self.add(f"probe/{name}", np.asarray(values, dtype=dtype))
         f.create_group("checkpoints")
         every = [name for name, _, _ in layers] if interfaces is None else list(interfaces)
         for name, width, kind in layers:
@@ -150,7 +153,7 @@ class RunWriter:
         f.flush()
 
     @classmethod
-    def reopen(cls, path) -> tuple["RunWriter", int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def reopen(cls, path, load=None) -> tuple["RunWriter", int, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Open an interrupted run to continue it from its newest whole resume slot.
 
         Everything recorded after that checkpoint's step ``S`` is cut off: later
@@ -162,13 +165,21 @@ class RunWriter:
         "running", drops ``error`` and notes the resumption in the ``resumed``
         attribute (JSON list of ``[step, UTC time]``). Returns the
         writer, ``S``, every parameter and buffer at ``S`` and the resume state.
-        Call it on a file ``RunFile`` has accepted.
+        ``load(S, params, state)``, given, is called with them before anything
+        is written: where it raises (their names or shapes do not fit the run's
+        network, say), the file stays as it was. Call it on a file ``RunFile``
+        has accepted.
         """
         path = Path(path)
         lock = file_lock(path).acquire()
         try:
             with h5py.File(path, "r", locking=False) as old:
                 step, state, rows = _resume_point(old, path)
+                params = {name: storage.read(ds, rows["params"] - 1) for name, ds in _walk(old["params"]).items()}
+                params.update({name[len(EXACT):]: value for name, value in state.items() if name.startswith(EXACT)})
+                state = {name: value for name, value in state.items() if not name.startswith(EXACT)}
+                if load is not None:
+                    load(step, params, state)
                 fresh = _copy_kept(old, path, rows, step)
         except (KeyError, ValueError, OSError, RuntimeError) as err:
             lock.release()
@@ -187,9 +198,6 @@ class RunWriter:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
         writer._follow_metrics()
         writer.record_dtype = json.loads(writer.file.attrs["config"]).get("record_dtype", "float32")
-        params = {name: storage.read(ds, -1) for name, ds in _walk(writer.file["params"]).items()}
-        params.update({name[len(EXACT):]: value for name, value in state.items() if name.startswith(EXACT)})
-        state = {name: value for name, value in state.items() if not name.startswith(EXACT)}
         return writer, step, params, state
 
     def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],
@@ -233,7 +241,8 @@ class RunWriter:
             value = np.asarray(value, order="C")
             ds = self._resume_sets.get((k, name))
             if ds is None:
-                ds = slot[name] if name in slot else slot.create_dataset(name, value.shape, value.dtype)
+                ds = slot[name] if name in slot else slot.create_dataset(name, value.shape, value.dtype,
+                                                                         **storage.checksummed(value.shape))
                 self._resume_sets[k, name] = ds
             # h5py's ``ds[...] = value`` costs ~0.3 ms a call, and there are three per parameter
             ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, value)
@@ -274,7 +283,7 @@ class RunWriter:
             if name not in g:
                 layout = dict(shape=(0,) + shape, maxshape=(None,) + shape, chunks=(1,) + shape if shape else (1024,))
                 if compact is None:
-                    g.create_dataset(name, dtype=rows.dtype, **layout)
+                    g.create_dataset(name, dtype=rows.dtype, **layout, **storage.checksummed(layout["shape"]))
                 else:
                     storage.create(g, name, dtype=compact[0], shift=compact[1], **layout)
             ds = self._rows[group, name] = g[name].id
@@ -293,6 +302,10 @@ class RunWriter:
         self._metrics: dict[str, list[float]] = {name: [] for name in stored}
         self._padding: dict[str, int] = {}  # rows in the file before a metric's first value
         self._logged = self._flushed = max((len(ds) for ds in stored.values()), default=0)
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        """Write the fixed array ``values`` as the dataset ``name`` (a path in the file), with its checksum."""
+        self.file.create_dataset(name, data=values, **storage.checksummed(np.shape(values)))
 
     def append_row(self, group: str, name: str, value: np.ndarray) -> None:
         """Append ``value`` as one row of ``group/name`` (float32), for arrays outside the layer contract (a
@@ -400,7 +413,7 @@ def _newest_slot(f: h5py.File) -> tuple[int, dict[str, np.ndarray]] | None:
     if not slots:
         return None
     slot = max(slots, key=lambda g: g["step"][()])
-    return int(slot["step"][()]), {name: ds[()] for name, ds in slot.items() if name != "step"}
+    return int(slot["step"][()]), {name: storage.read(ds) for name, ds in slot.items() if name != "step"}
 
 
 def _resume_point(old: h5py.File, path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, int]]:
@@ -411,12 +424,12 @@ def _resume_point(old: h5py.File, path: Path) -> tuple[int, dict[str, np.ndarray
         raise UserError(f"{path}: no checkpoint with a resume state (none was reached, or an older "
                         "repanalysis wrote it); train it again with --overwrite")
     step, state = newest
-    kept = np.flatnonzero(old["checkpoints/step"][:] == step)
+    kept = np.flatnonzero(storage.read(old["checkpoints/step"]) == step)
     if not len(kept):
         raise ValueError(f"no checkpoint at step {step}")
     rows = dict.fromkeys(["checkpoints", "layers", "params"], int(kept[0]) + 1)
-    rows["metrics"] = int(np.sum(old["metrics/step"][:] <= step)) if "step" in old["metrics"] else 0
-    rows["eval"] = int(np.sum(old["eval/step"][:] < step)) if "step" in old["eval"] else 0
+    rows["metrics"] = int(np.sum(storage.read(old["metrics/step"]) <= step)) if "step" in old["metrics"] else 0
+    rows["eval"] = int(np.sum(storage.read(old["eval/step"]) < step)) if "step" in old["eval"] else 0
     return step, state, rows
 
 
@@ -445,7 +458,8 @@ def _copy_kept(old: h5py.File, path: Path, rows: dict[str, int], step: int) -> P
 def _copy_cut(old: h5py.File, new: h5py.File, rows: dict[str, int]) -> None:
     """Copy every group, dataset and attribute of ``old`` into the empty ``new``, each dataset under a
     top-level group named in ``rows`` cut to its first ``rows[group]`` rows (refused if it has fewer); each
-    dataset keeps its chunks, compression and maximum shape, so appends continue as in the original."""
+    dataset keeps its chunks, compression and maximum shape, so appends continue as in the original, and gets
+    the checksum (a file written before checksums gains them)."""
     new.attrs.update(old.attrs)
 
     def copy(name: str, item) -> None:
@@ -465,9 +479,9 @@ def _copy_cut(old: h5py.File, new: h5py.File, rows: dict[str, int]) -> None:
         else:
             layout = {} if item.chunks is None else dict(chunks=item.chunks, maxshape=item.maxshape,
                                                          compression=item.compression)
-            made = new.create_dataset(name, shape=shape, dtype=item.dtype, **layout)
+            made = new.create_dataset(name, shape=shape, dtype=item.dtype, **layout, **storage.checksummed(shape))
             if made.size:
-                made[()] = item[key]
+                made[()] = storage.read(item, key)
         made.attrs.update(item.attrs)
 
     old.visititems(copy)
@@ -500,7 +514,11 @@ class RunFile:
             )
         try:
             self._layers = sorted(self.file["layers"], key=lambda n: int(self.file["layers"][n].attrs["position"]))
-            self.steps = self.file["checkpoints/step"][:] if "step" in self.file["checkpoints"] else np.zeros(0, np.int64)
+            self.steps = (storage.read(self.file["checkpoints/step"]) if "step" in self.file["checkpoints"]
+                          else np.zeros(0, np.int64))
+        except UserError:  # a checksum that fails
+            self.file.close()
+            raise
         except (KeyError, OSError, RuntimeError) as err:  # HDF5's own errors reach h5py as RuntimeError
             self.file.close()
             raise UserError(f"{self.path}: damaged or truncated run file, or read in the middle of a write "
@@ -541,15 +559,15 @@ class RunFile:
     # probe set
     @property
     def probe_index(self) -> np.ndarray:
-        return self.file["probe/index"][:]
+        return storage.read(self.file["probe/index"])
 
     @property
     def probe_labels(self) -> np.ndarray | None:
-        return self.file["probe/labels"][:] if "labels" in self.file["probe"] else None
+        return storage.read(self.file["probe/labels"]) if "labels" in self.file["probe"] else None
 
     @property
     def probe_targets(self) -> np.ndarray | None:
-        return self.file["probe/targets"][:] if "targets" in self.file["probe"] else None
+        return storage.read(self.file["probe/targets"]) if "targets" in self.file["probe"] else None
 
     # layers
     @property
@@ -578,13 +596,13 @@ class RunFile:
     def has(self, layer: str, kind: str) -> bool:
         return kind in self._layer(layer)
 
-    def array(self, layer: str, kind: str):
-        """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer, sliced lazily: the h5py
-        dataset, or where it is stored in 16 bits a ``storage.Stored`` view that reads it as float32."""
+    def array(self, layer: str, kind: str) -> storage.Stored:
+        """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer, sliced lazily through a
+        ``storage.Stored`` view: float32 (a 16-bit type decoded), its checksum verified."""
         g = self._layer(layer)
         if kind not in g:
             raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
-        return storage.view(g[kind])
+        return storage.Stored(g[kind])
 
     def stored(self, layer: str, kind: str, checkpoint: int = -1) -> np.ndarray:
         """One checkpoint of one layer's array as recorded: ``[N, D]`` or ``[N, C, H, W]``."""
@@ -632,8 +650,8 @@ class RunFile:
 
     @property
     def metrics(self) -> dict[str, np.ndarray]:
-        return {name: ds[:] for name, ds in _walk(self.file["metrics"]).items()}
+        return {name: storage.read(ds) for name, ds in _walk(self.file["metrics"]).items()}
 
     @property
     def evals(self) -> dict[str, np.ndarray]:
-        return {name: ds[:] for name, ds in _walk(self.file["eval"]).items()}
+        return {name: storage.read(ds) for name, ds in _walk(self.file["eval"]).items()}

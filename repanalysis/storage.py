@@ -22,12 +22,22 @@ float32 (HDF5 converts each value, slowly); ``read`` here reads the raw bits and
 decodes them with numpy, exactly, about 15 times faster. Every 16-bit value is a
 float32 exactly, so reading it as float32 (or float64) loses nothing more.
 NaN and ±Inf are stored as such.
+
+Every dataset but a scalar (which HDF5 cannot chunk) carries HDF5's
+Fletcher-32 checksum per chunk (``checksummed``; the 16-bit ones too, from
+``create``): a bit changed on disk after the write makes HDF5 refuse the read,
+which ``read`` and ``bits`` report as a ``UserError`` naming the file and the
+dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import h5py
 import numpy as np
+
+from .errors import UserError
 
 RECORD_DTYPES = ("float32", "float16", "bfloat16")
 #: Binades of room above a float16 dataset's first row's largest magnitude.
@@ -35,6 +45,26 @@ HEADROOM = 8
 _HALF_FIELDS = (15, 10, 5, 0, 10)  # sign position, exponent position and size, mantissa position and size
 _BFLOAT_FIELDS = (15, 7, 8, 0, 7)
 _HALF_ROUNDS_TO_INF = 65520.0  # the smallest magnitude that rounds to float16's infinity
+
+
+def checksummed(shape: tuple) -> dict:
+    """``create_dataset`` options of a dataset of ``shape``: the Fletcher-32 checksum (HDF5 then chunks it),
+    except for a scalar, which HDF5 can neither chunk nor filter."""
+    return {"fletcher32": True} if len(shape) else {}
+
+
+@contextlib.contextmanager
+def _verified(ds: h5py.Dataset):
+    """Reads of ``ds`` inside; one refused by its checksum is a ``UserError`` naming the file and the dataset."""
+    try:
+        yield
+    except OSError:
+        if not ds.fletcher32:
+            raise
+        why = ("or it was read in the middle of a write: a running run's file can be read again a moment later"
+               if ds.file.attrs.get("status") == "running" else "a damaged disk or copy")
+        raise UserError(f"{ds.file.filename}: {ds.name} fails its checksum: its stored bytes changed after they "
+                        f"were written ({why})") from None
 
 
 def file_type(dtype: str, shift: int = 0) -> h5py.h5t.TypeFloatID:
@@ -149,25 +179,32 @@ def bits(ds: h5py.Dataset, key=()) -> np.ndarray | None:
     if out.size:
         space = ds.id.get_space()
         space.select_hyperslab(start, count)
-        ds.id.read(h5py.h5s.create_simple(count), space, out, mtype=ds.id.get_type())
+        with _verified(ds):
+            ds.id.read(h5py.h5s.create_simple(count), space, out, mtype=ds.id.get_type())
     return out.reshape([c for axis, c in enumerate(count) if axis not in squeeze])
 
 
 def read(ds: h5py.Dataset, key=()) -> np.ndarray:
-    """``ds[key]``, a 16-bit dataset decoded to float32 from its raw bits (any other read as h5py reads it)."""
+    """``ds[key]``, a 16-bit dataset decoded to float32 from its raw bits (any other read as h5py reads it);
+    data that fail their checksum are a ``UserError`` (module docstring)."""
     how = codec(ds)
     raw = None if how is None else bits(ds, key)
-    return ds[key] if raw is None else decode(raw, *how)  # fancy indexing: HDF5 converts (correct, slower)
+    if raw is not None:
+        return decode(raw, *how)
+    with _verified(ds):
+        return ds[key]  # fancy indexing of a 16-bit dataset: HDF5 converts (correct, slower)
 
 
 def create(group: h5py.Group, name: str, shape: tuple, maxshape: tuple, chunks: tuple | None, dtype: str,
            shift: int = 0) -> h5py.Dataset:
     """A new dataset ``group/name`` stored in the 16-bit ``dtype`` (h5py's ``create_dataset`` takes numpy
-    types only)."""
+    types only), with the checksum where it is chunked."""
     space = h5py.h5s.create_simple(shape, tuple(h5py.h5s.UNLIMITED if m is None else m for m in maxshape))
     plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     if chunks is not None:
         plist.set_chunk(chunks)
+        if checksummed(shape):
+            plist.set_fletcher32()
     h5py.h5d.create(group.id, name.encode(), file_type(dtype, shift), space, dcpl=plist)
     return group[name]
 
@@ -182,13 +219,9 @@ def write_bits(ds: h5py.Dataset, raw: np.ndarray, start: tuple | None = None) ->
                 space, raw, mtype=ds.id.get_type())
 
 
-def view(ds: h5py.Dataset):
-    """``ds`` itself, or a ``Stored`` view of it where it is stored in a 16-bit type."""
-    return Stored(ds) if codec(ds) else ds
-
-
 class Stored:
-    """A dataset as an array-like that reads through ``read``: ``shape``, ``ndim``, ``dtype``, ``ds[key]``."""
+    """A dataset as an array-like that reads through ``read`` (16-bit types as float32, checksums verified):
+    ``shape``, ``ndim``, ``dtype``, ``ds[key]``."""
 
     def __init__(self, ds: h5py.Dataset):
         self.dataset = ds

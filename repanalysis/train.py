@@ -156,11 +156,29 @@ def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, devic
     return rule
 
 
-def load_arrays(rule: Rule, arrays: dict) -> None:
-    """Load what ``state_arrays`` returned into the rule's network and modules."""
+def load_arrays(rule: Rule, arrays: dict, source=None) -> None:
+    """Load what ``state_arrays`` returned into the rule's network and modules; arrays read from the run file
+    ``source`` whose names or shapes do not fit them are a ``UserError`` (nothing loaded)."""
+    if source is not None:
+        _check_fit(rule, arrays, source)
     for prefix, module in (("model.", rule.network), ("rule.", rule.modules)):
         state = {k[len(prefix):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
         module.load_state_dict(state)
+
+
+def _check_fit(rule: Rule, arrays: dict, source) -> None:
+    """Refuse ``arrays`` (from the run file ``source``) unless they are the rule's parameters and buffers, each
+    with its shape: a config changed after the run was written describes another network."""
+    expected = {f"{prefix}{k}": tuple(v.shape) for prefix, module in (("model.", rule.network), ("rule.", rule.modules))
+                for k, v in module.state_dict().items()}
+    stored = {k: tuple(np.shape(v)) for k, v in arrays.items() if k.startswith(("model.", "rule."))}
+    problems = [f"{k} is {list(stored[k])} in the file, {list(shape)} in the network"
+                for k, shape in expected.items() if k in stored and stored[k] != shape]
+    problems += [f"{k} is missing from the file" for k in expected if k not in stored]
+    problems += [f"{k} is not in the network" for k in stored if k not in expected]
+    if problems:
+        more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise UserError(f"{source}: its parameters do not fit the network its config describes ({problems[0]}{more})")
 
 
 def stored_config(run: RunFile) -> TrainConfig:
@@ -175,7 +193,7 @@ def rebuild(run: RunFile, checkpoint: int = -1, device="cpu") -> Rule:
     """The network and rule of a recorded run, with every parameter and buffer as at ``checkpoint``."""
     a = run.file.attrs
     rule = build(stored_config(run), str(a["task"]), int(a["n_features"]), int(a["n_outputs"]), device)
-    load_arrays(rule, run.params(checkpoint))
+    load_arrays(rule, run.params(checkpoint), run.path)
     return rule
 
 
@@ -294,13 +312,12 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
 
         pipeline.check(rule)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
-    writer, step, params, state = RunWriter.reopen(path)
-    try:
-        load_arrays(rule, params)
+
+    def load(step: int, params: dict, state: dict) -> None:  # a mismatch is refused before the file is rewritten
+        load_arrays(rule, params, path)
         resume_state.restore(rule, stream, state, step)
-    except BaseException:
-        writer.abandon()
-        raise
+
+    writer, step, params, state = RunWriter.reopen(path, load)
     if config.stages > 1:  # the stages restore the same state; the parent's rule records and evaluates
         return pipeline.run(config, rule, data, index, writer, quiet, step, {**params, **state})
     return _run(config, rule, stream, data, index, dev, writer, step, quiet, resumed=True)

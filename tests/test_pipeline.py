@@ -190,7 +190,9 @@ def _checkpoints(path) -> int:
         return 0
 
 
-def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
+def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data, capfd):
+    """The surviving stage loses its neighbour: it prints nothing (no ``PeerLost`` traceback), and the run ends
+    with the parent's one line naming the stage that died."""
     config = small_config(rule="dni", depth=4, steps=100000, record_every=20, eval_every=100000, stages=2)
     out = tmp_path / "run.h5"
 
@@ -214,6 +216,8 @@ def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data):
     with RunFile(out) as run:
         assert run.status == "failed" and "stage 2 of 2" in run.error
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("repanalysis-stage")]
+    printed = capfd.readouterr()
+    assert "PeerLost" not in printed.err and "Traceback" not in printed.err, printed.err
 
 
 _DIES_MID_MESSAGE = """

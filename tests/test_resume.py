@@ -11,6 +11,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 import pytest
 from helpers import contents, small_config, train_interrupted
 
@@ -18,7 +19,7 @@ from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile
-from repanalysis.train import resume, train
+from repanalysis.train import rebuild, resume, train
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,39 @@ def test_a_resume_that_cannot_write_its_copy_says_so_and_leaves_the_run_as_it_wa
         resume(path, quiet=True, data=data["digits"])
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _set_config(path, **changes) -> None:
+    with h5py.File(path, "a") as f:
+        f.attrs["config"] = json.dumps(dict(json.loads(f.attrs["config"]), **changes))
+
+
+def _longer_head_bias(path) -> None:
+    with h5py.File(path, "a") as f:
+        rows = f["params/model.head.bias"][()]
+        del f["params/model.head.bias"]
+        f.create_dataset("params/model.head.bias", data=np.concatenate([rows, rows[:, :1]], axis=1),
+                         maxshape=(None, 11), chunks=(1, 11))
+
+
+def _renamed_head_weight(path) -> None:
+    with h5py.File(path, "a") as f:
+        f.move("params/model.head.weight", "params/model.head.weights")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda path: _set_config(path, width=32), "run.h5: its parameters do not fit the network its config describes "
+                                               "(model.blocks.0.linear.weight is [16, 64] in the file, [32, 64] in "
+                                               "the network, and "),
+    (_longer_head_bias, "(model.head.bias is [11] in the file, [10] in the network)"),
+    (_renamed_head_weight, "(model.head.weight is missing from the file, and 1 more)"),
+])
+def test_parameters_that_do_not_fit_the_config_are_refused_before_the_file_changes(tmp_path, data, monkeypatch,
+                                                                                    capsys, tamper, message):
+    path = tmp_path / "run.h5"
+    train_interrupted(monkeypatch, small_config(), path, data["digits"], 15)
+    tamper(path)
+    _refused(path, message, capsys)
+    assert not list(tmp_path.glob(".*.tmp"))
+    with RunFile(path) as run, pytest.raises(UserError, match="do not fit the network its config describes"):
+        rebuild(run)

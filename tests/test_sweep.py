@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import h5py
 import pandas as pd
 import pytest
 
+from repanalysis import executor, memory
 from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
@@ -235,3 +237,60 @@ def test_bad_worker_counts_and_schedulers_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "a").exists()
     assert main(["analyze", "x.h5", "--workers", "two", "--out", str(tmp_path / "b.csv")]) == 2
     assert "got 'two'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, message", [
+    ("ucx://127.0.0.1:8786", "--scheduler ucx://127.0.0.1:8786: the ucx:// protocol is not supported; give the "
+                             "scheduler's tcp://HOST:PORT address"),
+    ("tls://127.0.0.1:8786", "--scheduler tls://127.0.0.1:8786: the tls:// protocol is not supported"),
+    ("tcp://127.0.0.1", "--scheduler tcp://127.0.0.1: not a HOST:PORT address (e.g. tcp://10.0.0.5:8786)"),
+    ("127.0.0.1:99999", "--scheduler 127.0.0.1:99999: not a HOST:PORT address"),
+])
+def test_scheduler_addresses_other_than_tcp_host_port_are_refused_at_once(tmp_path, capsys, address, message):
+    started = time.monotonic()
+    assert main(["sweep", "--quick", "--scheduler", address, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"repanalysis: error: {message}") and err.count("\n") == 1, err
+    assert time.monotonic() - started < 5 and not (tmp_path / "out").exists()
+
+
+def test_a_scheduler_that_takes_the_connection_and_never_answers_is_refused_naming_it(tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(executor, "CONNECT_TIMEOUT_S", 0.8)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        taken = []
+        threading.Thread(target=lambda: taken.append(server.accept()), daemon=True).start()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        assert main(["sweep", "--quick", "--scheduler", address, "--out", str(tmp_path / "out")]) == 2
+        assert time.monotonic() - started < 5 and taken
+    assert capsys.readouterr().err == (f"repanalysis: error: the Dask scheduler at {address} took the connection "
+                                       "but did not answer within 1 s (is a Dask scheduler listening there?)\n")
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", "--quick", "--scheduler", address, "--out", str(tmp_path / "out")]) == 2  # now closed
+    assert capsys.readouterr().err == (f"repanalysis: error: cannot reach the Dask scheduler at {address}: Timed out "
+                                       f"trying to connect to {address} after 0.8 s\n")
+
+
+def test_a_scheduler_at_a_tcp_address_is_connected():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        with Executor(scheduler=cluster.scheduler_address) as remote:
+            assert remote.map(_square, [(3,), (4,)], label="squares", quiet=True) == [9, 16]
+
+
+def test_local_workers_are_refused_below_a_gib_of_memory_each(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(memory, "available", lambda device=None: int(3.5 * 2**30))
+    assert main(["sweep", "--quick", "--workers", "4", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("repanalysis: error: --workers 4: the host has 3.5 GiB of memory available, "
+                                       "less than 1 GiB per worker; use --workers 3 or fewer\n")
+    assert not (tmp_path / "out").exists()
+    with Executor(3) as accepted:  # no cluster is started before there are tasks
+        assert accepted.workers == 3
+    assert executor.default_workers() == min(executor.cores(), 3)
+    monkeypatch.setattr(memory, "available", lambda device=None: 2**29)
+    with pytest.raises(UserError, match=r"^--workers 2: the host has 0.5 GiB .*; use --workers 1 \(no Dask workers"):
+        Executor(2)
+    assert Executor(1).in_process and executor.default_workers() == 1

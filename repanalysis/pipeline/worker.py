@@ -49,7 +49,9 @@ stage's parameters and buffers, and its share of the resume state), after that
 step's rows; ``("nonfinite", rank, step)``; ``("error", rank, step, text,
 lost_peer)``; ``("done", rank)``. The step a stage is in is also written to a
 shared array (``current[rank]``) at every step, so that the parent can name it
-when the stage dies between messages.
+when the stage dies between messages. A stage that fails prints its traceback,
+unless it only lost a neighbour: that follows another stage's failure, and the
+user sees the parent's one line naming the stage to blame.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def main(spec: StageSpec, queue, current) -> None:
             queue.cancel_join_thread()
             shutil.rmtree(Path(spec.store).parent, ignore_errors=True)  # the parent would have removed it
             os._exit(1)
-        traceback.print_exc()
+        if not isinstance(err, PeerLost):  # a lost neighbour follows another stage's failure, which the parent names
+            traceback.print_exc()
         step = worker.step if worker is not None else 0
         queue.put(("error", spec.rank, step, f"{type(err).__name__}: {err}", isinstance(err, PeerLost)))
         sys.exit(1)

@@ -272,7 +272,7 @@ def _writer(config: RecurrentConfig, task: SequenceTask, at: list[int], out, ove
     try:
         if task.text is not None:
             writer.file.attrs["vocabulary"] = json.dumps("".join(task.text.chars))
-        writer.file.create_dataset("boundary/after_step", data=np.asarray(at, dtype=np.int64))
+        writer.add("boundary/after_step", np.asarray(at, dtype=np.int64))
     except BaseException:
         writer.abandon()
         raise
