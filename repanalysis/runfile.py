@@ -1,13 +1,15 @@
 """The run file: one HDF5 file per run, the contract between training and analysis.
 
-The schema (``FORMAT_VERSION`` 1: root attributes, ``/probe``, ``/checkpoints``, ``/layers/<name>/{activations,
+The schema (``FORMAT_VERSION`` 2: root attributes, ``/probe``, ``/checkpoints``, ``/layers/<name>/{activations,
 true_grad,signal,update}``, ``/params``, ``/metrics``, ``/eval``, ``/resume/{0,1}``) is the documentation's run-file
 page, ``docs/guide/runfile.md``; ``tests/test_docs.py`` checks it against what this writer writes.
 
 The layer arrays and the floating-point parameters are stored in the run's
 ``record_dtype`` (``storage``: float32, or a 16-bit float type described in
-the file; ``RunFile`` reads either as float32); a 16-bit run's resume slots
-also keep every parameter exactly (``EXACT`` + name). ``--record-layers``
+the file; ``RunFile`` reads either as float32); a 16-bit run stores each layer
+array less its per-feature mean over the probe inputs (``storage.centre``),
+kept in float32 beside it (``<kind>`` + ``OFFSET``), and its resume slots also
+keep every parameter exactly (``EXACT`` + name). ``--record-layers``
 records some interfaces only: ``position`` stays the interface's place among
 all of them, and the root attribute ``interfaces`` lists them all.
 
@@ -59,12 +61,16 @@ from .outputs import check_file, file_lock, temporary_beside
 
 MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
-FORMAT_VERSION = 1
+#: The version written; 2 added the offsets of 16-bit layer arrays (``OFFSET``). Version 1 files read as before.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ARRAY_KINDS = ("activations", "true_grad", "signal")
 #: Bytes a write leaves free on the disk, so that a run refused for space can still be closed as "failed".
 SPARE = 2**20
 #: Prefix, in a resume slot, of the exact parameters that a run with a 16-bit ``record_dtype`` keeps there.
 EXACT = "params."
+#: Suffix of the float32 ``[T, ...]`` dataset beside a 16-bit layer array holding the offsets it is stored less.
+OFFSET = "_offset"
 
 
 def as_rows(values: np.ndarray, maps: str = "flatten") -> np.ndarray:
@@ -149,7 +155,7 @@ class RunWriter:
         self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
         self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
         self.record_dtype = record_dtype
-        self._codecs: dict[tuple[str, str], tuple[str, int]] = {}  # 16-bit datasets' (dtype, shift)
+        self._codecs: dict[tuple[str, str], tuple[tuple[str, int], bool]] = {}  # 16-bit ((dtype, shift), centred)
         f.flush()
 
     @classmethod
@@ -217,7 +223,7 @@ class RunWriter:
             for kind, value in arrays.items():
                 if kind in ARRAY_KINDS and self.record_dtype != "float32":
                     first = gradients if kind in ("true_grad", "signal") else [value]
-                    self._append_compact(f"layers/{name}", kind, value, first)
+                    self._append_compact(f"layers/{name}", kind, value, first, centre=True)
                 else:
                     self._append(f"layers/{name}", kind, value.astype(np.float32, copy=False)[np.newaxis])
         for name, value in params.items():
@@ -250,22 +256,29 @@ class RunWriter:
         mark[()] = step
         f.flush()
 
-    def _append_compact(self, group: str, name: str, value: np.ndarray, first: list[np.ndarray]) -> None:
+    def _append_compact(self, group: str, name: str, value: np.ndarray, first: list[np.ndarray],
+                        centre: bool = False) -> None:
         """Append ``value`` as one row of ``group/name`` stored in ``record_dtype``; a new dataset takes its
-        float16 bias from the largest magnitude among ``first`` (``storage.shift_for``)."""
+        float16 bias from the largest magnitude among ``first`` (``storage.shift_for``). ``centre``: stored
+        less its offsets (``storage.centre``), appended to ``group/name`` + ``OFFSET``, unless a resumed
+        run's dataset has none (written before offsets were)."""
         key = (group, name)
         how = self._codecs.get(key)
         if how is None:
-            existing = self.file[group].get(name)  # a resumed run's dataset keeps its type
+            existing = self.file[group].get(name)  # a resumed run's dataset keeps its type and layout
             if existing is not None:
-                how = storage.codec(existing)
+                how = storage.codec(existing), centre and name + OFFSET in self.file[group]
             elif self.record_dtype == "float16":
-                how = ("float16", storage.shift_for(np.concatenate([np.ravel(v) for v in first])))
+                how = ("float16", storage.shift_for(np.concatenate([np.ravel(v) for v in first]))), centre
             else:
-                how = (self.record_dtype, 0)
+                how = (self.record_dtype, 0), centre
             self._codecs[key] = how
-        raw = storage.encode(value, *how, where=f"{self.path}: /{group}/{name}")
-        self._append(group, name, raw[np.newaxis], how)
+        codec, centred = how
+        if centred:
+            offset, value = storage.centre(value)
+            self._append(group, name + OFFSET, offset[np.newaxis])
+        raw = storage.encode(value, *codec, where=f"{self.path}: /{group}/{name}")
+        self._append(group, name, raw[np.newaxis], codec)
 
     def _append(self, group: str, name: str, rows: np.ndarray, compact: tuple[str, int] | None = None) -> None:
         """Append ``rows`` (one row per entry of the first axis) to the growing dataset ``group/name``,
@@ -507,10 +520,11 @@ class RunFile:
             self.file.close()
             raise UserError(f"{self.path}: not a repanalysis run file (no format={FORMAT!r} attribute)")
         version = int(attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             self.file.close()
             raise UserError(
-                f"{self.path}: run-file format version {version}; this repanalysis reads version {FORMAT_VERSION}"
+                f"{self.path}: run-file format version {version}; this repanalysis reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             self._layers = sorted(self.file["layers"], key=lambda n: int(self.file["layers"][n].attrs["position"]))
@@ -598,11 +612,12 @@ class RunFile:
 
     def array(self, layer: str, kind: str) -> storage.Stored:
         """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer, sliced lazily through a
-        ``storage.Stored`` view: float32 (a 16-bit type decoded), its checksum verified."""
+        ``storage.Stored`` view: float32 (a 16-bit type decoded), its checksum verified, its
+        offsets added back where it was stored centred."""
         g = self._layer(layer)
         if kind not in g:
             raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
-        return storage.Stored(g[kind])
+        return storage.Stored(g[kind], g.get(kind + OFFSET))
 
     def stored(self, layer: str, kind: str, checkpoint: int = -1) -> np.ndarray:
         """One checkpoint of one layer's array as recorded: ``[N, D]`` or ``[N, C, H, W]``."""

@@ -17,7 +17,7 @@
   half's own bias would put them among its subnormals.
 
 Both 16-bit types are HDF5 float types described in the file (``H5Tset_fields``,
-``H5Tset_ebias``), so any HDF5 reader gets the right numbers: h5py reads them as
+``H5Tset_ebias``), so any HDF5 reader gets the stored numbers right: h5py reads them as
 float32 (HDF5 converts each value, slowly); ``read`` here reads the raw bits and
 decodes them with numpy, exactly, about 15 times faster. Every 16-bit value is a
 float32 exactly, so reading it as float32 (or float64) loses nothing more.
@@ -28,6 +28,14 @@ Fletcher-32 checksum per chunk (``checksummed``; the 16-bit ones too, from
 ``create``): a bit changed on disk after the write makes HDF5 refuse the read,
 which ``read`` and ``bits`` report as a ``UserError`` naming the file and the
 dataset.
+
+A run file's 16-bit layer arrays are stored centred (``centre``): per value
+of a sample, the mean over the probe inputs (a float32 *offset*, one row per
+checkpoint, ``1/N`` of the stored values) is taken off before rounding, and
+``Stored`` adds it back (a plain HDF5 reader adds it itself). Rounding is
+relative to each stored value, so a unit that sits near 2 (a ReLU after batch
+norm with beta 2) would otherwise keep its spread around 2, what CCA and PWCCA
+whiten, only to 2^-11 · 2 (float16), not 2^-11 · the spread.
 """
 
 from __future__ import annotations
@@ -139,17 +147,32 @@ def decode(bits: np.ndarray, dtype: str, shift: int = 0) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+def centre(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(offset, centred)`` of float ``values`` ``[N, ...]``: the float32 mean over the first axis (0 where it
+    is not finite, so that a NaN or infinity stays where it is) and ``values`` less it, in float32."""
+    x = np.asarray(values, dtype=np.float32)
+    offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    offset[~np.isfinite(offset)] = 0
+    return offset, x - offset
+
+
+def _per_axis(key, ndim: int) -> tuple | None:
+    """An index as one entry per axis (an Ellipsis expanded, missing axes whole); None with two Ellipses."""
+    key = key if isinstance(key, tuple) else (key,)
+    dots = [i for i, k in enumerate(key) if k is Ellipsis]
+    if len(dots) > 1:
+        return None
+    if dots:
+        i = dots[0]
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+    return key + (slice(None),) * (ndim - len(key))
+
+
 def _hyperslab(key, shape: tuple[int, ...]):
     """``(start, count, squeezed axes)`` of a basic index (integers, unit-step slices, one Ellipsis); None otherwise."""
-    key = key if isinstance(key, tuple) else (key,)
-    if sum(k is Ellipsis for k in key) > 1:
+    key = _per_axis(key, len(shape))
+    if key is None or len(key) > len(shape):
         return None
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
-        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
-    if len(key) > len(shape):
-        return None
-    key = key + (slice(None),) * (len(shape) - len(key))
     start, count, squeeze = [], [], []
     for axis, (k, n) in enumerate(zip(key, shape)):
         if isinstance(k, (int, np.integer)):
@@ -221,10 +244,13 @@ def write_bits(ds: h5py.Dataset, raw: np.ndarray, start: tuple | None = None) ->
 
 class Stored:
     """A dataset as an array-like that reads through ``read`` (16-bit types as float32, checksums verified):
-    ``shape``, ``ndim``, ``dtype``, ``ds[key]``."""
+    ``shape``, ``ndim``, ``dtype``, ``ds[key]``.
 
-    def __init__(self, ds: h5py.Dataset):
-        self.dataset = ds
+    ``offset``: the ``[T, ...]`` dataset of the offsets that ``ds`` ``[T, N, ...]`` was stored less
+    (``centre``, one row per leading index), added back to every value read."""
+
+    def __init__(self, ds: h5py.Dataset, offset: h5py.Dataset | None = None):
+        self.dataset, self.offset = ds, offset
         self.shape, self.ndim = ds.shape, ds.ndim
         self.dtype = np.dtype(np.float32) if codec(ds) else ds.dtype
 
@@ -232,4 +258,12 @@ class Stored:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
-        return read(self.dataset, key)
+        values = read(self.dataset, key)
+        if self.offset is None:
+            return values
+        per_axis = _per_axis(key, self.ndim)  # one Ellipsis at most: ``read`` refused more
+        # the offsets of the rows read: the index less its axis 1 (the probe inputs), that axis put back
+        offset = read(self.offset, per_axis[:1] + per_axis[2:])
+        if not isinstance(per_axis[1], (int, np.integer)):
+            offset = np.expand_dims(offset, 0 if isinstance(per_axis[0], (int, np.integer)) else 1)
+        return values + offset

@@ -7,14 +7,14 @@ import json
 import h5py
 import numpy as np
 import pytest
-from helpers import small_config
+from helpers import small_config, train_interrupted
 
 from repanalysis import storage
 from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile
+from repanalysis.runfile import OFFSET, RunFile, RunWriter
 from repanalysis.train import rebuild, resume, train
 
 
@@ -84,6 +84,51 @@ def test_hdf5_reads_the_described_type_as_our_decoder_does(tmp_path, dtype):
         assert np.array_equal(storage.read(ds, ([0, 2],)), ds[[0, 2]])  # fancy indexing: HDF5 converts
 
 
+def _write_layer(path, dtype, checkpoints):
+    """A run file of one layer ``h1`` holding ``checkpoints`` (a list of ``{kind: [N, ...]}``), in ``dtype``."""
+    first = checkpoints[0]["activations"]
+    writer = RunWriter(path, rule="synthetic", model="none", dataset="synthetic", seed=0, config_json="{}",
+                       task="regression", n_features=1, n_outputs=1, probe_index=np.arange(len(first)),
+                       layers=[("h1", int(np.prod(first.shape[1:])), "test")], record_dtype=dtype)
+    for step, arrays in enumerate(checkpoints):
+        writer.checkpoint(step, {"h1": arrays}, {})
+    writer.close()
+
+
+@pytest.mark.parametrize("dtype, bound", [("float16", 2.0 ** -11), ("bfloat16", 2.0 ** -8)])
+def test_a_layer_array_with_a_large_mean_is_stored_less_its_mean(tmp_path, dtype, bound):
+    """Units near 2 with a spread of 0.01 (a ReLU after batch norm with beta 2): rounded whole, each value
+    loses ~2^-11 · 2; stored less its per-unit mean over the probe inputs (kept in float32), only ~2^-11 · its
+    spread. The file reads back with the offsets added, through every index, and with plain h5py by hand."""
+    rng = np.random.default_rng(2)
+    acts = [(2 + (k + 1) * 0.01 * rng.standard_normal((1000, 8))).astype(np.float32) for k in range(2)]
+    grads = [(3e-5 + 1e-5 * rng.standard_normal((1000, 8))).astype(np.float32) for _ in range(2)]
+    acts[1][7, 3] = np.nan  # stays NaN, its unit stored whole
+    _write_layer(tmp_path / "x.h5", dtype, [{"activations": a, "true_grad": g} for a, g in zip(acts, grads)])
+    with RunFile(tmp_path / "x.h5") as run:
+        for kind, values in (("activations", acts), ("true_grad", grads)):
+            how = storage.codec(run.file[f"layers/h1/{kind}"])
+            stored = run.array("h1", kind)
+            for c, x in enumerate(values):
+                offset, centred = storage.centre(x)
+                assert np.array_equal(run.file[f"layers/h1/{kind}{OFFSET}"][c], offset)
+                out = run.stored("h1", kind, c)
+                assert np.array_equal(np.isnan(out), np.isnan(x))
+                ok = ~np.isnan(x).any(0)  # the units stored less their mean
+                err = np.abs(out - x)[:, ok]
+                assert np.all(err <= bound * np.abs(centred[:, ok]) + 2.0 ** -23 * np.abs(x[:, ok]))
+                whole = _roundtrip(x, *how) if kind == "activations" else None
+                if whole is not None:  # rounded whole: 20 times the error at least
+                    assert err.max() * 20 < np.abs(whole - x)[:, ok].max()
+                # plain h5py: the stored values plus the offsets
+                plain = run.file[f"layers/h1/{kind}"][c] + run.file[f"layers/h1/{kind}{OFFSET}"][c]
+                assert np.array_equal(out, plain, equal_nan=True)
+            whole = stored[:]
+            for key in [(1, slice(10, 20)), (slice(None), 5), (Ellipsis, 3), (1, 4, 2), (-1, slice(0, 9, 2)),
+                        ([0, 1], 3), (0, [2, 5, 9])]:
+                np.testing.assert_array_equal(stored[key], whole[key], err_msg=str(key))
+
+
 @pytest.fixture(scope="module")
 def three_dtypes(tmp_path_factory, digits):
     """The same sg run recorded in each dtype (recording changes no parameter, so the runs are one run)."""
@@ -109,8 +154,11 @@ def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
                         how = storage.codec(f[f"layers/{layer}/{kind}"])
                         assert how[0] == dtype
                         shift[kind] = how[1]
-                        want = storage.decode(storage.encode(exact.array(layer, kind)[:], *how), *how)
-                        assert np.array_equal(small.array(layer, kind)[:], want), (dtype, layer, kind)
+                        for c in range(len(exact.steps)):  # stored less its offsets, which are kept
+                            offset, centred = storage.centre(exact.stored(layer, kind, c))
+                            assert np.array_equal(f[f"layers/{layer}/{kind}{OFFSET}"][c], offset)
+                            want = storage.decode(storage.encode(centred, *how), *how) + offset
+                            assert np.array_equal(small.stored(layer, kind, c), want), (dtype, layer, kind)
                     if "signal" in shift:  # a layer's gradients share one scale
                         assert shift["signal"] == shift["true_grad"]
                 for name in exact.param_names:
@@ -140,6 +188,7 @@ def test_float32_stays_the_exact_path(three_dtypes):
             if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not name.startswith(("metrics", "eval")):
                 assert item.id.get_type().equal(h5py.h5t.IEEE_F32LE) or name.startswith("resume"), name
                 assert storage.codec(item) is None
+            assert not name.endswith(OFFSET), name
         f.visititems(stored_types)
         assert not any(name.startswith("params.") for slot in f["resume"].values() for name in slot)
         data = load("digits")
@@ -155,7 +204,7 @@ def test_float32_stays_the_exact_path(three_dtypes):
 def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, digits, monkeypatch):
     """Resuming takes the exact parameters from the slot (the /params rows are rounded): the finished file,
     stored types included, equals the uninterrupted run's."""
-    from test_resume import assert_same_file, train_interrupted
+    from test_resume import assert_same_file
 
     config = small_config(rule="sg", steps=20, record_every=4, record_dtype="float16", update_prob=0.7)
     train(config, tmp_path / "reference.h5", quiet=True, data=digits)
@@ -169,6 +218,53 @@ def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_p
         for name, how in kinds.items():
             assert how == storage.codec(b[name]), name
         assert kinds["layers/h1/activations"][0] == "float16"
+
+
+def _as_before_offsets(path) -> None:
+    """Rewrite a 16-bit run file as repanalysis 2026-12-07 wrote it: each layer array rounded whole (the
+    values it reads now, encoded in its own type), no offsets beside it."""
+    with h5py.File(path, "r+") as f:
+        for layer in f["layers"].values():
+            for kind in [k for k in layer if k + OFFSET in layer]:
+                ds, how = layer[kind], storage.codec(layer[kind])
+                values = storage.Stored(ds, layer[kind + OFFSET])[()]
+                shape, maxshape, chunks = ds.shape, ds.maxshape, ds.chunks
+                del layer[kind], layer[kind + OFFSET]
+                storage.write_bits(storage.create(layer, kind, shape, maxshape, chunks, *how),
+                                   storage.encode(values, *how))
+
+
+def test_a_16_bit_file_without_offsets_reads_and_resumes_as_before(tmp_path, digits, monkeypatch, three_dtypes):
+    """Files of the released format (16-bit layer arrays rounded whole) read as they did, and a resumed one
+    goes on in its own layout: no offsets, later checkpoints rounded whole."""
+    old = tmp_path / "old.h5"
+    old.write_bytes(three_dtypes["float16"].read_bytes())
+    with RunFile(three_dtypes["float16"]) as run:
+        before = {(layer, kind): run.array(layer, kind)[:] for layer in run.layers for kind in ("activations",
+                  "true_grad", "signal") if run.has(layer, kind)}
+    _as_before_offsets(old)
+    with RunFile(old) as run:
+        for (layer, kind), values in before.items():
+            assert not run.has(layer, kind + OFFSET)
+            how = storage.codec(run.file[f"layers/{layer}/{kind}"])
+            assert np.array_equal(run.array(layer, kind)[:], _roundtrip(values, *how), equal_nan=True)
+
+    config = small_config(rule="sg", steps=20, record_every=4, record_dtype="float16")
+    train(small_config(rule="sg", steps=20, record_every=4), tmp_path / "exact.h5", quiet=True, data=digits)
+    path = tmp_path / "run.h5"
+    train_interrupted(monkeypatch, config, path, digits, 11)
+    _as_before_offsets(path)
+    resume(path, quiet=True, data=digits)
+    with RunFile(path) as run, RunFile(tmp_path / "exact.h5") as exact:
+        assert run.status == "complete" and list(run.steps) == list(exact.steps) == [0, 4, 8, 12, 16, 20]
+        for layer in run.layers:
+            for kind in ("activations", "true_grad", "signal"):
+                if run.has(layer, kind):
+                    assert not run.has(layer, kind + OFFSET)
+                    how = storage.codec(run.file[f"layers/{layer}/{kind}"])
+                    for c in (3, 4, 5):  # written after the resumption (at step 8)
+                        want = _roundtrip(exact.stored(layer, kind, c), *how)
+                        assert np.array_equal(run.stored(layer, kind, c), want), (layer, kind, c)
 
 
 def test_recorded_layers_are_a_choice_and_the_analysis_handles_runs_without_some(tmp_path, digits):

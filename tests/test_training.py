@@ -231,6 +231,17 @@ def test_unknown_format_version_is_refused(tmp_path, bn_run):
         RunFile(copy)
 
 
+def test_a_version_1_file_reads_as_before(tmp_path, bn_run):
+    """Version 2 only added the offsets of 16-bit arrays: a float32 file marked 1 reads the same arrays."""
+    copy = tmp_path / "v1.h5"
+    copy.write_bytes(bn_run.read_bytes())
+    with h5py.File(copy, "a") as f:
+        f.attrs["format_version"] = 1
+    with RunFile(copy) as old, RunFile(bn_run) as new:
+        layer = new.layers[0]
+        np.testing.assert_array_equal(old.stored(layer, "activations"), new.stored(layer, "activations"))
+
+
 def test_an_hdf5_error_while_reading_the_structure_is_one_line(bn_run, monkeypatch):
     """Read while a writer is mid-flush, HDF5 can fail with its own errors (h5py raises them as RuntimeError)."""
     def caught_mid_write(self, name):
