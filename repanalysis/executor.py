@@ -396,8 +396,7 @@ def add_options(parser, per_core: bool = False) -> None:
     default = cores() if per_core else 1
     parser.add_argument("--workers", type=_worker_count, default=default, help=(
         "worker processes of a local Dask cluster, each running whole tasks; 1 runs in this process "
-        f"(default {'one per CPU core, here ' if per_core else ''}{default}); not train's --workers "
-        "(pipeline stages of one network)"))
+        f"(default {'one per CPU core, here ' if per_core else ''}{default})"))
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this address "
                         "(e.g. tcp://host:8786) instead of local workers")
 

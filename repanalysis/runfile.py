@@ -170,6 +170,9 @@ class RunWriter:
             with h5py.File(path, "r", locking=False) as old:
                 step, state, rows = _resume_point(old, path)
                 fresh = _copy_kept(old, path, rows, step)
+        except UserError:  # a ValueError, said already
+            lock.release()
+            raise
         except (KeyError, ValueError, OSError, RuntimeError) as err:
             lock.release()
             raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None
