@@ -91,7 +91,9 @@ def _names(text: str) -> list[str]:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one model with one rule and record it to a run file")
+    p = sub.add_parser("train", help="train one model with one rule and record it to a run file",
+                       description="Train one model with one rule and record it to a run file, on one thread "
+                       "(torch and BLAS), as each task of reproduce and sweep.")
     d = TrainConfig()
     p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
