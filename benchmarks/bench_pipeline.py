@@ -1,4 +1,4 @@
-"""Wall time per epoch of dni in stages (``train --workers K``) against in-process dni and backprop,
+"""Wall time per epoch of dni in stages (``train --stages K``) against in-process dni and backprop,
 and a pipeline model of the speed-up for K up to 64 stages, from measured compute, communication and overhead.
 
 Network: MNIST, ``--depth`` (default 4) hidden layers of ``--width`` (default 512) units with batch

@@ -43,9 +43,9 @@ from repanalysis.train import train
 #: The paper preset's settings (presets/paper.toml) for ReLU.
 PAPER = dict(dataset="mnist", model="mlp", width=256, batch_norm=True, init="orthogonal", batch_size=256,
              optimizer="adam", lr=1e-3, lr_schedule="cosine", probe_size=500, activation="relu", bn_beta_init=2.0)
-TARGETS = {"linear_cka": 1e-3, "linear_cka_debiased": 1e-3, "linear_cka_to_first": 1e-3, "linear_cka_to_last": 1e-3,
-           "cca": 1e-3, "svcca": 1e-3, "pwcca": 1e-3, "rsa": 1e-3, "rsa_to_last_euclidean": 1e-3,
-           "rsa_to_last_correlation": 1e-3, "grad_cosine": 1e-3}
+TARGETS = {"linear_cka": 1e-3, "linear_cka_debiased": 1e-3, "linear_cka_to_first_checkpoint": 1e-3,
+           "linear_cka_to_last_checkpoint": 1e-3, "cca": 1e-3, "svcca": 1e-3, "pwcca": 1e-3, "rsa": 1e-3,
+           "rsa_to_last_layer_euclidean": 1e-3, "rsa_to_last_layer_correlation": 1e-3, "grad_cosine": 1e-3}
 KEYS = ["measure", "rule_a", "layer_a", "step_a", "rule_b", "layer_b", "step_b"]
 
 

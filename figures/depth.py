@@ -28,9 +28,9 @@ DEPTH_FIGURES = {
     "depth_convergence": ("Convergence against depth (claim 4b)",
                           (("train_loss_area", "mean training loss\nover the run"),
                            ("steps_to_test_acc_95", "steps to 95%\ntest accuracy"))),
-    "depth_rsa_to_last": ("Similarity of each layer's RDM to the last layer's, mean over layers (claim 4c)",
-                          (("rsa_to_last_euclidean", "RSA with the last layer\n(Euclidean RDMs)"),
-                           ("rsa_to_last_correlation", "RSA with the last layer\n(correlation RDMs)"))),
+    "depth_rsa_to_last_layer": ("Similarity of each layer's RDM to the last layer's, mean over layers (claim 4c)",
+                                (("rsa_to_last_layer_euclidean", "RSA with the last layer\n(Euclidean RDMs)"),
+                                 ("rsa_to_last_layer_correlation", "RSA with the last layer\n(correlation RDMs)"))),
     "depth_cka_to_backprop": ("Linear CKA with other-seed backprop runs, mean over layers (claim 4d)",
                               (("cka_to_other_backprop", "linear CKA to\nother-seed backprop"),)),
 }

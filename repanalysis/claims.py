@@ -30,7 +30,7 @@ Per-run quantities (``quantities``; one row per run and quantity, written to
 - ``train_loss_area``, ``steps_to_test_acc_95``: from the analysis table
   (``analysis.runs``: the mean training loss over the run; the first evaluated
   step at 95% test accuracy, none for a run that never got there);
-- ``rsa_to_last_euclidean``, ``rsa_to_last_correlation``: the mean, over every
+- ``rsa_to_last_layer_euclidean``, ``rsa_to_last_layer_correlation``: the mean, over every
   layer below the last, of that analysis measure at the last checkpoint; and
   ``<quantity>|<rule>|below`` / ``|above``: the same over one region of the
   compared rule ``<rule>``;
@@ -346,7 +346,7 @@ def quantities(context: Context, *, cka: bool = True) -> pd.DataFrame:
     for measure in ("train_loss_area", "steps_to_test_acc_95"):
         for _, r in _measure(analysis, measure).dropna(subset=["value"]).iterrows():  # NaN: a level never reached
             per_run.setdefault(str(r["run_a"]), {})[measure] = float(r["value"])
-    for measure in ("rsa_to_last_euclidean", "rsa_to_last_correlation"):
+    for measure in ("rsa_to_last_layer_euclidean", "rsa_to_last_layer_correlation"):
         for run, group in _measure(analysis, measure).groupby("run_a"):
             found = per_run.setdefault(str(run), {})
             found[measure] = float(group["value"].mean())
@@ -592,8 +592,8 @@ def _asynchrony(rule: str, stages: int = 2) -> tuple[Part, ...]:
     """In-process ``rule`` minus ``rule`` in ``stages`` processes, for each quantity the claim names."""
     staged = f"{rule}, {stages} stages"
     named = (("test accuracy", "test_acc", 4), ("CKA to other-seed backprop", "cka_to_other_backprop", 3),
-             ("RSA to the last layer, correlation RDMs", "rsa_to_last_correlation", 3),
-             ("RSA to the last layer, Euclidean RDMs", "rsa_to_last_euclidean", 3),
+             ("RSA to the last layer, correlation RDMs", "rsa_to_last_layer_correlation", 3),
+             ("RSA to the last layer, Euclidean RDMs", "rsa_to_last_layer_euclidean", 3),
              ("gradient alignment (cosine, second half)", "grad_cosine_late", 3))
     return tuple(Part(f"{rule} {label}: in process − {stages} stages", rule_difference(quantity, rule, staged),
                       1, 0.0, digits) for label, quantity, digits in named)
@@ -602,7 +602,7 @@ def _asynchrony(rule: str, stages: int = 2) -> tuple[Part, ...]:
 def _rsa_parts() -> tuple[Part, ...]:
     """Claim 4c per RDM metric, over the layers below the compared rule's module and above it."""
     return tuple(Part(f"RSA to the last layer, {name} RDMs, {REGIONS[region]}: backprop − {{rule}}",
-                      rule_difference(f"rsa_to_last_{metric}", region=region), region=region)
+                      rule_difference(f"rsa_to_last_layer_{metric}", region=region), region=region)
                  for metric, name in (("euclidean", "Euclidean"), ("correlation", "correlation"))
                  for region in REGIONS)
 
@@ -671,7 +671,7 @@ CLAIMS: dict[str, ClaimSpec] = {
         "a faster start or a lower end. " + _PAIRED,
         (Part("training-loss area: backprop − {rule}", rule_difference("train_loss_area")),),
         ("train_loss_area", "steps_to_test_acc_95")),
-    "rsa_to_last": ClaimSpec(
+    "rsa_to_last_layer": ClaimSpec(
         "4c", "Under backprop each layer's similarity structure is already close to the final layer's; under SG "
               "it is more scattered.",
         "Per run, the mean over the layers below the compared rule's module (those trained with its signal), and "
@@ -681,7 +681,7 @@ CLAIMS: dict[str, ClaimSpec] = {
         "RSA summarises a region of the stack in one number per run; where the two metrics disagree, the claim "
         "depends on what 'similarity structure' means (distances vs. angles). The layers above the module "
         "receive the true gradient under both rules: an effect there is carried up from below. " + _PAIRED,
-        _rsa_parts(), ("rsa_to_last_euclidean", "rsa_to_last_correlation")),
+        _rsa_parts(), ("rsa_to_last_layer_euclidean", "rsa_to_last_layer_correlation")),
     "layers_differ": ClaimSpec(
         "4d", "SG layers differ from backprop's.",
         "Linear CKA of each layer with the same layer of the backprop runs of the *other* seeds of its cell "
@@ -736,9 +736,12 @@ CLAIMS: dict[str, ClaimSpec] = {
         "targets from its own pass), so the effect of asynchrony is diluted over the layers; four stages on a "
         "4-block net make every module but the top one stale. " + NOT_BIT_REPRODUCIBLE,
         _asynchrony("dni") + _asynchrony("cdni") + _asynchrony("dni", 4) + _asynchrony("cdni", 4),
-        ("test_acc", "cka_to_other_backprop", "rsa_to_last_correlation", "grad_cosine_late"),
+        ("test_acc", "cka_to_other_backprop", "rsa_to_last_layer_correlation", "grad_cosine_late"),
         rules=("dni", "cdni", "dni, 2 stages", "cdni, 2 stages", "dni, 4 stages", "cdni, 4 stages")),
 }
+
+#: Former names of claims, refused in a spec with their new names.
+RENAMED = {"rsa_to_last": "rsa_to_last_layer"}
 
 #: Claims that need the cross-seed CKA quantities (slow: a permutation null per layer and pair).
 NEEDS_CKA = {"layers_differ", "asynchrony"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
-from .errors import UserError
+from .errors import UserError, refuse_renamed
 from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .outputs import check_file, check_inputs, check_state_folder
 from .runfile import MAPS
@@ -52,6 +52,17 @@ class _Parser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+class _Renamed(argparse.Action):
+    """An option that was renamed: given, it is refused with one line naming its new name."""
+
+    def __init__(self, option_strings, dest, *, renamed: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.renamed = renamed
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        refuse_renamed([option_string], {option_string: self.renamed}, parser.prog)
+
+
 def _interfaces(text: str) -> list[int]:
     try:
         return [int(part.strip().lstrip("h")) for part in text.split(",") if part.strip()]
@@ -80,7 +91,9 @@ def _names(text: str) -> list[str]:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one model with one rule and record it to a run file")
+    p = sub.add_parser("train", help="train one model with one rule and record it to a run file",
+                       description="Train one model with one rule and record it to a run file, on one thread "
+                       "(torch and BLAS), as each task of reproduce and sweep.")
     d = TrainConfig()
     p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
@@ -153,12 +166,13 @@ def _add_train(sub) -> None:
     g.add_argument("--signal-cosine", type=float, default=d.signal_cosine,
                    help="noisy: the true gradient at the --sg-at interfaces turned to this cosine with itself, "
                    "norm kept (default 1: backprop)")
-    g.add_argument("--workers", "--stages", dest="stages", type=int, default=d.stages, metavar="K",
+    g.add_argument("--stages", type=int, default=d.stages, metavar="K",
                    help="pipeline stages of this one network, each in its own process, cut at the modules: "
-                   "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs; "
-                   "not the Dask workers of reproduce/sweep/analyze/probe")
+                   "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs")
+    g.add_argument("--workers", action=_Renamed, renamed="--stages (pipeline stages of one network; --workers "
+                   "is the Dask worker processes of reproduce, sweep, analyze and probe)")
     g.add_argument("--sync", action="store_true",
-                   help="with --workers: stages in lock-step, equal to the in-process rule (the check of the machinery)")
+                   help="with --stages: stages in lock-step, equal to the in-process rule (the check of the machinery)")
     _add_recurrent(p)
     g = p.add_argument_group("fixed feedback (fa, dfa)")
     g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
@@ -166,6 +180,10 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--resume", metavar="RUN.h5", help="continue this interrupted run in place, exactly, with the "
                    "settings stored in it (only --data-dir, --device and --quiet may be given with it)")
+    _add_quiet(p)
+
+
+def _add_quiet(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -231,6 +249,15 @@ def _config_from(args) -> TrainConfig:
 
 
 def _cmd_train(args) -> None:
+    """On one thread (torch and BLAS), as every task of ``reproduce`` and ``sweep``: the same run file whichever
+    made it, and these small networks train fastest so (the training guide gives the times)."""
+    from .executor import one_thread
+
+    with one_thread():
+        _train(args)
+
+
+def _train(args) -> None:
     from .train import resume, train
 
     if args.model == "lstm" or any(name in _RECURRENT_ONLY for name in args.given):
@@ -271,12 +298,10 @@ def _executor(args):
 
 
 def _cmd_analyze(args) -> None:
-    from .analysis.runs import MEASURES, analyze
+    from .analysis.runs import analyze, check_measures
     from .tables import write_table
 
-    unknown = sorted(set(args.measures or ()) - set(MEASURES))
-    if unknown:
-        raise UserError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    check_measures(args.measures)
     check_inputs(args.runs, args.out)
     check_inputs([args.reference] if args.reference else [], args.out)  # the reference may be among the runs
     check_file(args.out, args.overwrite)
@@ -371,9 +396,10 @@ def _cmd_sweep(args) -> int:
 def _add_spec_options(p) -> None:
     """The options of ``reproduce`` and ``sweep``: which spec, its overrides, where, on how many workers."""
     from .executor import add_options
+    from .experiments.spec import preset_names
 
-    p.add_argument("--preset", help="a shipped spec: digits (default; minutes on 2 cores) or paper (MNIST, depth "
-                   "up to 50, two activations; hours)")
+    p.add_argument("--preset", help=f"a shipped spec: {', '.join(preset_names())} (default digits, minutes on 2 "
+                   "cores; each is described at the top of its file in repanalysis/experiments/presets/)")
     p.add_argument("--spec", metavar="FILE", help="your own spec file (TOML; copy a preset from "
                    "repanalysis/experiments/presets/ to start)")
     p.add_argument("--quick", action="store_true", help="the spec's much smaller version (for CI)")
@@ -388,7 +414,7 @@ def _add_spec_options(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into (and replace files in) a folder that is "
                    "not empty and that reproduce or sweep did not make")
     add_options(p, per_core=True)
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,12 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="repanalysis", description="Train networks with backprop, synthetic gradients and "
                      "related rules; record their insides to HDF5; analyse, probe and draw the differences.")
     parser.add_argument("--version", action="version", version=f"repanalysis {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                help="one of these (repanalysis COMMAND --help lists its options):")
     _add_train(sub)
     p = sub.add_parser("inspect", help="summarise run files: status, layers, checkpoints, last metrics")
-    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5", help="the run files to summarise")
     p = sub.add_parser("analyze", help="similarity, spectra and gradient error of run files, as a tidy table")
-    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5", help="the run files to measure and compare")
     p.add_argument("--out", required=True, help="the table to write (.csv)")
     p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
     p.add_argument("--measures", nargs="+", metavar="NAME",
@@ -411,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_options(p)
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
     p = sub.add_parser("probe", help="linear and k-NN probes on recorded activations, as a tidy table")
-    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5", help="the run files whose recorded activations to probe")
     p.add_argument("--out", required=True, help="the table to write (.csv)")
     p.add_argument("--folds", type=int, default=5, help="stratified folds (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
@@ -422,12 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_options(p)
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
     p = sub.add_parser("figures", help="draw the comparison figures from tables and run files")
-    p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5")
+    p.add_argument("inputs", nargs="+", metavar="TABLE.csv|RUN.h5", help="tables written by analyze, probe or "
+                   "reproduce, and run files (learning curves, RDMs, spectra)")
     p.add_argument("--out", required=True, help="the folder for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace figure files that exist in --out")
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
     p = sub.add_parser("reproduce", help="run an experiment spec: train, analyse, probe, draw, write report.md")
     _add_spec_options(p)
     p = sub.add_parser("sweep", help="train an experiment spec's runs (as reproduce does) without the tables "

@@ -83,7 +83,7 @@ class TrainConfig:
     signal_cosine: float = 1.0
     # fixed feedback (fa, dfa)
     feedback_scale: float = 1.0
-    # pipeline stages, each in its own process (repanalysis.pipeline; ``train --workers K``): sg, dni, cdni.
+    # pipeline stages, each in its own process (repanalysis.pipeline; ``train --stages K``): sg, dni, cdni.
     # Named "stages", not "workers", so that a spec's setting is not mistaken for reproduce's Dask workers.
     stages: int = 1
     sync: bool = False
@@ -167,11 +167,11 @@ class TrainConfig:
         if not 0.0 < c.update_prob <= 1.0:
             raise UserError(f"--update-prob must be in (0, 1], got {c.update_prob}")
         if c.stages < 1:
-            raise UserError(f"--workers (stages) must be at least 1, got {c.stages}")
+            raise UserError(f"--stages must be at least 1, got {c.stages}")
         if c.sync and c.stages == 1:
-            raise UserError("--sync is for --workers K > 1 (stages in separate processes in lock-step)")
+            raise UserError("--sync is for --stages K > 1 (stages in separate processes in lock-step)")
         if c.stages > 1 and c.rule not in ("sg", "dni", "cdni"):
-            raise UserError(f"--workers splits the network at its synthetic-gradient modules; "
+            raise UserError(f"--stages splits the network at its synthetic-gradient modules; "
                             f"{c.rule} has none (use sg, dni or cdni)")
         return c
 

@@ -471,7 +471,7 @@ def add_options(parser, per_core: bool = False) -> None:
     parser.add_argument("--workers", type=_worker_count, default=default, help=(
         "worker processes of a local Dask cluster, each running whole tasks and given at least 1 GiB of memory; "
         f"1 runs in this process (default {'one per CPU core, as memory allows, here ' if per_core else ''}"
-        f"{default}); not train's --workers (pipeline stages of one network)"))
+        f"{default})"))
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this address "
                         "(e.g. tcp://host:8786) instead of local workers")
 

@@ -232,8 +232,8 @@ CAPTIONS = {
     "depth_accuracy": "Final test accuracy against depth, per activation and rule: mean over seeds, with its 95% "
                       "t-interval from 5 seeds on, else the range of the seeds' values (claim 4a).",
     "depth_convergence": "Training-loss area and steps to 95% test accuracy against depth (claim 4b).",
-    "depth_rsa_to_last": "Mean RSA of each layer with the last layer against depth, Euclidean and correlation RDMs "
-                         "(claim 4c).",
+    "depth_rsa_to_last_layer": "Mean RSA of each layer with the last layer against depth, Euclidean and "
+                               "correlation RDMs (claim 4c).",
     "depth_cka_to_backprop": "Mean linear CKA with other-seed backprop runs against depth: the compared rules, "
                              "the backprop ceiling and the permutation null (claim 4d).",
     "depth_weight_norms": "Relative weight norm ‖W_T‖/‖W_0‖ against relative layer position for every depth; "

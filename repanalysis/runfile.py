@@ -187,6 +187,9 @@ class RunWriter:
                 if load is not None:
                     load(step, params, state)
                 fresh = _copy_kept(old, path, rows, step)
+        except UserError:  # a ValueError, said already
+            lock.release()
+            raise
         except (KeyError, ValueError, OSError, RuntimeError) as err:
             lock.release()
             raise UserError(f"{path}: cannot be resumed: damaged run file ({str(err).splitlines()[0]})") from None

@@ -141,9 +141,9 @@ def test_values_equal_the_in_memory_measures(table, paths):
         assert _value(table, "effective_rank", sg, "h1", 20) == pytest.approx(effective_rank(a.activations("h1", 1)))
         assert _value(table, "weight_frobenius", sg, "h3", 40) == pytest.approx(
             np.linalg.norm(a.param("model.blocks.2.linear.weight", 2)), rel=1e-6)
-        assert _value(table, "linear_cka_to_first", sg, "h3", 20, sg, "h3", 0) == pytest.approx(
+        assert _value(table, "linear_cka_to_first_checkpoint", sg, "h3", 20, sg, "h3", 0) == pytest.approx(
             linear_cka(a.activations("h3", 1), a.activations("h3", 0)), rel=1e-12)
-        assert _value(table, "linear_cka_to_last", sg, "h3", 40, sg, "h3", 40) == pytest.approx(1.0)
+        assert _value(table, "linear_cka_to_last_checkpoint", sg, "h3", 40, sg, "h3", 40) == pytest.approx(1.0)
         assert _value(table, "linear_cka", sg, "h1", 40, sg, "h3", 40) == pytest.approx(
             linear_cka(a.activations("h1", 2), a.activations("h3", 2)), rel=1e-12)
         n = len(a.probe_index)
@@ -172,7 +172,7 @@ def test_layers_against_layers_and_over_time(table, paths):
     within = table[(table.measure == "linear_cka") & (table.run_a == sg) & (table.run_b == sg)]
     assert set(zip(within.layer_a, within.layer_b)) == {("h1", "h2"), ("h1", "h3"), ("h2", "h3")}
     assert (within.step_a == 40).all() and (within.step_b == 40).all()
-    first = table[(table.measure == "linear_cka_to_first") & (table.run_a == sg) & (table.layer_a == "h2")]
+    first = table[(table.measure == "linear_cka_to_first_checkpoint") & (table.run_a == sg) & (table.layer_a == "h2")]
     assert list(first.step_a) == STEPS and (first.step_b == 0).all()
     assert first.value.iloc[0] == pytest.approx(1.0) and first.value.iloc[-1] < 1.0
 
@@ -188,7 +188,7 @@ def test_degenerate_cca_is_skipped_with_one_warning(paths):
 def test_streamed_arrays_give_the_same_values(paths, monkeypatch):
     chosen = [paths["sg0"], paths["bp0"]]
     moments = ["linear_cka", "linear_cka_debiased", "procrustes", "stable_rank", "participation_ratio",
-               "linear_cka_to_first", "rsa"]
+               "linear_cka_to_first_checkpoint", "rsa"]
     in_memory = analyze(chosen, measures=moments, quiet=True)
     monkeypatch.setattr(runs_module, "STREAM_ABOVE", 0)
     streamed = analyze(chosen, measures=moments, quiet=True)
@@ -202,6 +202,8 @@ def test_streamed_arrays_give_the_same_values(paths, monkeypatch):
 def test_unknown_measures_are_refused(paths):
     with pytest.raises(UserError, match="unknown measure.*cka_lienar.*linear_cka_debiased"):
         analyze([paths["sg0"]], measures=["cka_lienar"])
+    with pytest.raises(UserError, match="^measure linear_cka_to_first was renamed linear_cka_to_first_checkpoint$"):
+        analyze([paths["sg0"]], measures=["linear_cka_to_first", "stable_rank"])
     with pytest.raises(UserError, match="at least one run"):
         analyze([])
 
@@ -240,7 +242,7 @@ def test_within_run_and_per_run_measures_have_their_known_values(table, paths):
     for metric in ("euclidean", "correlation"):
         expected = scipy.stats.spearmanr(scipy.spatial.distance.pdist(last["h1"], metric),
                                          scipy.spatial.distance.pdist(last["h3"], metric)).statistic
-        got = _value(table, f"rsa_to_last_{metric}", path, "h1", 40, path, "h3", 40)
+        got = _value(table, f"rsa_to_last_layer_{metric}", path, "h1", 40, path, "h3", 40)
         assert got == pytest.approx(expected, abs=1e-10)
     assert _value(table, "weight_frobenius_relative", path, "h2", 0) == 1.0
     assert _value(table, "weight_frobenius_relative", path, "h2", 40) == pytest.approx(

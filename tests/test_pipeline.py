@@ -1,4 +1,4 @@
-"""Stages in separate processes (``train --workers K``): lock-step equals the in-process rule; asynchronous
+"""Stages in separate processes (``train --stages K``): lock-step equals the in-process rule; asynchronous
 training learns and records staleness; a stage that dies ends the run with an error naming it."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_partition_makes_the_costliest_stage_as_cheap_as_it_can_be():
     assert partition([1, 1, 1, 1, 9], every, 2) == [(0, 3), (4, 4)]  # and a costly top one
     assert partition([1] * 4, [2], 2) == [(0, 2), (3, 3)]  # sg: the only module
     assert partition([1] * 8, [0, 1, 2, 7], 3) == [(0, 0), (1, 2), (3, 7)]  # the top stage costs 5 whatever the rest
-    with pytest.raises(UserError, match="--workers 2 needs 1 interface"):
+    with pytest.raises(UserError, match="--stages 2 needs 1 interface"):
         partition([1] * 4, [3], 2)  # a module on the top block only
 
 
@@ -266,12 +266,12 @@ def test_a_non_finite_loss_in_the_top_stage_stops_the_run_as_in_process(tmp_path
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(sync=True), "--sync is for --workers K > 1"),
+    (dict(sync=True), "--sync is for --stages K > 1"),
     (dict(rule="backprop", stages=2), "backprop has none"),
     (dict(rule="sg", sg_at=[1, 2], stages=2), "--sg-lambda 1.0 mixes the true gradient"),
     (dict(rule="cdni", sg_condition="error", stages=2), "--sg-condition error"),
-    (dict(rule="dni", stages=4), "--workers 4 needs 3 interface"),
-    (dict(rule="dni", stages=0), r"--workers \(stages\) must be at least 1"),
+    (dict(rule="dni", stages=4), "--stages 4 needs 3 interface"),
+    (dict(rule="dni", stages=0), "--stages must be at least 1"),
 ])
 def test_what_stages_cannot_do_is_refused_before_any_file(tmp_path, data, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -340,7 +340,7 @@ def test_lock_step_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path,
         train(small_config(**options, stages=2, sync=True), tmp_path / "reference.h5", data=data, quiet=True)
         path = tmp_path / "killed.h5"
         _kill_parent_after(path, 3, *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))],
-                           "--workers", "2", "--sync")
+                           "--stages", "2", "--sync")
         result = resume(path, data=data, quiet=True)
     finally:
         torch.set_num_threads(threads)

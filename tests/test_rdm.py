@@ -28,7 +28,7 @@ def test_euclidean_rdm_is_exact_for_nearly_coincident_samples():
     x[3] = x[2] + 1e-9                    # the Gram formula alone would lose all digits here
     x[7] = x[5]
     ref = squareform(pdist(x))
-    d = rdm(x)
+    d = rdm(x, "euclidean")
     assert d[2, 3] == pytest.approx(ref[2, 3], rel=1e-6)
     assert d[5, 7] == 0.0
     assert np.allclose(d, ref, rtol=1e-12, atol=0)
@@ -54,10 +54,16 @@ def test_rsa_of_itself_is_one_and_invariances(compare):
 
 
 def test_spearman_is_invariant_to_monotone_transforms_pearson_is_not():
-    d = rdm(data(seed=3))
+    d = rdm(data(seed=3), "euclidean")
     assert compare_rdms(d, d ** 3 + 1.0) == pytest.approx(1.0, abs=1e-12)
     assert compare_rdms(d, d ** 3 + 1.0, compare="pearson") < 0.999
     assert compare_rdms(d, 4.0 * d - 1.0, compare="pearson") == pytest.approx(1.0, abs=1e-12)
+
+
+def test_rdm_and_rsa_share_one_default_metric():
+    x, y = data(seed=8), data(seed=9)
+    assert rsa(x, y) == pytest.approx(compare_rdms(rdm(x), rdm(y)), rel=1e-12)
+    assert np.array_equal(rdm(x), rdm(x, "correlation"))
 
 
 def test_rsa_against_scipy_stats():
@@ -82,7 +88,7 @@ def test_guards():
     with pytest.raises(UserError, match="metric"):
         rdm(x, "cityblock")
     with pytest.raises(UserError, match="all dissimilarities equal"):
-        compare_rdms(np.ones((4, 4)) - np.eye(4), rdm(x[:4]))
+        compare_rdms(np.ones((4, 4)) - np.eye(4), rdm(x[:4], "euclidean"))
     bad = x.copy()
     bad[0, 0] = np.inf
     with pytest.raises(UserError, match="probe set"):
@@ -100,7 +106,7 @@ def test_against_rsatoolbox():
     assert np.allclose(rx.get_matrices()[0], rdm(x, "correlation"), atol=1e-12)
     # 'euclidean' in rsatoolbox is the squared distance divided by the number of features
     re = rsatoolbox.rdm.calc_rdm(dsx, method="euclidean")
-    assert np.allclose(re.get_matrices()[0], rdm(x) ** 2 / x.shape[1], rtol=1e-10)
+    assert np.allclose(re.get_matrices()[0], rdm(x, "euclidean") ** 2 / x.shape[1], rtol=1e-10)
     spear = rsatoolbox.rdm.compare(rx, ry, method="spearman")[0, 0]
     assert spear == pytest.approx(rsa(x, y), rel=1e-10)
     pear = rsatoolbox.rdm.compare(rx, ry, method="corr")[0, 0]

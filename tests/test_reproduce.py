@@ -173,7 +173,7 @@ def test_paper_preset_judges_every_cell_and_pools_over_depth(paper_quick):
         assert f"| {scope} | 2 |" in text  # a row per cell, from 2 seeds
     for scope in ("relu, all depths", "tanh, all depths"):
         assert f"| {scope} | 4 |" in text  # and per pooled scope: 2 seeds at each of 2 depths
-    for stem in ("depth_accuracy", "depth_convergence", "depth_rsa_to_last", "depth_cka_to_backprop",
+    for stem in ("depth_accuracy", "depth_convergence", "depth_rsa_to_last_layer", "depth_cka_to_backprop",
                  "depth_weight_norms", "rdms_d3_relu", "rdms_d6_tanh"):
         assert (out / "figures" / f"{stem}.png").is_file(), stem
     assert "--preset paper --quick --dataset digits" in text
@@ -190,8 +190,8 @@ def test_quantities_are_read_from_the_run_files_and_tables(paper_quick):
         with RunFile(run) as r:
             assert values["test_acc"] == pytest.approx(r.evals["test_acc"][-1])
             assert values["train_loss_area"] == pytest.approx(r.metrics["train_loss"].mean())
-        rsa = analysis[(analysis.measure == "rsa_to_last_correlation") & (analysis.run_a == run)]
-        assert values["rsa_to_last_correlation"] == pytest.approx(rsa.value.mean())
+        rsa = analysis[(analysis.measure == "rsa_to_last_layer_correlation") & (analysis.run_a == run)]
+        assert values["rsa_to_last_layer_correlation"] == pytest.approx(rsa.value.mean())
     ceiling = q[(q.quantity == "cka_to_other_backprop")]
     null = q[(q.quantity == "cka_null")]
     assert len(ceiling) == len(null) == len(q.run.unique())  # two seeds: every run has an other-seed backprop
@@ -223,7 +223,7 @@ def test_a_slice_of_the_async_preset_runs_end_to_end(tmp_path):
         assert run.status == "complete" and "staleness/h2" in run.metrics
     q = pd.read_csv(out / "tables" / "unlocked_quantities.csv")
     staged = q[q["rule"] == "cdni, 2 stages"].set_index(["seed", "quantity"])["value"]
-    for quantity in ("test_acc", "cka_to_other_backprop", "rsa_to_last_correlation", "grad_cosine_late"):
+    for quantity in ("test_acc", "cka_to_other_backprop", "rsa_to_last_layer_correlation", "grad_cosine_late"):
         assert np.isfinite(staged[(0, quantity)]) and np.isfinite(staged[(1, quantity)]), quantity
     for quantity in ("test_acc", "grad_cosine_late"):  # the claim's effect is the paired difference of these
         one = q[(q["rule"] == "cdni") & (q["quantity"] == quantity)].set_index("seed")["value"]

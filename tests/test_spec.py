@@ -92,6 +92,11 @@ def test_by_brings_settings_with_one_grid_value_and_the_command_line_still_wins(
     ("[experiments.a]\ngrid = { rule = 'sg' }", "grid.rule must be a non-empty list"),
     ("[experiments.a]\nsettings = { depth = 3 }", "name the rule"),
     ("[experiments.a]\ngrid = { rule = ['sg'] }\nclaims = ['faster']", "unknown claims faster"),
+    ("[experiments.a]\ngrid = { rule = ['sg'] }\nclaims = ['rsa_to_last']",
+     "experiments.a: claim rsa_to_last was renamed rsa_to_last_layer$"),
+    ("[experiments.a]\ngrid = { rule = ['sg'] }\nmeasures = ['linear_cka', 'rsa_to_last_euclidean', 'linear_cka_to_last']",
+     "experiments.a: measure rsa_to_last_euclidean was renamed rsa_to_last_layer_euclidean, "
+     "linear_cka_to_last was renamed linear_cka_to_last_checkpoint$"),
     ("[experiments.a]\ngrid = { rule = ['nope'] }", "unknown rule 'nope'"),
     ("[experiments.a]\ngrid = { rule = ['sg'], seed = [1] }", "seeds are set by the spec"),
     ("seeds = 0\n[experiments.a]\ngrid = { rule = ['sg'] }", "seeds must be a positive number of seeds or a list"),

@@ -281,8 +281,8 @@ def test_recorded_layers_are_a_choice_and_the_analysis_handles_runs_without_some
     assert set(ours.layer_a.dropna()) == {"h1", "h3"}
     assert set(ours[ours.measure == "linear_cka"].layer_b.dropna()) <= {"h1", "h3"}
     # no last layer recorded: no RSA to it (the full run has its own)
-    assert ours[ours.measure.str.startswith("rsa_to_last")].empty
-    assert not table[(table.run_a == str(full)) & table.measure.str.startswith("rsa_to_last")].empty
+    assert ours[ours.measure.str.startswith("rsa_to_last_layer")].empty
+    assert not table[(table.run_a == str(full)) & table.measure.str.startswith("rsa_to_last_layer")].empty
     # sg's module sits at h2, which was not recorded: no synthetic-loss rows, no error
     assert ours[ours.measure.str.startswith("synthetic_loss")].empty
     cross = ours[ours.measure == "procrustes"]

@@ -3,6 +3,11 @@
 An RDM of activations ``X [n, d]`` is the ``[n, n]`` matrix of dissimilarities
 between the samples' activation vectors (rows); RSA compares two RDMs by the
 correlation of their upper triangles (Kriegeskorte, Mur & Bandettini 2008).
+
+One default metric for both, ``METRIC``: correlation (1 − Pearson
+correlation between samples), as the analysis's ``rsa`` measure and most of
+the presets' RSA use it; ``metric="euclidean"`` gives distances. So
+``rsa(X, Y)`` is the RSA of ``rdm(X)`` and ``rdm(Y)``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from ._arrays import as_float64, at, check_same_samples, unit_scale
 __all__ = ["rdm", "compare_rdms", "rsa"]
 
 _METRICS = ("euclidean", "correlation")
+#: The metric of ``rdm`` and ``rsa`` when none is given.
+METRIC = "correlation"
 _COMPARE = ("spearman", "pearson")
 
 # Squared distances below this fraction of |x_i|² + |x_j|² are recomputed directly.
@@ -27,8 +34,14 @@ _CANCEL = 1e-6
 _BLOCK = 1024
 
 
-def rdm(X, metric: str = "euclidean", *, where: str | None = None) -> np.ndarray:
+def rdm(X, metric: str = METRIC, *, where: str | None = None) -> np.ndarray:
     """Dissimilarities between the rows of ``X``: a symmetric ``[n, n]`` float64 matrix, zero diagonal.
+
+    ``metric="correlation"`` (default): ``1 - Pearson correlation`` of the two
+    samples' activation vectors (each row centred over its features and scaled
+    to unit norm; equal to ``pdist(X, "correlation")``), in ``[0, 2]``. A
+    sample whose activations are all equal has no correlation:
+    :class:`UserError` (use ``metric="euclidean"``).
 
     ``metric="euclidean"``: ``||x_i - x_j||_2`` (not squared, not divided by
     ``d``; equal to ``scipy.spatial.distance.pdist(X, "euclidean")``).
@@ -36,11 +49,6 @@ def rdm(X, metric: str = "euclidean", *, where: str | None = None) -> np.ndarray
     not change under a common shift); pairs whose squared distance is below
     ``1e-6·(|x_i|² + |x_j|²)``, where that formula cancels, are recomputed
     directly, so every entry is accurate to rounding.
-
-    ``metric="correlation"``: ``1 - Pearson correlation`` of the two samples'
-    activation vectors (each row centred over its features and scaled to unit
-    norm; equal to ``pdist(X, "correlation")``), in ``[0, 2]``. A sample whose
-    activations are all equal has no correlation: :class:`UserError`.
     """
     if metric not in _METRICS:
         raise UserError(f"metric must be one of {', '.join(_METRICS)}; got {metric!r}")
@@ -122,10 +130,11 @@ def compare_rdms(D1, D2, *, compare: str = "spearman", where: str | None = None)
     return float(min(max(float(a @ b) / (na * nb), -1.0), 1.0))
 
 
-def rsa(X, Y, *, metric: str = "correlation", compare: str = "spearman",
+def rsa(X, Y, *, metric: str = METRIC, compare: str = "spearman",
         where: str | None = None) -> float:
     """Representational similarity analysis: ``compare_rdms(rdm(X, metric), rdm(Y, metric), compare)``.
 
+    ``metric``: ``rdm``'s, correlation by default, as ``rdm``'s own default.
     In ``[-1, 1]``; 1 when the two RDMs are equal up to an increasing
     (Spearman) or positive affine (Pearson) transform. To compare many layers
     with one reference, compute the reference RDM once with :func:`rdm` and

@@ -38,10 +38,10 @@ model's order) and step, then the value. Single-run measures leave the
   set, data seed and probe indices, or ``analyze`` refuses;
 - within a run at its last checkpoint: ``linear_cka`` between each pair of
   layers (``layer_a`` below ``layer_b``; equal layers, trivially 1, left out);
-  ``rsa_to_last_euclidean`` and ``rsa_to_last_correlation``: RSA of every
-  layer below the last with the last layer (side ``b``; none where the run
-  did not record its last layer), Spearman correlation
-  of the RDMs' upper triangles, the RDMs Euclidean or 1 − Pearson correlation
+  ``rsa_to_last_layer_euclidean`` and ``rsa_to_last_layer_correlation``: RSA of
+  every layer below the last with the last layer (side ``b``; none where the
+  run did not record its last layer), Spearman correlation of the RDMs' upper
+  triangles, the RDMs Euclidean or 1 − Pearson correlation
   (``rdm``'s two metrics; the name says which);
 - per run, layer and checkpoint: ``weight_frobenius_relative``, ``‖W_t‖_F /
   ‖W_0‖_F`` of the weight feeding the layer against its value at the first
@@ -56,8 +56,12 @@ model's order) and step, then the value. Single-run measures leave the
   ``p``% (NaN when never reached; no row for a run never evaluated; a run
   evaluated every K steps reads to within K steps);
 - within a run, every checkpoint against the first and the last:
-  ``linear_cka_to_first``, ``linear_cka_to_last`` (1 at the first, or last,
-  checkpoint itself).
+  ``linear_cka_to_first_checkpoint``, ``linear_cka_to_last_checkpoint`` (each
+  layer against itself at that checkpoint; 1 at the checkpoint itself).
+
+Measures once named otherwise (``RENAMED``: ``linear_cka_to_first``,
+``linear_cka_to_last``, ``rsa_to_last_euclidean``, ``rsa_to_last_correlation``)
+are refused under their old names with one line naming the new ones.
 
 Feature maps (``[N, C, H, W]`` per checkpoint): every activation measure
 reads them as rows by ``maps`` (``runfile.as_rows``): ``flatten`` (default;
@@ -102,7 +106,7 @@ import pandas as pd
 import scipy.stats
 from threadpoolctl import threadpool_limits
 
-from ..errors import UserError
+from ..errors import UserError, refuse_renamed
 from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
 from ._arrays import as_float64, at, collected, warn
@@ -130,13 +134,18 @@ SYNTHETIC = {"synthetic_loss_corr": "corr", "synthetic_loss_gap": "gap"}
 MOMENT_BASED = {"linear_cka": ("linear_cka", {}), "linear_cka_debiased": ("linear_cka", {"debiased": True}),
                 "svcca": ("svcca", {}), "pwcca": ("pwcca", {}), "cca": ("cca", {}), "procrustes": ("procrustes", {})}
 ACROSS = ("linear_cka", "linear_cka_debiased", "svcca", "pwcca", "cca", "procrustes", "rsa")
-OVER_TIME = ("linear_cka_to_first", "linear_cka_to_last")
-RSA_TO_LAST = {"rsa_to_last_euclidean": "euclidean", "rsa_to_last_correlation": "correlation"}
+OVER_TIME = ("linear_cka_to_first_checkpoint", "linear_cka_to_last_checkpoint")
+RSA_TO_LAST_LAYER = {"rsa_to_last_layer_euclidean": "euclidean", "rsa_to_last_layer_correlation": "correlation"}
 ACCURACY_LEVELS = (90, 95, 97)
 STEPS_TO = tuple(f"steps_to_test_acc_{p}" for p in ACCURACY_LEVELS)
 PER_RUN = ("train_loss_area",) + STEPS_TO
 MEASURES = (SPECTRUM + tuple(WEIGHTS) + ("weight_frobenius_relative",) + tuple(GRADIENT) + UPDATE + tuple(SYNTHETIC)
-            + ACROSS + OVER_TIME + tuple(RSA_TO_LAST) + PER_RUN)
+            + ACROSS + OVER_TIME + tuple(RSA_TO_LAST_LAYER) + PER_RUN)
+#: Former names of measures, refused with their new names: each name says what it compares with.
+RENAMED = {"linear_cka_to_first": "linear_cka_to_first_checkpoint",
+           "linear_cka_to_last": "linear_cka_to_last_checkpoint",
+           "rsa_to_last_euclidean": "rsa_to_last_layer_euclidean",
+           "rsa_to_last_correlation": "rsa_to_last_layer_correlation"}
 COLUMNS = ("measure", "run_a", "rule_a", "seed_a", "layer_a", "position_a", "step_a",
            "run_b", "rule_b", "seed_b", "layer_b", "position_b", "step_b", "value")
 SG_RULES = ("sg", "dni", "cdni")
@@ -304,7 +313,9 @@ def _pairs(runs: list[_Run], reference: _Run | None) -> list[tuple[_Run, _Run]]:
     return pairs
 
 
-def _check_measures(measures) -> set[str]:
+def check_measures(measures) -> set[str]:
+    """The measures wanted (None: all of ``MEASURES``); unknown and former names (``RENAMED``) are refused."""
+    refuse_renamed(measures or (), RENAMED, "measure")
     wanted = set(MEASURES if measures is None else measures)
     unknown = sorted(wanted - set(MEASURES))
     if unknown:
@@ -333,7 +344,7 @@ def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet
     """
     from ..executor import Executor
 
-    wanted = _check_measures(measures)
+    wanted = check_measures(measures)
     if maps not in MAPS:
         raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
     if not runs:
@@ -399,7 +410,7 @@ def _task(shared: tuple, task: tuple) -> tuple[list[tuple], dict]:
             rows = _layer_pass(layer, steps, runs, pairs, wanted, notes)
         elif kind == "run":
             r = run(task[1])
-            last = _last_checkpoint(r) if wanted & ({"linear_cka"} | set(RSA_TO_LAST)) else {}
+            last = _last_checkpoint(r) if wanted & ({"linear_cka"} | set(RSA_TO_LAST_LAYER)) else {}
             rows = _across_layers(r, last, notes) if "linear_cka" in wanted else []
             rows += _to_last_layer(r, last, wanted, notes) + _per_run(r, wanted)
         else:
@@ -526,8 +537,8 @@ def _across_layers(run: _Run, last_arrays: dict, notes: _Notes) -> list[tuple]:
 
 def _to_last_layer(run: _Run, last_arrays: dict, wanted: set, notes: _Notes) -> list[tuple]:
     """RSA of every layer below the last with the last layer, at the last checkpoint (``last_arrays``, each
-    read again on its own where they were streamed together), per ``RSA_TO_LAST`` metric."""
-    metrics = {m: metric for m, metric in RSA_TO_LAST.items() if m in wanted}
+    read again on its own where they were streamed together), per ``RSA_TO_LAST_LAYER`` metric."""
+    metrics = {m: metric for m, metric in RSA_TO_LAST_LAYER.items() if m in wanted}
     layers = run.file.layers
     if not metrics or not run.steps or len(layers) < 2 or layers[-1] != run.file.interfaces[-1]:
         return []  # no last layer recorded (train --record-layers): nothing to compare with

@@ -6,7 +6,7 @@ number ``n``, seeds ``0..n-1``, or a list of seeds; ``quick_seeds`` under
 
     [experiments.depth]
     description = "what this experiment is for"
-    claims = ["trains_well", "rsa_to_last"]    # names of repanalysis.claims.CLAIMS
+    claims = ["trains_well", "rsa_to_last_layer"]   # names of repanalysis.claims.CLAIMS
     compare = ["sg"]                           # the rules the claims compare with backprop (default: every other)
     tables = ["analysis"]                      # any of TABLES
     measures = ["linear_cka", "weight_frobenius"]   # the analysis measures (default: all)
@@ -34,7 +34,7 @@ The runs of an experiment are every combination of its grid's axes (and the
 seeds), each with the shared settings and those its grid values bring
 (``by.<axis>.<value>``; values are matched as written, e.g. ``by.depth.50``), less
 those that match every key of an ``exclude`` entry. The rule and ``stages``
-(pipeline stages in processes, ``train --workers``; not the Dask workers of
+(pipeline stages in processes, ``train --stages``; not the Dask workers of
 ``reproduce --workers``) say *how* a network is trained, so runs that differ only
 in them form one cell and are compared with each other. Command-line overrides (``Overrides``)
 replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..errors import UserError
+from ..errors import UserError, refuse_renamed
 from ..outputs import safe_name
 from .selection import FIRST, Choice, Selection, parse_selection
 
@@ -345,7 +345,9 @@ def _check_experiment_types(table: dict, where: str) -> None:
 def _experiment(name: str, table: dict, source: str) -> Experiment:
     from ..analysis.explain import NEEDS as EXPLAIN_NEEDS
     from ..analysis.runs import MEASURES
+    from ..analysis.runs import RENAMED as RENAMED_MEASURES
     from ..claims import CLAIMS
+    from ..claims import RENAMED as RENAMED_CLAIMS
 
     where = f"{source}: experiments.{name}"
     safe_name(name, f"{source}: experiment name")
@@ -389,6 +391,8 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
     if "rule" not in grid and "rule" not in settings and not arms:
         raise UserError(f"{where}: name the rule(s), e.g. grid = {{ rule = [\"backprop\", \"sg\"] }}")
     _check_experiment_types(table, where)
+    refuse_renamed(table.get("claims", ()), RENAMED_CLAIMS, f"{where}: claim")
+    refuse_renamed(table.get("measures", ()), RENAMED_MEASURES, f"{where}: measure")
     for key, allowed in (("claims", CLAIMS), ("tables", TABLES), ("figures", FIGURE_SETS), ("measures", MEASURES)):
         bad = sorted(set(table.get(key, ())) - set(allowed))
         if bad:
@@ -497,9 +501,14 @@ def load_spec(path) -> Spec:
     return parse(text, str(path))
 
 
+def preset_names() -> list[str]:
+    """The names of the shipped specs (``presets/<name>.toml``), sorted."""
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
 def preset(name: str) -> Spec:
     """A shipped spec (``presets/<name>.toml``; copy one to start your own)."""
-    names = sorted(p.stem for p in PRESETS.glob("*.toml"))
+    names = preset_names()
     if name not in names:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
     return dataclasses.replace(load_spec(PRESETS / f"{name}.toml"), preset=name)

@@ -41,7 +41,7 @@ GRACE_S = 2.0  # after a first failure, how long to listen for the others' repor
 
 
 def stages(rule: SyntheticGradients) -> list[Stage]:
-    """The rule's network cut into ``--workers`` stages of about equal estimated cost (``stages.step_costs``)."""
+    """The rule's network cut into ``--stages`` stages of about equal estimated cost (``stages.step_costs``)."""
     ranges = partition(step_costs(rule, rule.config.batch_size), list(rule.cuts), rule.config.stages)
     return [Stage(rule, first, last) for first, last in ranges]
 

@@ -83,7 +83,7 @@ def partition(costs: list[int], cuts: list[int], k: int) -> list[tuple[int, int]
     n = len(costs)
     usable = sorted(c for c in set(cuts) if c < n - 1)
     if k - 1 > len(usable):
-        raise UserError(f"--workers {k} needs {k - 1} interface(s) with a module below the top block to split "
+        raise UserError(f"--stages {k} needs {k - 1} interface(s) with a module below the top block to split "
                         f"at; this network and rule have {len(usable)}")
     ends = usable + [n - 1]
     below = [0]
@@ -119,10 +119,10 @@ def check(rule: SyntheticGradients) -> None:
     config = rule.config
     if config.sg_condition == "error":
         raise UserError("--sg-condition error conditions every module on the output error, which a stage would "
-                        "have to wait for; use label or none with --workers")
+                        "have to wait for; use label or none with --stages")
     if config.sg_lambda > 0 and len(rule.cuts) > 1:
         raise UserError(f"--sg-lambda {config.sg_lambda} mixes the true gradient into lower modules' targets, "
-                        "which a stage would have to wait for; use --sg-lambda 0 with --workers and several modules")
+                        "which a stage would have to wait for; use --sg-lambda 0 with --stages and several modules")
 
 
 @dataclass
