@@ -379,7 +379,7 @@ def _add_spec_options(p) -> None:
 
     p.add_argument("--preset", help="a shipped spec: digits (default; minutes on 2 cores), paper (MNIST, depth "
                    "up to 50, two activations; hours), explain, async, or recurrent (LSTMs: DNI against truncated "
-                   "BPTT on Copy, Repeat Copy and a language model; about 35 minutes on one core)")
+                   "BPTT on Copy, Repeat Copy and a language model; 44 minutes on one busy core)")
     p.add_argument("--spec", metavar="FILE", help="your own spec file (TOML; copy a preset from "
                    "repanalysis/experiments/presets/ to start)")
     p.add_argument("--quick", action="store_true", help="the spec's much smaller version (for CI)")

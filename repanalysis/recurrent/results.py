@@ -5,7 +5,8 @@ longest length solved for Copy and Repeat Copy, held-out bits per character
 for the language model), and, for DNI, the cosine of the module's prediction
 with the true gradient of the future loss at the window boundaries of the
 probe sequences at the last checkpoint (mean over sequences and boundaries;
-``train`` records both). ``report_lines``: per task, every seed's score at
+``train`` records both; nan for a module that never had a target, whose
+prediction is still zero and has no direction). ``report_lines``: per task, every seed's score at
 every ``T`` under every rule, and DNI against BPTT at the same ``T``: paired
 differences over seeds (runs of one seed share their initial LSTM and their
 batches until their curricula part), with the exact sign-flip p-value
@@ -72,7 +73,8 @@ def report_lines(experiment: str, table: pd.DataFrame) -> list[str]:
                   f"Per seed, and mean ± std over seeds (ddof 1); {'higher' if better > 0 else 'lower'} is better. "
                   "DNI's cosine: its module's prediction against the true gradient of the future loss at the "
                   "window boundaries of the probe sequences, last checkpoint (mean over sequences and "
-                  "boundaries).", ""]
+                  "boundaries; n/a for BPTT, and for a module that never had a target, whose prediction is "
+                  "still zero).", ""]
         header = ["T", "rule"] + [f"seed {s}" for s in seeds] + ["mean ± std", "DNI's cosine"]
         body = []
         for (bptt, rule), group in rows.groupby([rows["bptt"].map(_window), "rule"], sort=False):
