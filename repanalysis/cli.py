@@ -194,15 +194,19 @@ def _add_recurrent(p) -> None:
     g = p.add_argument_group("recurrent networks (--model lstm, with --rule backprop or dni; also --width, --steps, "
                              "--batch-size, --optimizer, --lr, --momentum, --sg-lr, --seed, --record-every, "
                              "--eval-every, --probe-size, --data-dir)")
-    g.add_argument("--task", choices=TASKS, help=f"copy (generated, with a curriculum scored every --eval-every "
-                   f"steps, default steps/50) or charlm (character-level language modelling on --text) "
+    g.add_argument("--task", choices=TASKS, help=f"copy or repeatcopy (generated, with a curriculum scored every "
+                   f"--eval-every steps, default steps/50) or charlm (character-level language modelling on --text) "
                    f"(default {r.task})")
     g.add_argument("--bptt", type=int, metavar="T", help="the truncation window of backprop through time, in steps "
                    "(default: the whole sequence, full BPTT); dni puts its module at the window boundaries")
-    g.add_argument("--copy-start", type=int, help=f"copy: the curriculum's first length (default {r.copy_start})")
-    g.add_argument("--copy-max", type=int, help=f"copy: the curriculum's longest length (default {r.copy_max})")
-    g.add_argument("--copy-threshold", type=float, help="copy: bits per output symbol below which a length is "
-                   f"solved (default {r.copy_threshold})")
+    g.add_argument("--copy-start", type=int, help=f"copy, repeatcopy: the curriculum's first length "
+                   f"(default {r.copy_start})")
+    g.add_argument("--copy-max", type=int, help=f"copy, repeatcopy: the curriculum's longest length "
+                   f"(default {r.copy_max})")
+    g.add_argument("--copy-threshold", type=float, help="copy, repeatcopy: bits per output symbol below which a "
+                   f"length is solved (default {r.copy_threshold})")
+    g.add_argument("--repeat-max", type=int, help="repeatcopy: each sequence's repeat count is drawn from 1 to this "
+                   f"(default {r.repeat_max})")
     g.add_argument("--probe-length", type=int, help=f"copy: symbols in each recorded probe sequence "
                    f"(default {r.probe_length})")
     g.add_argument("--seq-length", type=int, help=f"charlm: characters per sequence (default {r.seq_length})")
@@ -214,10 +218,11 @@ _RECURRENT = {"width": "hidden", "rule": "rule", "steps": "steps", "batch_size":
               "optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "sg_lr": "sg_lr", "seed": "seed",
               "record_every": "record_every", "eval_every": "eval_every", "probe_size": "probe_size",
               "task": "task", "bptt": "bptt", "copy_start": "copy_start", "copy_max": "copy_max",
-              "copy_threshold": "copy_threshold", "probe_length": "probe_length", "seq_length": "seq_length",
-              "text": "text"}
+              "copy_threshold": "copy_threshold", "repeat_max": "repeat_max", "probe_length": "probe_length",
+              "seq_length": "seq_length", "text": "text"}
 #: Options of ``train`` for recurrent runs only.
-_RECURRENT_ONLY = ("task", "bptt", "copy_start", "copy_max", "copy_threshold", "probe_length", "seq_length", "text")
+_RECURRENT_ONLY = ("task", "bptt", "copy_start", "copy_max", "copy_threshold", "repeat_max", "probe_length",
+                   "seq_length", "text")
 
 
 def _cmd_train_recurrent(args) -> None:
@@ -409,7 +414,8 @@ def _add_spec_options(p) -> None:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every run (default: the spec's)")
     p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
     p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
-    p.add_argument("--data-dir", help="folder with the MNIST files")
+    p.add_argument("--data-dir", help="folder with the MNIST files (the recurrent preset: the folder holding "
+                   "tinyshakespeare/)")
     p.add_argument("--out", required=True, help="the output folder (its runs/ folder is the sweep's state)")
     p.add_argument("--overwrite", action="store_true", help="write into (and replace files in) a folder that is "
                    "not empty and that reproduce or sweep did not make")

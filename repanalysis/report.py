@@ -238,6 +238,8 @@ CAPTIONS = {
                              "the backprop ceiling and the permutation null (claim 4d).",
     "depth_weight_norms": "Relative weight norm ‖W_T‖/‖W_0‖ against relative layer position for every depth; "
                           "the input layer h1 is marked with an open symbol (claim 4e).",
+    "recurrent": "Recurrent tasks: the longest length solved (Copy, Repeat Copy) and held-out bits per character "
+                 "(language model) against the truncation window T, per rule; small points are seeds.",
 }
 
 
@@ -377,7 +379,7 @@ def _figure_lines(figures: list[Path]) -> list[str]:
 
 def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]],
                  quantities: dict[str, pd.DataFrame], paths: dict[str, dict], failed, figures,
-                 command: str, quick: bool, choice=None, explained=None) -> Path:
+                 command: str, quick: bool, choice=None, explained=None, recurrent=None) -> Path:
     """Write ``out/report.md`` atomically; return its path.
 
     ``spec``: the spec as run (overrides applied); ``runs``: its planned runs;
@@ -387,46 +389,58 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     ``command``: the command line that reproduces this report; ``quick``:
     whether it is the quick version (too short for its verdicts to mean much);
     ``choice``: what the experiments' selections chose (``experiments.selection``), or None;
-    ``explained``: experiment -> (its explanation frame, its fits) (``analysis.explain``).
+    ``explained``: experiment -> (its explanation frame, its fits) (``analysis.explain``);
+    ``recurrent``: recurrent experiment -> its table (``recurrent.results``), reported instead of claims.
     """
     from . import __version__
+    from .recurrent.results import report_lines
 
+    recurrent = recurrent or {}
     seeds = sorted({r.config.seed for r in runs})
-    lines = [
-        f"# Reproduction report: {spec.name}", "",
-        spec.description, "",
-        f"The spec's claims (those of Czarnecki et al. 2017, and any the spec adds) against numbers "
-        f"measured here, by `{command}` "
-        f"(seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__}). What each "
-        f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "
-        "Effects are paired differences over seeds (runs of one seed share initial weights and batches; claim "
-        "4d's are jackknife pseudo-values over seeds, since its pairs of runs share runs), with 95% Student-t "
-        "intervals (pooled scopes weigh every depth alike, Welch–Satterthwaite degrees of freedom), two-sided "
-        "t-test p-values against the claimed threshold and, beside them, exact sign-flip p-values (which cannot "
-        f"go below 1/16 with 5 seeds). Verdicts: the p-values of each claim's parts and scopes are adjusted "
-        f"together ({stats.CORRECTION}, false-discovery rate {stats.ALPHA:g}); a part is **held** when its "
-        "adjusted p is below that and the effect lies on the claimed side, **not held** when it lies on the "
-        f"other side, **inconclusive** otherwise; with fewer than {stats.MIN_SEEDS} seeds there is no verdict "
-        "(**too few seeds**) and no interval, only the range of the seeds' values. Spread: mean ± std over "
-        "seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in `tables/`.",
-        "",
-        *(["**Quick version**: the runs are far too short for these verdicts to mean much; it checks that the "
-           "whole chain works. Run without `--quick` for the reproduction.", ""] if quick else []),
-        "## Claims", "",
-        *_md_table(["#", "experiment", "part", "claimed", "scope", "effect [95% CI]", "p", "verdict", "per cell"],
-                   _summary_rows(results)),
-        "", "## Details", "",
-    ]
+    provenance = f"`{command}` (seeds {', '.join(map(str, seeds))}; repanalysis {__version__}, torch {torch.__version__})"
+    lines = [f"# Reproduction report: {spec.name}", "", spec.description, ""]
+    if recurrent and not results:  # recurrent experiments alone: no claims
+        lines += [f"Measured here by {provenance}. Every number is read from the run files in `runs/` or the "
+                  "tables in `tables/`.", "",
+                  *(["**Quick version**: the runs are far too short for these numbers to mean much; it checks that "
+                     "the whole chain works. Run without `--quick` for the measurement.", ""] if quick else [])]
+    else:
+        lines += [
+            f"The spec's claims (those of Czarnecki et al. 2017, and any the spec adds) against numbers "
+            f"measured here, by {provenance}. What each "
+            f"claim means and how it is measured is written up in `{SCIENCE}` of the repanalysis repository. "
+            "Effects are paired differences over seeds (runs of one seed share initial weights and batches; claim "
+            "4d's are jackknife pseudo-values over seeds, since its pairs of runs share runs), with 95% Student-t "
+            "intervals (pooled scopes weigh every depth alike, Welch–Satterthwaite degrees of freedom), two-sided "
+            "t-test p-values against the claimed threshold and, beside them, exact sign-flip p-values (which "
+            f"cannot go below 1/16 with 5 seeds). Verdicts: the p-values of each claim's parts and scopes are "
+            f"adjusted together ({stats.CORRECTION}, false-discovery rate {stats.ALPHA:g}); a part is **held** "
+            "when its adjusted p is below that and the effect lies on the claimed side, **not held** when it lies "
+            f"on the other side, **inconclusive** otherwise; with fewer than {stats.MIN_SEEDS} seeds there is no "
+            "verdict (**too few seeds**) and no interval, only the range of the seeds' values. Spread: mean ± std "
+            "over seeds (ddof 1). Every number is read from the run files in `runs/` or the tables in `tables/`.",
+            "",
+            *(["**Quick version**: the runs are far too short for these verdicts to mean much; it checks that the "
+               "whole chain works. Run without `--quick` for the reproduction.", ""] if quick else []),
+            "## Claims", "",
+            *_md_table(["#", "experiment", "part", "claimed", "scope", "effect [95% CI]", "p", "verdict",
+                        "per cell"], _summary_rows(results)),
+            "", "## Details", "",
+        ]
     for experiment, claims in results.items():
         for claim in claims:
             lines += _claim_lines(experiment, claim, quantities.get(experiment))
+    for experiment, table in recurrent.items():
+        lines += report_lines(experiment, table)
     for experiment, (frame, fits) in (explained or {}).items():
         lines += _explain_lines(experiment, frame, fits)
     lines += _selection_lines(spec, choice)
-    lines += ["## Final test accuracy and loss per run", "", *_results_lines(paths), "",
-              "## Settings", "", *_settings_lines(spec, runs, failed),
-              "Tables: `tables/<experiment>_<kind>.csv` (`analysis`, `probes`, `linear`, and `quantities`: the "
-              "per-run values the claims use).", "",
+    feedforward = {name: runs for name, runs in paths.items() if name not in recurrent}
+    if feedforward:
+        lines += ["## Final test accuracy and loss per run", "", *_results_lines(feedforward), ""]
+    lines += ["## Settings", "", *_settings_lines(spec, runs, failed),
+              "Tables: `tables/<experiment>_<kind>.csv` (`analysis`, `probes`, `linear`, `recurrent` (one row per "
+              "recurrent run), and `quantities`: the per-run values the claims use).", "",
               "## Figures", "", *_figure_lines(figures)]
     report = out / "report.md"
     write_text(report, "\n".join(lines))

@@ -144,6 +144,9 @@ def _planned(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tup
     overrides = overrides or Overrides()
     if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
         raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
+    if overrides.dataset is not None and any(exp.recurrent for exp in spec.experiments.values()):
+        raise UserError(f"--dataset: the spec {spec.name!r} has recurrent experiments, whose data are their tasks "
+                        "(a language model's text is under --data-dir)")
     applied = spec.applied(overrides, quick)
     applied.check()  # every config resolves: refused before anything is trained
     return spec, overrides, applied
@@ -249,6 +252,14 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
         figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
                          lambda: draw_depth_figures(quantities, analysis, paths, out / "figures",
                                                     rdm_depths=chosen, tag=tag))
+    if "recurrent" in exp.figures:
+        from .figures.recurrent import draw_recurrent_figures
+        from .tables import read_table
+
+        tag = None if index == 0 else name
+        table_path = made["recurrent"]
+        figures += _made(manifest, f"figures/{name}/recurrent", [table_path], tag,
+                         lambda: draw_recurrent_figures(read_table(table_path), out / "figures", tag=tag))
     if "explain" in exp.figures and explain_path is not None:
         from .figures.explain import draw_explain_figures
         from .tables import read_table
@@ -270,27 +281,28 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
                               quick=quick, data_dir=data_dir, executor=executor, quiet=quiet)
             for i, (name, exp) in enumerate(spec.experiments.items())]
     done = executor.concurrently(jobs)
-    results, quantities, paths, figures, failed, explained = {}, {}, {}, [], {}, {}
+    results, quantities, paths, figures, failed, explained, recurrent = {}, {}, {}, [], {}, {}, {}
     for name, (made_results, made_quantities, made_paths, made_figures, made_failed, made_explained) in zip(
             spec.experiments, done):
         paths[name] = made_paths
         if made_quantities is not None:
             results[name], quantities[name] = made_results, made_quantities
         if made_explained is not None:
-            explained[name] = made_explained
+            (recurrent if spec.experiments[name].recurrent else explained)[name] = made_explained
         figures += made_figures
         failed.update(made_failed)
     failed = {r.name: failed[r.name] for r in runs if r.name in failed}
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed=failed, figures=figures, command=command, quick=quick, choice=choice,
-                        explained=explained), failed
+                        explained=explained, recurrent=recurrent), failed
 
 
 def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,
                 quick: bool, data_dir, executor: Executor, quiet: bool):
     """One experiment's stages: train its runs, its tables, its claims, its figures;
-    ``(claim results, quantities, {run: path}, figures, {failed run: error})`` (``None`` for the results and
-    quantities of an experiment whose runs all failed)."""
+    ``(claim results, quantities, {run: path}, figures, {failed run: error}, explanation)`` (``None`` for the
+    results and quantities of an experiment whose runs all failed; the explanation is ``(frame, fits)`` or
+    None, and a recurrent experiment's is its table, ``recurrent.results``, with no claims or quantities)."""
     import pandas as pd
 
     from . import claims as claims_module
@@ -326,6 +338,13 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
         return None, None, paths, [], failed, None
     cells = _cells(planned)
     made: dict[str, Path] = {}
+    if exp.recurrent:
+        from .recurrent.results import results_table
+
+        made["recurrent"] = table(f"{name}_recurrent.csv", files, lambda: results_table(paths))
+        figures = _figures(out, manifest, spec, index, exp, planned, files, made, None, None, None, paths,
+                           executor, quiet)
+        return None, None, paths, figures, failed, read_table(made["recurrent"])
     measures = list(exp.measures) if exp.measures else None
     if "analysis" in exp.tables:
         made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(cells), measures)

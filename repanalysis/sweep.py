@@ -8,8 +8,13 @@ it starts, the task looks at that file:
   an error outside the numbers), with the planned config: resumed from its
   last checkpoint (``train.resume``), to the file an uninterrupted run writes;
 - anything else (no file, a foreign or damaged one, another config, a run
-  that failed on a non-finite loss, one that cannot be resumed): trained from
-  step 0, replacing it.
+  that failed on a non-finite loss, one that cannot be resumed, a recurrent
+  run that did not complete): trained from step 0, replacing it.
+
+A recurrent run (``model = "lstm"``, ``recurrent.train``) is kept or trained
+the same way; a complete language model whose characters are not those of
+the text it would be read with now is refused in one line before anything is
+trained (``recurrent.train.check_vocabulary``).
 
 So rerunning a sweep after a crash does only what is missing, and a task that
 Dask reruns after its worker died resumes what that worker left. Tasks train
@@ -26,29 +31,40 @@ from .config import TrainConfig
 from .errors import UserError
 from .executor import Executor
 from .experiments.spec import PlannedRun
+from .recurrent.train import RecurrentConfig, check_vocabulary, train_recurrent
 from .runfile import RunFile
 
 #: Reruns of a training task that raised (an error of the file system, say); each resumes the run.
 RETRIES = 2
 
 
-def file_state(path: Path, config: TrainConfig) -> str:
-    """What a task does with ``path`` for ``config`` (resolved): "keep", "resume" or "train" (see the module)."""
+def config_of(config_json: str) -> TrainConfig | RecurrentConfig:
+    """The resolved config of a run's JSON: a ``RecurrentConfig`` for ``model = "lstm"``."""
+    kind = RecurrentConfig if json.loads(config_json).get("model") == RecurrentConfig.model else TrainConfig
+    return kind.from_json(config_json).resolved()
+
+
+def file_state(path: Path, config: TrainConfig | RecurrentConfig, data_dir=None) -> str:
+    """What a task does with ``path`` for ``config`` (resolved): "keep", "resume" or "train" (see the module);
+    ``data_dir``: where a language model's text is (``check_vocabulary``)."""
     from .train import NON_FINITE
 
     if not path.is_file():
         return "train"
+    recurrent = isinstance(config, RecurrentConfig)
     try:
         with RunFile(path) as run:
-            if TrainConfig.from_json(json.dumps(run.config)).resolved() != config:
+            if config_of(json.dumps(run.config)) != config:
                 return "train"
-            if run.status == "complete":
-                return "keep"
-            if run.status == "failed" and str(run.error).startswith(NON_FINITE):
-                return "train"
-            return "resume"
+            if run.status != "complete":
+                return "train" if recurrent or run.status == "failed" and str(run.error).startswith(NON_FINITE) \
+                    else "resume"
+            vocabulary = run.attrs.get("vocabulary")
     except (UserError, OSError, KeyError, TypeError, ValueError):
         return "train"
+    if recurrent and config.task == "charlm":
+        check_vocabulary(path, vocabulary, config, data_dir)
+    return "keep"
 
 
 @functools.lru_cache(maxsize=2)
@@ -63,11 +79,14 @@ def train_task(config_json: str, path: str, data_dir: str | None) -> tuple[str, 
     """Keep, resume or train one run (see the module); ``(what was done, error message or None)``."""
     from .train import NON_FINITE, resume, train
 
-    config = TrainConfig.from_json(config_json).resolved()
-    action = file_state(Path(path), config)
+    config = config_of(config_json)
+    action = file_state(Path(path), config, data_dir)
     if action == "keep":
         return "kept", None
     try:
+        if isinstance(config, RecurrentConfig):
+            train_recurrent(config, path, data_dir=data_dir, overwrite=True, quiet=True)
+            return "trained", None
         data = _dataset(config.dataset, config.data_seed, data_dir)
         if action == "resume":
             try:
@@ -86,6 +105,8 @@ def train_task(config_json: str, path: str, data_dir: str | None) -> tuple[str, 
 def _cost(run: PlannedRun) -> int:
     """A rough number of multiply-adds to train ``run``, to submit the longest first."""
     c = run.config
+    if isinstance(c, RecurrentConfig):
+        return c.cost()
     return c.steps * c.batch_size * (c.depth + 1) * c.width ** 2
 
 
@@ -94,7 +115,8 @@ def train_runs(runs: list[PlannedRun], run_dir: Path, executor: Executor, *, dat
     """Keep, resume or train every planned run into ``run_dir``; ``{file name: (what was done, error)}``."""
     run_dir = Path(run_dir).resolve()
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())
-    todo = sorted((r for r in runs if file_state(run_dir / r.name, r.config) != "keep"), key=_cost, reverse=True)
+    todo = sorted((r for r in runs if file_state(run_dir / r.name, r.config, data_dir) != "keep"), key=_cost,
+                  reverse=True)
     results = executor.map(train_task, [(r.config.to_json(), str(run_dir / r.name), data_dir) for r in todo],
                            label="train", quiet=quiet, retries=RETRIES, failed=lambda result: result[1] is not None)
     done = {r.name: ("kept", None) for r in runs}

@@ -20,7 +20,7 @@ from repanalysis.recurrent.rules import (
     truncated_backward,
     windows,
 )
-from repanalysis.recurrent.tasks import Batch, CharText, Copy, Curriculum, copy_score, token_losses
+from repanalysis.recurrent.tasks import Batch, CharText, Copy, Curriculum, RepeatCopy, copy_score, token_losses
 from repanalysis.recurrent.train import RecurrentConfig, SequenceTask, train_recurrent
 
 
@@ -252,3 +252,25 @@ def test_a_recurrent_run_is_not_resumed(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--quiet"]) == 2
     assert "is a recurrent run (--model lstm); those cannot be resumed" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_repeat_copy_batches_on_known_answers():
+    task = RepeatCopy(symbols=4, repeats=3)
+    batch = task.batch(2, 64, torch.Generator().manual_seed(0))
+    assert task.vocab == 8 and task.length_of(2) == 9 and batch.inputs.shape == (64, 9)
+    counts = batch.inputs[:, 2] - 4 + 1  # the count token: symbols + R - 1
+    assert set(counts.tolist()) == {1, 2, 3} and (batch.inputs[:, 3:] == 7).all()
+    for row in range(64):
+        r, x = int(counts[row]), batch.inputs[row, :2]
+        assert batch.mask[row].tolist() == [False] * 3 + [True] * (2 * r) + [False] * (6 - 2 * r)
+        assert torch.equal(batch.targets[row, 3:3 + 2 * r], x.repeat(r))
+    right = torch.nn.functional.one_hot(batch.targets, 4).double() * 1000
+    assert copy_score(right, batch) == (0.0, 0.0)
+
+
+def test_a_window_longer_than_repeat_copy_is_refused(tmp_path, capsys):
+    err = _refused(["--model", "lstm", "--task", "repeatcopy", "--copy-max", "2", "--repeat-max", "2", "--bptt",
+                    "8"], capsys, tmp_path / "run.h5")
+    assert "--bptt 8 is longer than the longest Repeat Copy sequence (--copy-max 2 x (1 + --repeat-max 2) + 1 = " \
+           "7 steps)" in err
+    assert RecurrentConfig(task="repeatcopy", copy_max=2, repeat_max=2, bptt=7).resolved().bptt == 7

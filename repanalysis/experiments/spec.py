@@ -26,6 +26,12 @@ of training the network (``grid = { arm = ["backprop", "slow_module"] }``
 with ``[experiments.E.arms]`` ``slow_module = { rule = "sg", sg_lr = 1e-4 }``;
 every arm names its rule). Like the rule, the arm does not make a cell.
 
+A *recurrent* experiment sets ``model = "lstm"`` in its settings: its runs
+take ``recurrent.train.RecurrentConfig`` fields (``task``, ``bptt``,
+``hidden``, ...; its data set is its task, so the spec's ``dataset`` and
+``--dataset`` do not apply), it makes the ``recurrent`` table and figure
+(``recurrent.results``) and no other, and it judges no claims.
+
 An experiment may choose each rule's settings on a validation split first
 (``[experiments.E.select]``, see ``selection``); its runs then take the chosen
 candidate's settings over the shared ones.
@@ -55,12 +61,16 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import UserError, refuse_renamed
 from ..outputs import safe_name
+from ..recurrent.train import RecurrentConfig
 from .selection import FIRST, Choice, Selection, parse_selection
 
-TABLES = ("analysis", "probes", "linear", "explain")
-FIGURE_SETS = ("standard", "tables", "depth", "explain")
+TABLES = ("analysis", "probes", "linear", "explain", "recurrent")
+FIGURE_SETS = ("standard", "tables", "depth", "explain", "recurrent")
+#: The tables and figure sets of a recurrent experiment (``settings.model = "lstm"``), its only ones.
+RECURRENT_PRODUCTS = ("recurrent",)
 PRESETS = Path(__file__).resolve().parent / "presets"
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_RECURRENT_FIELDS = {f.name for f in dataclasses.fields(RecurrentConfig)} | {"model"}
 _EXPERIMENT_KEYS = {"description", "claims", "tables", "measures", "figures", "rdm_depths", "settings", "grid",
                     "quick", "probe_folds", "by", "exclude", "arms", "select", "compare"}
 #: The grid axis whose values name bundles of settings (``arms``), not one ``TrainConfig`` field.
@@ -72,7 +82,8 @@ MAX_RUNS = 10_000
 #: The largest spec file read (a spec is a short text).
 MAX_SPEC_BYTES = 1 << 20
 #: Short forms of grid axes in run-file names.
-_NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}", ARM: "{}"}
+_NAME_FORMS = {"depth": "d{}", "width": "w{}", "activation": "{}", "batch_norm": "bn{}", "lr": "lr{}", ARM: "{}",
+               "bptt": "T{}"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class PlannedRun:
     """One run of a spec: its experiment, resolved config and the grid values that name it."""
 
     experiment: str
-    config: TrainConfig
+    config: TrainConfig | RecurrentConfig
     axes: tuple[tuple[str, object], ...] = ()
     candidate: int | None = None  # a selection's candidate (``selection``), or None for the experiment's own run
 
@@ -89,7 +100,7 @@ class PlannedRun:
         c = self.config
         parts = [self.experiment, c.dataset, c.model]
         parts += [_NAME_FORMS.get(k, k + "{}").format(value_text(v)) for k, v in self.axes
-                  if k not in ("rule", "dataset", "model")]
+                  if k not in ("rule", "dataset", "model", "task")]  # a recurrent run's data set is its task
         parts += [] if self.candidate is None else [f"c{self.candidate}"]
         return "_".join(parts + [c.rule, f"s{c.seed}"]) + ".h5"
 
@@ -121,6 +132,11 @@ class Experiment:
     arms: dict[str, dict] = field(default_factory=dict)
     select: Selection | None = None
     compare: tuple[str, ...] | None = None  # the rules its claims compare with backprop (None: every other)
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether its runs are recurrent (``settings.model = "lstm"``: ``RecurrentConfig`` settings)."""
+        return self.settings.get("model") == RecurrentConfig.model
 
     def cells(self) -> list[tuple[tuple[str, object], ...]]:
         """The grid values of every run of one seed, in grid order, less the excluded ones."""
@@ -303,8 +319,16 @@ def _check_names(run: PlannedRun, where: str) -> None:
     safe_name(run.name, f"{where}: run-file name")
 
 
-def _resolved(fields: dict, where: str) -> TrainConfig:
+def _resolved(fields: dict, where: str) -> TrainConfig | RecurrentConfig:
+    """The resolved config of a run's fields: a ``RecurrentConfig`` for ``model = "lstm"`` (which takes the
+    spec's data set from its task; the settings of a language model name no data set)."""
     try:
+        if fields.get("model") == RecurrentConfig.model:
+            unknown = sorted(set(fields) - _RECURRENT_FIELDS - {"dataset"})
+            if unknown:
+                raise UserError(f"unknown setting(s) {', '.join(unknown)} for model = \"lstm\"; its settings are "
+                                f"RecurrentConfig fields ({', '.join(sorted(_RECURRENT_FIELDS))})")
+            return RecurrentConfig(**{k: v for k, v in fields.items() if k not in ("model", "dataset")}).resolved()
         return TrainConfig(**fields).resolved()
     except (TypeError, UserError) as err:
         raise UserError(f"{where}: {err}") from None
@@ -317,7 +341,9 @@ def _list(value, key: str, where: str) -> list:
 
 
 def _check_fields(keys, where: str) -> None:
-    unknown = sorted(set(keys) - _FIELDS)
+    """Refuse a setting that is neither a ``TrainConfig`` nor a ``RecurrentConfig`` field (which of them a
+    run takes is checked when it resolves, ``_resolved``)."""
+    unknown = sorted(set(keys) - _FIELDS - _RECURRENT_FIELDS)
     if unknown:
         raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}; settings are TrainConfig fields "
                         f"({', '.join(sorted(_FIELDS))})")
@@ -397,6 +423,14 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
         bad = sorted(set(table.get(key, ())) - set(allowed))
         if bad:
             raise UserError(f"{where}: unknown {key} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    recurrent = settings.get("model") == RecurrentConfig.model
+    for key in ("tables", "figures"):
+        chosen = set(table.get(key, ()))
+        if recurrent and chosen - set(RECURRENT_PRODUCTS) or not recurrent and chosen & set(RECURRENT_PRODUCTS):
+            raise UserError(f"{where}: {key} {', '.join(RECURRENT_PRODUCTS)} is for recurrent runs "
+                            "(settings.model = \"lstm\"), and a recurrent experiment has no other")
+    if recurrent and table.get("claims"):
+        raise UserError(f"{where}: the claims judge feed-forward nets; a recurrent experiment has none")
     if "explain" in table.get("tables", ()):
         missing = sorted(set(EXPLAIN_NEEDS) - set(table.get("measures", MEASURES)))
         if "analysis" not in table.get("tables", ()) or missing:
@@ -405,9 +439,10 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
                             + "; add them (tables = [\"analysis\", \"explain\"])")
     return Experiment(
         name, str(table.get("description", "")), settings, grid, tuple(table.get("claims", ())),
-        tuple(table.get("tables", ("analysis",))),
+        tuple(table.get("tables", RECURRENT_PRODUCTS if recurrent else ("analysis",))),
         tuple(table["measures"]) if "measures" in table else None,
-        tuple(table.get("figures", ("standard",))), tuple(table.get("rdm_depths", ())),
+        tuple(table.get("figures", RECURRENT_PRODUCTS if recurrent else ("standard",))),
+        tuple(table.get("rdm_depths", ())),
         table.get("probe_folds", 5), quick, by, tuple(exclude), arms,
         None if "select" not in table else parse_selection(table["select"], grid, settings, where, _check_fields),
         None if "compare" not in table else tuple(map(str, _list(table["compare"], "compare", where))),
@@ -468,6 +503,8 @@ def _check_claims(spec: Spec) -> None:
 
     runs = spec.runs(choice=FIRST)
     for name, exp in spec.experiments.items():
+        if exp.recurrent:  # no claims (``_experiment``)
+            continue
         rules = list(dict.fromkeys(variant(r.config) for r in runs if r.experiment == name))
         check_judgeable(exp.claims, rules, exp.compare, f"{spec.source}: experiments.{name}")
 

@@ -1,4 +1,4 @@
-"""Sequence tasks: Copy (with its curriculum) and character-level language modelling.
+"""Sequence tasks: Copy and Repeat Copy (with their curriculum) and character-level language modelling.
 
 A batch is ``Batch(inputs, targets, mask)``, each ``[B, L]``: the tokens read,
 the class wanted at each step, and where a loss is taken. Sequence ``n``'s
@@ -58,7 +58,7 @@ class Copy:
     sequence has ``2N + 1`` steps, and a loss at its last ``N``. Outputs: one class per symbol.
     """
 
-    name = "copy"
+    name, title = "copy", "Copy"
 
     def __init__(self, symbols: int = 8):
         self.symbols = symbols
@@ -78,6 +78,39 @@ class Copy:
         targets = torch.cat([torch.zeros(size, n + 1, dtype=torch.int64), x], 1)
         mask = torch.zeros(size, 2 * n + 1, dtype=torch.bool)
         mask[:, n + 1:] = True
+        return Batch(inputs, targets, mask)
+
+
+class RepeatCopy:
+    """Jaderberg et al. 2016's Repeat Copy: read ``N`` random symbols (of ``symbols``) and a repeat count ``R``
+    (drawn per sequence, uniformly from ``1 .. repeats``), then output the ``N`` symbols ``R`` times over.
+
+    Tokens: the symbols ``0 .. symbols-1``, the count ``R`` as token ``symbols + R - 1`` (it also ends the
+    input), the blank ``symbols + repeats``. Every sequence of a batch has ``N + 1 + N x repeats`` steps, the
+    longest ``R`` allows: after the count come blanks, and a loss at the first ``N x R`` of them (the
+    rest, where ``R < repeats``, has none). Outputs: one class per symbol. The curriculum moves ``N``;
+    ``R`` stays drawn from the same range, so a longer ``N`` is also a longer output at every ``R``.
+    """
+
+    name, title = "repeatcopy", "Repeat Copy"
+
+    def __init__(self, symbols: int = 8, repeats: int = 3):
+        self.symbols, self.repeats = symbols, repeats
+        self.vocab = symbols + repeats + 1
+        self.n_outputs = symbols
+
+    def length_of(self, n: int) -> int:
+        """Steps of a sequence of ``n`` symbols."""
+        return n + 1 + n * self.repeats
+
+    def batch(self, n: int, size: int, generator: torch.Generator) -> Batch:
+        x = torch.randint(0, self.symbols, (size, n), generator=generator)
+        r = torch.randint(1, self.repeats + 1, (size, 1), generator=generator)
+        blanks = torch.full((size, n * self.repeats), self.symbols + self.repeats)
+        inputs = torch.cat([x, self.symbols + r - 1, blanks], 1)
+        targets = torch.cat([torch.zeros(size, n + 1, dtype=torch.int64), x.repeat(1, self.repeats)], 1)
+        mask = torch.zeros(size, self.length_of(n), dtype=torch.bool)
+        mask[:, n + 1:] = torch.arange(n * self.repeats) < n * r
         return Batch(inputs, targets, mask)
 
 

@@ -6,9 +6,9 @@ module once): the windows cut the gradient, not the updates. The LSTM and
 the module are initialised from torch's global RNG seeded by the run's seed;
 the batches come from a generator of their own, the Copy scores from another.
 
-Copy: the curriculum (``tasks.Curriculum``) is scored every ``eval_every``
-steps on 256 fresh sequences of the current length; the run's score is the
-longest length solved. Language modelling: bits per character on the whole
+Copy and Repeat Copy: the curriculum (``tasks.Curriculum``) is scored every
+``eval_every`` steps on 256 fresh sequences of the current length; the run's
+score is the longest length solved. Language modelling: bits per character on the whole
 held-out part every ``eval_every`` steps and at the end.
 
 The run file is the feed-forward runs' (``runfile``) with the layers ``h`` and
@@ -23,11 +23,13 @@ sequence's loss, by an unroll over the whole sequence) and, for DNI,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +43,12 @@ from ..rules.base import make_optimizer
 from ..runfile import RunWriter
 from .model import SequenceLSTM
 from .rules import boundaries, boundary_module, dni_backward, true_boundary_gradients, truncated_backward
-from .tasks import Batch, CharText, Copy, Curriculum, bits, copy_score, read_text, token_losses
+from .tasks import Batch, CharText, Copy, Curriculum, RepeatCopy, bits, copy_score, read_text, token_losses
 
 RECURRENT_RULES = ("backprop", "dni")
-TASKS = ("copy", "charlm")
+TASKS = ("copy", "repeatcopy", "charlm")
+#: The generated tasks (with a curriculum).
+GENERATED = ("copy", "repeatcopy")
 #: Where ``--data-dir`` holds the language-modelling text, unless ``--text`` names it.
 TEXT_IN_DATA_DIR = Path("tinyshakespeare") / "input.txt"
 #: Sequences in each Copy score.
@@ -53,7 +57,11 @@ COPY_SCORE_SIZE = 256
 
 @dataclass
 class RecurrentConfig:
-    """Settings of one recurrent run (``train --model lstm``); ``None``: the default ``resolved`` fills in."""
+    """Settings of one recurrent run (``train --model lstm``); ``None``: the default ``resolved`` fills in.
+
+    ``model`` and ``dataset`` name the run as a feed-forward config's do (the spec's run-file names)."""
+
+    model: ClassVar[str] = "lstm"
 
     task: str = "copy"
     rule: str = "backprop"
@@ -73,6 +81,7 @@ class RecurrentConfig:
     copy_start: int = 1
     copy_max: int = 64
     copy_threshold: float = 0.15  # bits per output symbol below which a length is solved
+    repeat_max: int = 3  # repeatcopy: the repeat count is drawn from 1 .. repeat_max
     probe_length: int = 8  # copy: symbols in each probe sequence
     seq_length: int = 50  # charlm: steps per sequence
     text: str | None = None  # charlm: the text file (default: --data-dir's tinyshakespeare/input.txt)
@@ -87,7 +96,7 @@ class RecurrentConfig:
                 raise UserError(f"unknown {option} {value!r} for --model lstm; choose one of {', '.join(choices)}"
                                 + extra)
         for name in ("hidden", "steps", "batch_size", "probe_size", "copy_symbols", "copy_start", "copy_max",
-                     "probe_length", "seq_length"):
+                     "repeat_max", "probe_length", "seq_length"):
             if getattr(c, name) < 1:
                 option = "width" if name == "hidden" else name.replace("_", "-")
                 raise UserError(f"--{option} must be at least 1, got {getattr(c, name)}")
@@ -103,21 +112,46 @@ class RecurrentConfig:
             raise UserError(f"--seed must be from 0 to 2**63 - 1, got {c.seed}")
         if c.copy_start > c.copy_max:
             raise UserError(f"--copy-start {c.copy_start} is above --copy-max {c.copy_max}")
-        longest = Copy.length_of(c.copy_max) if c.task == "copy" else c.seq_length
+        longest = generated_task(c).length_of(c.copy_max) if c.task in GENERATED else c.seq_length
         if c.bptt is not None and c.bptt > longest:
-            what = (f"the longest Copy sequence (2 x --copy-max {c.copy_max} + 1 = {longest} steps)"
-                    if c.task == "copy" else f"the sequences (--seq-length {longest})")
+            form = "2 x --copy-max {0} + 1" if c.task == "copy" else "--copy-max {0} x (1 + --repeat-max {1}) + 1"
+            what = (f"the longest {generated_task(c).title} sequence ({form.format(c.copy_max, c.repeat_max)} = "
+                    f"{longest} steps)"
+                    if c.task in GENERATED else f"the sequences (--seq-length {longest})")
             raise UserError(f"--bptt {c.bptt} is longer than {what}; use at most {longest}, or leave --bptt out "
                             "for full BPTT")
         c.sg_lr = c.lr if c.sg_lr is None else c.sg_lr
         c.record_every = c.record_every or max(1, c.steps // 10)
-        c.eval_every = c.eval_every or max(1, c.steps // (50 if c.task == "copy" else 10))
+        c.eval_every = c.eval_every or max(1, c.steps // (50 if c.task in GENERATED else 10))
         if c.record_every < 1 or c.eval_every < 1:
             raise UserError("--record-every and --eval-every must be at least 1")
         return c
 
+    @property
+    def dataset(self) -> str:
+        return self.task
+
     def to_json(self) -> str:
-        return json.dumps({"model": "lstm", **dataclasses.asdict(self)}, sort_keys=True)
+        return json.dumps({"model": self.model, **dataclasses.asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RecurrentConfig":
+        """The config of ``to_json``'s text (a run file's ``config``)."""
+        fields = json.loads(text)
+        fields.pop("model", None)
+        return cls(**fields)
+
+    def cost(self) -> int:
+        """A rough number of multiply-adds to train this run (the longest sequence throughout)."""
+        length = generated_task(self).length_of(self.copy_max) if self.task in GENERATED else self.seq_length
+        return self.steps * self.batch_size * length * self.hidden ** 2
+
+
+def generated_task(config: RecurrentConfig) -> Copy | RepeatCopy:
+    """The generated task (``GENERATED``) of ``config``."""
+    if config.task == "repeatcopy":
+        return RepeatCopy(config.copy_symbols, config.repeat_max)
+    return Copy(config.copy_symbols)
 
 
 @dataclass
@@ -127,7 +161,7 @@ class RecurrentResult:
 
     def summary(self) -> str:
         if "longest" in self.score:
-            return f"longest Copy length solved {int(self.score['longest'])}"
+            return f"longest length solved {int(self.score['longest'])}"
         return f"held-out bits per character {self.score['test_bits']:.4f}"
 
 
@@ -142,6 +176,24 @@ def text_path(config: RecurrentConfig, data_dir) -> Path:
     return Path(folder) / TEXT_IN_DATA_DIR
 
 
+@functools.lru_cache(maxsize=4)
+def _text_vocabulary(path: str, size: int, mtime_ns: int) -> str:
+    return "".join(sorted(set(read_text(path))))
+
+
+def check_vocabulary(run_path, stored: str | None, config: RecurrentConfig, data_dir) -> None:
+    """Refuse (one line) a language model's run file whose characters (its ``vocabulary`` attribute, JSON) are
+    not those of the text ``config`` and ``data_dir`` name now: its numbers are about another text."""
+    path = text_path(config, data_dir)
+    read_text(path)  # refused in one line unless it is a text file
+    chars = _text_vocabulary(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    trained = json.loads(stored) if stored else ""
+    if trained != chars:
+        raise UserError(f"{run_path} was trained on a text of {len(trained)} distinct characters, and {path} has "
+                        f"{len(chars)} (another vocabulary): give the data folder it was trained on, or another "
+                        "output folder")
+
+
 def derived_seed(seed: int, purpose: int) -> int:
     """A seed for one of a run's generators (``purpose``: 0 batches, 1 scores, 2 probe set)."""
     return int(np.random.SeedSequence([seed, purpose]).generate_state(1, np.uint64)[0]) & MAX_SEED
@@ -152,13 +204,13 @@ class SequenceTask:
 
     def __init__(self, config: RecurrentConfig, data_dir):
         self.config = config
-        if config.task == "copy":
-            self.copy, self.text = Copy(config.copy_symbols), None
+        if config.task in GENERATED:
+            self.copy, self.text = generated_task(config), None
             self.curriculum = Curriculum(config.copy_start, config.copy_max, config.copy_threshold)
             self.vocab, self.n_outputs = self.copy.vocab, self.copy.n_outputs
             self.probe = self.copy.batch(config.probe_length, config.probe_size,
                                          torch.Generator().manual_seed(derived_seed(0, 2)))
-            self.dataset = "copy"
+            self.dataset = config.task
         else:
             path = text_path(config, data_dir)
             self.copy, self.text = None, CharText(read_text(path), config.seq_length, source=str(path))
