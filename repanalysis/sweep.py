@@ -34,7 +34,7 @@ RETRIES = 2
 
 def file_state(path: Path, config: TrainConfig) -> str:
     """What a task does with ``path`` for ``config`` (resolved): "keep", "resume" or "train" (see the module)."""
-    from .train import NON_FINITE
+    from .training_parts import NON_FINITE
 
     if not path.is_file():
         return "train"
@@ -61,7 +61,8 @@ def _dataset(name: str, seed: int, data_dir: str | None):
 
 def train_task(config_json: str, path: str, data_dir: str | None) -> tuple[str, str | None]:
     """Keep, resume or train one run (see the module); ``(what was done, error message or None)``."""
-    from .train import NON_FINITE, resume, train
+    from .train import resume, train
+    from .training_parts import NON_FINITE
 
     config = TrainConfig.from_json(config_json).resolved()
     action = file_state(Path(path), config)

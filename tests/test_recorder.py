@@ -15,7 +15,8 @@ from torch import nn
 from repanalysis import Recorder, tasks
 from repanalysis.models import build_network
 from repanalysis.runfile import RunFile, as_rows
-from repanalysis.train import Batches, train
+from repanalysis.train import train
+from repanalysis.training_parts import Batches
 
 
 def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digits):
