@@ -154,6 +154,13 @@ def test_no_import_cycle():
     assert cycles(graph()) == []
 
 
+def test_the_training_loop_is_imported_only_to_train():
+    """``train`` (the loop) is for the command line and the sweeps; the stages and the analyses that rebuild a
+    network take what they share with it from ``training_parts``."""
+    importers = sorted(name for name, arrows in graph().items() if "repanalysis.train" in arrows)
+    assert importers == ["repanalysis.cli", "repanalysis.sweep"]
+
+
 def test_pure_measures_import_no_torch_and_no_training():
     """Importing a measure loads no torch, no measure imports training code, and none imports torch
     anywhere but ``TORCH_INSIDE``."""
