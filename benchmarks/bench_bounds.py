@@ -44,7 +44,8 @@ import repanalysis.analysis as A
 from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis._linalg import small_lapack
 from repanalysis.runfile import RunFile
-from repanalysis.train import build, evaluate, train
+from repanalysis.train import train
+from repanalysis.training_parts import build, evaluate
 
 ROWS = ("recording", "rules", "deep", "cca", "paper")
 RULES = ("sg", "dni", "cdni", "fa", "dfa")

@@ -28,7 +28,8 @@ from common import parser
 from repanalysis import Recorder, tasks
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.train import Batches, build, choose_device, evaluate
+from repanalysis.train import choose_device
+from repanalysis.training_parts import Batches, build, evaluate
 
 RULES = ("backprop", "cdni", "dni", "fa", "dfa")
 

@@ -70,7 +70,8 @@ from repanalysis.datasets import load
 from repanalysis.pipeline import launch
 from repanalysis.pipeline.launch import stages
 from repanalysis.progress import Progress
-from repanalysis.train import Batches, build, train
+from repanalysis.train import train
+from repanalysis.training_parts import Batches, build
 
 
 def config(args, **overrides) -> TrainConfig:
@@ -198,7 +199,7 @@ def main() -> None:
     per_epoch = len(data.x_train) // batch
     print(f"{'digits' if args.quick else 'MNIST'}: {len(data.x_train)} training inputs, batch {batch}, "
           f"{per_epoch} steps per epoch; {args.depth} x {args.width} dni; {args.threads} threads in all")
-    parts = stages(training.build(config(args, stages=2).resolved(), data.task, data.n_features, data.n_outputs))
+    parts = stages(build(config(args, stages=2).resolved(), data.task, data.n_features, data.n_outputs))
     print(f"K = 2 stages: {', '.join(part.name for part in parts)}")
     rows = [("backprop, in process", dict(rule="backprop"), args.threads),
             ("dni, in process (K = 1)", {}, args.threads),

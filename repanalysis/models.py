@@ -211,14 +211,22 @@ class Network(nn.Module):
             if i in cuts:
                 h = h.detach().requires_grad_(True)
             inputs.append(h)
-        if isinstance(self.head, nn.Linear):
-            out = linear(self.head, h.flatten(1), None if feedback is None else feedback[-1])
-        else:
-            out = self.head(h)
-        return Trace(hidden, inputs, out)
+        return Trace(hidden, inputs, self._head(h, None if feedback is None else feedback[-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).output
+
+    def forward_from(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """The output from interface ``i``'s (0-based) value ``h``: the blocks above it, then the head."""
+        for block in self.blocks[i + 1:]:
+            h = block(h)
+        return self._head(h)
+
+    def _head(self, h: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
+        """The head on the top interface's value (flattened for a linear head: a feature map's)."""
+        if isinstance(self.head, nn.Linear):
+            return linear(self.head, h.flatten(1), feedback)
+        return self.head(h)
 
 
 def build_network(

@@ -71,7 +71,7 @@ def _least_squares_loss(x: torch.Tensor, y: torch.Tensor) -> float:
 def linear_table(paths, data_dir=None) -> pd.DataFrame:
     """One row per run: ``dataset, model, rule, seed, run, train_loss, test_loss, test_acc,
     optimum_loss, map_cosine, map_distance`` (see the module docstring)."""
-    from .train import rebuild
+    from .training_parts import rebuild
 
     rows, maps, data = [], {}, {}
     for path in paths:

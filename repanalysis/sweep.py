@@ -47,7 +47,7 @@ def config_of(config_json: str) -> TrainConfig | RecurrentConfig:
 def file_state(path: Path, config: TrainConfig | RecurrentConfig, data_dir=None) -> str:
     """What a task does with ``path`` for ``config`` (resolved): "keep", "resume" or "train" (see the module);
     ``data_dir``: where a language model's text is (``check_vocabulary``)."""
-    from .train import NON_FINITE
+    from .training_parts import NON_FINITE
 
     if not path.is_file():
         return "train"
@@ -77,7 +77,8 @@ def _dataset(name: str, seed: int, data_dir: str | None):
 
 def train_task(config_json: str, path: str, data_dir: str | None) -> tuple[str, str | None]:
     """Keep, resume or train one run (see the module); ``(what was done, error message or None)``."""
-    from .train import NON_FINITE, resume, train
+    from .train import resume, train
+    from .training_parts import NON_FINITE
 
     config = config_of(config_json)
     action = file_state(Path(path), config, data_dir)

@@ -8,7 +8,8 @@ import torch
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
 from repanalysis.rules.base import Rule
-from repanalysis.train import build, train
+from repanalysis.train import train
+from repanalysis.training_parts import build
 
 
 def small_config(**overrides) -> TrainConfig:

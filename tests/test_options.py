@@ -13,7 +13,8 @@ from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
 from repanalysis.rules.base import batch_statistics, lr_factor
 from repanalysis.runfile import RunFile
-from repanalysis.train import rebuild, train
+from repanalysis.train import train
+from repanalysis.training_parts import rebuild
 
 
 def test_learning_rate_factor_warms_up_linearly_then_follows_the_cosine():

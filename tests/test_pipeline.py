@@ -28,7 +28,8 @@ from repanalysis.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
 from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Rows
 from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
-from repanalysis.train import Batches, resume, state_arrays, train
+from repanalysis.train import resume, train
+from repanalysis.training_parts import Batches, state_arrays
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from torch import nn
 from repanalysis import Recorder, tasks
 from repanalysis.models import build_network
 from repanalysis.runfile import RunFile, as_rows
-from repanalysis.train import Batches, train
+from repanalysis.train import train
+from repanalysis.training_parts import Batches
 
 
 def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digits):
@@ -181,8 +182,8 @@ def two_conv_runs(tmp_path_factory, digits):
 
 @pytest.mark.parametrize("maps", ["flatten", "channels"])
 def test_analyze_two_recorder_files_of_a_conv_net(two_conv_runs, monkeypatch, maps):
+    import repanalysis.analysis._arrays as arrays_module
     import repanalysis.analysis.runs as runs_module
-    import repanalysis.analysis.streaming as streaming_module
     from repanalysis.analysis.runs import analyze
 
     bp, mine = two_conv_runs
@@ -199,7 +200,7 @@ def test_analyze_two_recorder_files_of_a_conv_net(two_conv_runs, monkeypatch, ma
     assert len(row) == 1 and row.value.iloc[0] == pytest.approx(expected, rel=1e-9)
     assert {"effective_rank", "rsa"} <= set(table.measure)
     monkeypatch.setattr(runs_module, "STREAM_ABOVE", 100)  # every map is streamed ...
-    monkeypatch.setattr(streaming_module, "CHUNK_BYTES", 3000)  # ... a few samples at a time
+    monkeypatch.setattr(arrays_module, "CHUNK_BYTES", 3000)  # ... a few samples at a time
     streamed = analyze([bp, mine], measures=measures[:2], maps=maps, quiet=True)
     merged = table.merge(streamed, on=[c for c in table.columns if c != "value"])
     assert len(merged) == len(streamed) > 10

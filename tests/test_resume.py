@@ -20,7 +20,8 @@ from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.runfile import RunFile
-from repanalysis.train import rebuild, resume, train
+from repanalysis.train import resume, train
+from repanalysis.training_parts import rebuild
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.runfile import OFFSET, RunFile, RunWriter
-from repanalysis.train import rebuild, resume, train
+from repanalysis.train import resume, train
+from repanalysis.training_parts import rebuild
 
 
 def _roundtrip(values, dtype, shift=0):

@@ -155,6 +155,19 @@ def test_constant_columns_and_guards():
         streaming_cca(g.standard_normal((30, 40)), g.standard_normal((30, 5)), chunk_rows=8)
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(dims=0), "dims must be >= 1"), (dict(dims=-1), "dims must be >= 1"), (dict(dims=(3, 0)), "dims must be >= 1"),
+    (dict(dims=(0, 2)), "dims must be >= 1"), (dict(variance=0.0), "variance must be in"),
+    (dict(variance=1.5), "variance must be in")])
+def test_svcca_in_memory_and_streamed_refuse_the_same_settings_alike(settings, message):
+    x, y = pair(n=200, seed=8)
+    with pytest.raises(UserError, match=message) as in_memory:
+        svcca(x, y, **settings)
+    with pytest.raises(UserError, match=message) as streamed:
+        streaming_svcca(x, y, chunk_rows=64, **settings)
+    assert str(in_memory.value) == str(streamed.value)
+
+
 def test_nan_in_a_later_chunk_names_the_row_and_where():
     x, y = pair(n=300, seed=7)
     y[250, 3] = np.nan

@@ -20,7 +20,8 @@ from repanalysis.datasets import load
 from repanalysis.errors import UserError
 from repanalysis.models import build_network
 from repanalysis.runfile import FORMAT_VERSION, RunFile
-from repanalysis.train import build, evaluate, rebuild, train
+from repanalysis.train import train
+from repanalysis.training_parts import build, evaluate, rebuild
 
 
 @pytest.fixture(scope="module")

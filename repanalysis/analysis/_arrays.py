@@ -181,8 +181,13 @@ def as_float64(x, name: str = "X", where: str | None = None, *, ndim: int | None
     return out
 
 
-#: Rows per chunk when centring into float64: about 64 MiB of float64 per chunk.
+#: How much float64 one chunk of rows holds (centring in memory, streaming from a file): about 64 MiB.
 CHUNK_BYTES = 64 * 2 ** 20
+
+
+def rows_per_chunk(width: int, least: int = 16) -> int:
+    """Rows of ``width`` float64 values in ``CHUNK_BYTES``, at least ``least``."""
+    return max(least, CHUNK_BYTES // (8 * max(width, 1)))
 
 
 class Prepared:
@@ -244,8 +249,7 @@ class Prepared:
         return self._xc
 
     def chunk_rows(self, width: int | None = None) -> int:
-        width = self.d_kept if width is None else width
-        return int(max(16, CHUNK_BYTES // (8 * max(width, 1))))
+        return rows_per_chunk(self.d_kept if width is None else width)
 
     def chunks(self, rows: int):
         """Yield ``(start, centred float64 chunk)``; the chunk buffer is reused."""

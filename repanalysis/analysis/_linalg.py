@@ -11,6 +11,10 @@ taken.
 
 Only the QR/SVD route of CCA (:func:`svd_basis`) needs the data themselves;
 it is what keeps CCA exact for ill-conditioned inputs.
+
+The checks on what the kernels give (SVCCA's kept dimensions and ranks, CCA's
+degenerate case, CKA's zero variance and chance level) are here too, so both
+kinds of measure refuse and warn alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+
+from repanalysis.errors import UserError
+
+from ._arrays import at, warn
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -614,3 +622,74 @@ def cca_svd(bx: SVDBasis, by: SVDBasis, *, ridge: float = 0.0, dx: int, dy: int,
             res.wy = (vt[:r] * by.s[None, :]) @ by.vt
     res.rho = np.clip(rho, 0.0, 1.0)
     return res
+
+
+# ==========================================================================
+# Checks on what the kernels give
+# ==========================================================================
+
+#: Biased CKA warns when independent data with the same spectra would score above this.
+CKA_CHANCE_WARN = 0.1
+
+
+def cka_value(st: CKAStats, debiased: bool, where: str | None, kind: str) -> float:
+    """``kind`` CKA from ``st``; refuses zero variance and (debiased) a non-positive self-HSIC, and warns when
+    the biased estimate is inflated (``CKA_CHANCE_WARN``)."""
+    if st.xx <= 0 or st.yy <= 0:
+        who = "X" if st.xx <= 0 else "Y"
+        raise UserError(f"{kind} CKA: {who} has zero variance (every feature constant){at(where)}")
+    value, hx, hy = cka_from_stats(st, debiased=debiased)
+    if debiased and not (hx > 0 and hy > 0):
+        raise UserError(
+            f"{kind} CKA (debiased): the unbiased HSIC of {'X' if hx <= 0 else 'Y'} with itself "
+            f"is not positive ({min(hx, hy):.3g}); too few samples (n={st.n}){at(where)}"
+        )
+    if not debiased:
+        chance = cka_chance_level(st)
+        if chance > CKA_CHANCE_WARN:
+            px = st.tx * st.tx / st.xx
+            py = st.ty * st.ty / st.yy
+            warn(
+                f"biased {kind} CKA with n={st.n} samples is inflated: independent data with these "
+                f"spectra would score about {chance:.2f} (effective dimensions {px:.0f} and "
+                f"{py:.0f}); use the debiased estimate (debiased=True; in analyze tables, "
+                f"linear_cka_debiased)", where)
+    return float(value)
+
+
+def degenerate_guard(rx: int, ry: int, n: int, what: str, where: str | None) -> None:
+    """Refuse CCA whose ranks leave some canonical correlations 1 whatever the data (``rx + ry >= n``)."""
+    if rx + ry >= n:
+        trivial = rx + ry - (n - 1)
+        raise UserError(
+            f"{what} is degenerate: with n={n} samples and ranks {rx} and {ry} "
+            f"(rank X + rank Y >= n), at least {trivial} canonical correlation(s) "
+            f"are 1 whatever the data; use more samples, fewer dimensions "
+            f"(svcca, dims=), ridge>0, or allow_degenerate=True{at(where)}"
+        )
+
+
+def svcca_kept(variance: float, dims) -> tuple[float | None, int | None, int | None]:
+    """SVCCA's ``(variance, kx, ky)``: the variance to keep (``dims`` None) or the dimensions (an int for both
+    sides or a pair), the other None; refuses a variance outside ``(0, 1]`` and dimensions below 1."""
+    if dims is None:
+        if not (0.0 < variance <= 1.0):
+            raise UserError(f"variance must be in (0, 1]; got {variance}")
+        return variance, None, None
+    kx, ky = (dims, dims) if np.isscalar(dims) else tuple(dims)
+    if min(kx, ky) < 1:
+        raise UserError(f"dims must be >= 1; got {dims}")
+    return None, kx, ky
+
+
+def check_svcca(res: CCAResult, kx: int | None, ky: int | None, n: int, allow_degenerate: bool,
+                where: str | None) -> None:
+    """Refuse an SVCCA result with a side of zero variance, fewer directions than ``dims`` asked for, or
+    (unless ``allow_degenerate``) degenerate kept ranks."""
+    for k, want, name in ((res.rank_x, kx, "X"), (res.rank_y, ky, "Y")):
+        if k == 0:
+            raise UserError(f"SVCCA: {name} has zero variance{at(where)}")
+        if want is not None and k < want:
+            raise UserError(f"SVCCA: dims={want} but {name} has numerical rank {k}{at(where)}")
+    if not allow_degenerate:
+        degenerate_guard(res.rank_x, res.rank_y, n, "SVCCA", where)

@@ -59,9 +59,6 @@ __all__ = [
     "procrustes_distance",
 ]
 
-#: Biased CKA warns when independent data with the same spectra would score above this.
-CKA_CHANCE_WARN = 0.1
-
 _METHODS = ("auto", "gram", "qr")
 
 
@@ -83,17 +80,6 @@ def _prepare_pair(X, Y, where, *, min_samples=2, rescale=True) -> tuple[Prepared
 # ==========================================================================
 # CCA family
 # ==========================================================================
-
-def _degenerate_guard(rx: int, ry: int, n: int, what: str, where: str | None) -> None:
-    if rx + ry >= n:
-        trivial = rx + ry - (n - 1)
-        raise UserError(
-            f"{what} is degenerate: with n={n} samples and ranks {rx} and {ry} "
-            f"(rank X + rank Y >= n), at least {trivial} canonical correlation(s) "
-            f"are 1 whatever the data; use more samples, fewer dimensions "
-            f"(svcca, dims=), ridge>0, or allow_degenerate=True{at(where)}"
-        )
-
 
 def _drop_constant(px: Prepared, py: Prepared, what: str, where: str | None, *,
                    sxx: np.ndarray | None = None, syy: np.ndarray | None = None,
@@ -155,7 +141,7 @@ def _cca_result(X, Y, *, ridge: float, allow_degenerate: bool, method: str, rtol
             raise UserError(f"{what}: {'X' if bx.rank == 0 else 'Y'} has zero variance{at(where)}")
         res = la.cca_svd(bx, by, ridge=ridge, dx=px.d_kept, dy=py.d_kept, vectors=vectors)
     if ridge == 0 and not allow_degenerate:
-        _degenerate_guard(res.rank_x, res.rank_y, n, what, where)
+        la.degenerate_guard(res.rank_x, res.rank_y, n, what, where)
     return res
 
 
@@ -237,15 +223,7 @@ def svcca(X, Y, *, variance: float = 0.99, dims: int | tuple[int, int] | None = 
     lost to rounding, else QR + SVD (see :func:`canonical_correlations`).
     """
     _check_method(method)
-    if dims is None:
-        if not (0.0 < variance <= 1.0):
-            raise UserError(f"variance must be in (0, 1]; got {variance}")
-        dx_keep = dy_keep = None
-    else:
-        dx_keep, dy_keep = (dims, dims) if np.isscalar(dims) else tuple(dims)
-        if min(dx_keep, dy_keep) < 1:
-            raise UserError(f"dims must be >= 1; got {dims}")
-        variance = None
+    variance, dx_keep, dy_keep = la.svcca_kept(variance, dims)
     px, py = _prepare_pair(X, Y, where)
     n = px.n
     res = None
@@ -263,13 +241,7 @@ def svcca(X, Y, *, variance: float = 0.99, dims: int | tuple[int, int] | None = 
         bx = la.truncate_basis(la.svd_basis(px.xc), variance=variance, dims=dx_keep)
         by = la.truncate_basis(la.svd_basis(py.xc), variance=variance, dims=dy_keep)
         res = la.cca_svd(bx, by, dx=px.d_kept, dy=py.d_kept)
-    for k, want, name in ((res.rank_x, dx_keep, "X"), (res.rank_y, dy_keep, "Y")):
-        if k == 0:
-            raise UserError(f"SVCCA: {name} has zero variance{at(where)}")
-        if want is not None and k < want:
-            raise UserError(f"SVCCA: dims={want} but {name} has numerical rank {k}{at(where)}")
-    if not allow_degenerate:
-        _degenerate_guard(res.rank_x, res.rank_y, n, "SVCCA", where)
+    la.check_svcca(res, dx_keep, dy_keep, n, allow_degenerate, where)
     return float(np.mean(res.rho))
 
 
@@ -344,29 +316,6 @@ def expected_null_cca(n: int, dx: int, dy: int, *, squared: bool = False) -> flo
 # CKA
 # ==========================================================================
 
-def _cka_finish(st: la.CKAStats, debiased: bool, where: str | None, kind: str) -> float:
-    if st.xx <= 0 or st.yy <= 0:
-        who = "X" if st.xx <= 0 else "Y"
-        raise UserError(f"{kind} CKA: {who} has zero variance (every feature constant){at(where)}")
-    value, hx, hy = la.cka_from_stats(st, debiased=debiased)
-    if debiased and not (hx > 0 and hy > 0):
-        raise UserError(
-            f"{kind} CKA (debiased): the unbiased HSIC of {'X' if hx <= 0 else 'Y'} with itself "
-            f"is not positive ({min(hx, hy):.3g}); too few samples (n={st.n}){at(where)}"
-        )
-    if not debiased:
-        chance = la.cka_chance_level(st)
-        if chance > CKA_CHANCE_WARN:
-            px = st.tx * st.tx / st.xx
-            py = st.ty * st.ty / st.yy
-            warn(
-                f"biased {kind} CKA with n={st.n} samples is inflated: independent data with these "
-                f"spectra would score about {chance:.2f} (effective dimensions {px:.0f} and "
-                f"{py:.0f}); use the debiased estimate (debiased=True; in analyze tables, "
-                f"linear_cka_debiased)", where)
-    return float(value)
-
-
 def linear_cka(X, Y, *, debiased: bool = False, method: str = "auto",
                where: str | None = None) -> float:
     """Linear centred kernel alignment (Kornblith, Norouzi, Lee & Hinton 2019).
@@ -403,7 +352,7 @@ def linear_cka(X, Y, *, debiased: bool = False, method: str = "auto",
         method = "feature" if px.d + py.d < px.n else "gram"
     if method == "feature":
         p = la.centred_products(px, py, xx=True, yy=True, xy=True, row_norms=debiased)
-        return _cka_finish(la.stats_from_products(p, debiased=debiased), debiased, where, "linear")
+        return la.cka_value(la.stats_from_products(p, debiased=debiased), debiased, where, "linear")
     xc, yc = px.xc, py.xc
     return _cka_from_kernels(xc @ xc.T, yc @ yc.T, debiased, where, "linear")
 
@@ -421,7 +370,7 @@ def centred_linear_gram(X, *, where: str | None = None) -> np.ndarray:
 def linear_cka_from_grams(k: np.ndarray, l: np.ndarray, *, where: str | None = None) -> float:
     """Biased linear CKA from two :func:`centred_linear_gram` matrices (not changed): the value
     :func:`linear_cka` gives by its Gram route, bit for bit, with its warnings."""
-    return _cka_finish(la.stats_from_grams(k, l, debiased=False), False, where, "linear")
+    return la.cka_value(la.stats_from_grams(k, l, debiased=False), False, where, "linear")
 
 
 def _cka_from_kernels(k: np.ndarray, l: np.ndarray, debiased: bool, where: str | None,
@@ -438,7 +387,7 @@ def _cka_from_kernels(k: np.ndarray, l: np.ndarray, debiased: bool, where: str |
     kc = la.double_centre(k, out=k)
     lc = la.double_centre(l, out=l)
     st = la.stats_from_grams(kc, lc, debiased=debiased)
-    return _cka_finish(st, debiased, where, kind)
+    return la.cka_value(st, debiased, where, kind)
 
 
 def rbf_gram(xc: np.ndarray, sigma: float, where: str | None = None, name: str = "X",

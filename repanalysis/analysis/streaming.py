@@ -43,8 +43,7 @@ import numpy as np
 from repanalysis.errors import UserError
 
 from . import _linalg as la
-from ._arrays import as_array, at, input_eps, warn
-from .similarity import _cka_finish, _degenerate_guard
+from ._arrays import as_array, at, input_eps, rows_per_chunk, warn
 from .spectrum import Spectrum
 
 __all__ = [
@@ -61,10 +60,6 @@ __all__ = [
     "streaming_singular_values",
 ]
 
-#: Default chunk size: rows such that one float64 chunk of X and Y together is about 64 MiB.
-CHUNK_BYTES = 64 * 2 ** 20
-
-
 class RowView:
     """Rows ``[N, D]`` of one leading index of a larger array-like, read lazily.
 
@@ -72,7 +67,7 @@ class RowView:
     run file's ``[T, N, D]`` dataset without loading it. ``rows`` turns each
     block of stored samples ``[r, ...]`` into rows ``[r, D]`` (e.g.
     ``runfile.as_rows`` for feature maps ``[T, N, C, H, W]``); a slice is then
-    read in blocks of at most ``CHUNK_BYTES`` of stored values, so the memory
+    read in blocks of at most ``_arrays.CHUNK_BYTES`` of stored values, so the memory
     a read takes is bounded by its output, not by the stored samples.
     """
 
@@ -83,7 +78,7 @@ class RowView:
         stored = tuple(source.shape[1:])
         self.shape = stored if rows is None else (stored[0],) + rows(source[index, :1]).shape[1:]
         self.dtype = getattr(source, "dtype", None)
-        self._block = max(1, CHUNK_BYTES // (8 * max(1, int(np.prod(stored[1:])))))
+        self._block = rows_per_chunk(int(np.prod(stored[1:])), least=1)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -103,11 +98,6 @@ def _is_sliceable(src) -> bool:
     return hasattr(src, "shape") and hasattr(src, "__getitem__") and len(getattr(src, "shape")) == 2
 
 
-def default_chunk_rows(width: int) -> int:
-    """Rows per chunk for a total width ``width`` (64 MiB of float64)."""
-    return max(16, CHUNK_BYTES // (8 * max(width, 1)))
-
-
 def iter_chunks(source, chunk_rows: int | None = None, *, name: str = "X",
                 where: str | None = None) -> Iterator[np.ndarray]:
     """Yield 2-D numpy chunks of rows from a sliceable 2-D array-like or an iterable of chunks."""
@@ -115,7 +105,7 @@ def iter_chunks(source, chunk_rows: int | None = None, *, name: str = "X",
         source = source()
     if _is_sliceable(source):
         n = int(source.shape[0])
-        rows = chunk_rows or default_chunk_rows(int(source.shape[1]))
+        rows = chunk_rows or rows_per_chunk(int(source.shape[1]))
         for a in range(0, n, rows):
             yield as_array(source[a:a + rows], name, where)
         return
@@ -137,7 +127,7 @@ def _paired_chunks(X, Y, chunk_rows, where) -> Iterator[tuple[np.ndarray, np.nda
             yield cx, None
         return
     if chunk_rows is None and _is_sliceable(X) and _is_sliceable(Y):
-        chunk_rows = default_chunk_rows(int(X.shape[1]) + int(Y.shape[1]))
+        chunk_rows = rows_per_chunk(int(X.shape[1]) + int(Y.shape[1]))
     if _is_sliceable(X) and _is_sliceable(Y) and X.shape[0] != Y.shape[0]:
         raise UserError(f"X and Y must have the same number of samples (rows); got "
                         f"{X.shape[0]} and {Y.shape[0]}{at(where)}")
@@ -373,7 +363,7 @@ class Moments:
         self._need(debiased=debiased)
         if debiased and self.n < 4:
             raise UserError(f"debiased CKA needs at least 4 samples; got {self.n}{at(self.where)}")
-        return _cka_finish(self._cka_stats(debiased), debiased, self.where, "linear")
+        return la.cka_value(self._cka_stats(debiased), debiased, self.where, "linear")
 
     def _pruned(self):
         """Centred moments without constant columns (with the CCA warning)."""
@@ -404,7 +394,7 @@ class Moments:
         if res is None:
             res = la.cca_gram_eigh(sxx, syy, sxy, ridge=ridge, rtol=rtol, vectors=vectors)
         if ridge == 0 and not allow_degenerate:
-            _degenerate_guard(res.rank_x, res.rank_y, self.n, what, self.where)
+            la.degenerate_guard(res.rank_x, res.rank_y, self.n, what, self.where)
         if res.rho.size == 0:
             raise UserError(f"{what}: zero variance{at(self.where)}")
         full = min(sxx.shape[0], syy.shape[0], self.n - 1)
@@ -429,22 +419,9 @@ class Moments:
     def svcca(self, *, variance: float = 0.99, dims=None, allow_degenerate: bool = False) -> float:
         """SVCCA from the moments (principal directions from ``XcᵀXc``)."""
         self._need()
-        if dims is None:
-            if not (0.0 < variance <= 1.0):
-                raise UserError(f"variance must be in (0, 1]; got {variance}")
-            kx = ky = None
-        else:
-            kx, ky = (dims, dims) if np.isscalar(dims) else tuple(dims)
-            variance = None
+        variance, kx, ky = la.svcca_kept(variance, dims)
         res = la.cca_gram_eigh(self.sxx(), self.syy(), self.sxy(), variance=variance, dims=(kx, ky))
-        for k, want, name in ((res.rank_x, kx, "X"), (res.rank_y, ky, "Y")):
-            if k == 0:
-                raise UserError(f"SVCCA: {name} has zero variance{at(self.where)}")
-            if want is not None and k < want:
-                raise UserError(f"SVCCA: dims={want} but {name} has numerical rank {k}"
-                                f"{at(self.where)}")
-        if not allow_degenerate:
-            _degenerate_guard(res.rank_x, res.rank_y, self.n, "SVCCA", self.where)
+        la.check_svcca(res, kx, ky, self.n, allow_degenerate, self.where)
         return float(np.mean(res.rho))
 
     def pwcca(self, *, weights: str = "x", allow_degenerate: bool = False) -> float:

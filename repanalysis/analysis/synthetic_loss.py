@@ -44,7 +44,7 @@ from ..errors import UserError
 from ..rules.base import evaluating
 from ..rules.synthetic import SyntheticGradientModule, SyntheticGradients
 from ..runfile import RunFile
-from ..train import rebuild
+from ..training_parts import rebuild
 from ._arrays import as_float64
 
 Gradient = Callable[[torch.Tensor], torch.Tensor]
@@ -102,17 +102,10 @@ def output_error(task: str, output: torch.Tensor, target: torch.Tensor) -> torch
     return grad
 
 
-def forward_above(rule: SyntheticGradients, i: int, h: torch.Tensor) -> torch.Tensor:
-    """The network's output from interface ``i``'s value ``h`` (the blocks above it, then the head)."""
-    for block in rule.network.blocks[i + 1:]:
-        h = block(h)
-    return rule.network.head(h.flatten(1))  # a feature map is flattened for the head, as in Network.trace
-
-
 def module_gradient(rule: SyntheticGradients, i: int, target: torch.Tensor) -> Gradient:
     """Module ``i``'s per-sample prediction as a function of ``h`` (the condition follows ``h`` if it is the error)."""
     def grad(h: torch.Tensor) -> torch.Tensor:
-        error = output_error(rule.task, forward_above(rule, i, h), target) if rule.condition == "error" else None
+        error = output_error(rule.task, rule.network.forward_from(i, h), target) if rule.condition == "error" else None
         return rule.predict(i, h, target, error)
 
     return grad
@@ -154,7 +147,7 @@ def losses_along_path(rule: SyntheticGradients, i: int, h0: torch.Tensor, target
     direction = path_ends(h0, rule.task, target) - h0
 
     def true_at(t) -> torch.Tensor:
-        return tasks.per_sample_loss(rule.task, forward_above(rule, i, h0 + t * direction), target)
+        return tasks.per_sample_loss(rule.task, rule.network.forward_from(i, h0 + t * direction), target)
 
     module, grad = rule.modules[rule.network.interfaces[i]], module_gradient(rule, i, target)
     if is_affine(module) and rule.condition != "error":
@@ -197,7 +190,7 @@ def synthetic_losses(run: RunFile, checkpoint: int = -1, layers: list[str] | Non
             h0 = as_float64(run.stored(name, "activations", checkpoint), "activations",
                             f"{run.path}, layer {name}, step {step}", ndim=None)
             true, synthetic, method = losses_along_path(rule, names[name], torch.from_numpy(h0), target, ts, order)
-            anchor = tasks.per_sample_loss(rule.task, forward_above(rule, names[name], torch.from_numpy(h0)),
+            anchor = tasks.per_sample_loss(rule.task, rule.network.forward_from(names[name], torch.from_numpy(h0)),
                                            target).numpy()[:, None]
             true, synthetic = true.numpy(), synthetic.numpy()
             out[name] = {"t": ts.numpy(), "true": true, "synthetic": synthetic, "anchor": anchor[:, 0],

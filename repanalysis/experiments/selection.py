@@ -148,13 +148,11 @@ def final_metric(path: Path, metric: str) -> float:
 def choose(experiments: dict, candidates: list, run_dir: Path, failed: dict[str, str]) -> Choice:
     """The ``Choice`` from the trained candidate runs (``PlannedRun`` with ``candidate`` set) in ``run_dir``;
     ``experiments``: the spec's experiments by name; ``failed``: file names of runs that failed."""
-    from .spec import VARIANT_AXES
-
     rows = []
     for run in candidates:
         selection = experiments[run.experiment].select
         value = math.nan if run.name in failed else final_metric(run_dir / run.name, selection.metric)
-        rows.append((run.experiment, run.config.rule, selection.key(run.axes, VARIANT_AXES), run.candidate,
+        rows.append((run.experiment, run.config.rule, selection.key(run.cell, ()), run.candidate,
                      run.config.seed, value))
     frame = pd.DataFrame(rows, columns=["experiment", "rule", "key", "candidate", "seed", "value"])
     index, table = {}, []

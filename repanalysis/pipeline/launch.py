@@ -1,7 +1,7 @@
 """The parent of the stage processes: start them, assemble their reports into the run file, stop them on failure.
 
 The parent holds the same seeded rule as the stages. It writes the run file
-alone, with ``train``'s own functions: per step, one metrics row merged from
+alone, with the in-process loop's own parts (``training_parts``): per step, one metrics row merged from
 every stage's rows (which arrive in batches of steps); at a checkpoint (or evaluation) step, it loads every
 stage's parameters at that step into its rule and records (or evaluates) as
 the in-process loop does. Stages never wait for the parent.
@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..progress import Progress
 from ..rules import SyntheticGradients
 from ..runfile import RunWriter
-from ..train import TrainResult, evaluate, load_arrays, non_finite, recorder
+from ..training_parts import TrainResult, evaluate, load_arrays, non_finite, recorder
 from .stages import Stage, partition, step_costs
 from .worker import StageSpec, main
 

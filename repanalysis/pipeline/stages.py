@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..models import Network, Trace
 from ..rules import SyntheticGradients
 from ..rules.base import batch_statistics, evaluating
-from ..train import state_arrays
+from ..training_parts import state_arrays
 
 BLOCK_OVERHEAD = 28_000_000
 """What a block's training step costs besides its multiply-adds, in multiply-adds: its Python and small
@@ -61,7 +61,7 @@ def step_costs(rule: SyntheticGradients, batch: int) -> list[int]:
                 module, condition = rule.modules[net.interfaces[i]], torch.zeros(n, cond_dim) if cond_dim else None
                 work += 2 * _madds(lambda z: module(z, condition), h)
             if i == len(net.blocks) - 1:
-                work += 3 * _madds(lambda z: net.head(z.flatten(1) if isinstance(net.head, nn.Linear) else z), h)
+                work += 3 * _madds(lambda z: net.forward_from(i, z), h)
             costs.append(round(batch * work) + BLOCK_OVERHEAD)
     return costs
 
@@ -165,10 +165,7 @@ class Stage:
     def forward(self, x: torch.Tensor) -> tuple[Trace, torch.Tensor]:
         """Zero the gradients and run the stage's blocks on ``x``, cut at its modules; returns the
         trace and the input leaf (which gathers the gradient to send down on stages above the first)."""
-        for opt in self.rule.optimizers:
-            opt.zero_grad(set_to_none=True)
-        self.rule.network.train()
-        self.rule.modules.train()
+        self.rule.begin_step()
         x = x.detach().requires_grad_(self.first > 0)
         return self.view.trace(x, [c - self.first for c in self.cuts]), x
 
@@ -183,10 +180,7 @@ class Stage:
         top = len(self.blocks) - 1
         if self.top:
             loss = tasks.loss(rule.task, trace.output, y)
-            metrics["train_loss"] = loss.detach()
-            hits = tasks.correct(rule.task, trace.output.detach(), y)
-            if hits is not None:
-                metrics["train_acc"] = hits / batch
+            metrics = rule.train_metrics(loss, trace.output, y)
             segments.append((loss, None, (local[-1] + 1 if local else 0), top))
         for j in range(len(local) - 1, -1, -1):
             c = local[j]
@@ -197,13 +191,9 @@ class Stage:
             parts = self.blocks[low : high + 1] + ([rule.network.head] if grad is None else [])
             params = [q for part in parts for q in part.parameters()]
             leaf = trace.inputs[low - 1] if low else (x if first > 0 else None)
-            wanted = ([leaf] if leaf is not None else []) + params
-            grads = list(torch.autograd.grad(node, wanted, grad, allow_unused=True))
+            grads = rule.backprop_segment(node, grad, [leaf] if leaf is not None else [], params)
             if leaf is not None:
-                arriving[low - 1] = grads.pop(0)
-            for q, g in zip(params, grads):
-                if g is not None:
-                    q.grad = g if q.grad is None else q.grad + g
+                arriving[low - 1] = grads[0]
         targets = {c + first: arriving[c] * batch for c in local if c in arriving}
         return Backward(arriving.get(-1), targets, predictions, metrics)
 
@@ -234,8 +224,7 @@ class Stage:
         The rule's update draws every block's coin (``--update-prob``) in order and
         sets every rate; only this stage's blocks have gradients, so only they move.
         """
-        self.rule.steps_done = step
-        self.rule._update()
+        self.rule.apply_update(step)
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of this stage's parameters and buffers, named as in ``/params`` (copies: they are sent

@@ -76,7 +76,7 @@ import torch.distributed as dist
 
 from .. import resume as resume_state
 from ..config import TrainConfig
-from ..train import Batches, build, load_arrays
+from ..training_parts import Batches, build, load_arrays
 from .stages import Stage
 
 WINDOW = 2  # unfinished sends of activations a stage may have (it runs at most WINDOW + 1 batches ahead)

@@ -156,19 +156,27 @@ class Rule:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One training step on a batch; returns detached 0-d metric tensors."""
+        self.begin_step()
+        p = self.backward(x, y, into_parameters=True)
+        metrics = self.train_metrics(p.loss, p.trace.output, y)
+        metrics.update(self.learn(p))
+        self.apply_update(self.steps_done + 1)
+        return metrics
+
+    def train_metrics(self, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A step's ``train_loss`` (its batch's ``loss``) and, where the task has one, ``train_acc``."""
+        metrics = {"train_loss": loss.detach()}
+        hits = tasks.correct(self.task, output.detach(), y)
+        if hits is not None:
+            metrics["train_acc"] = hits / len(y)
+        return metrics
+
+    def begin_step(self) -> None:
+        """Start a training step: clear every part's gradients; network and modules in training mode."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.network.train()
         self.modules.train()
-        p = self.backward(x, y, into_parameters=True)
-        metrics = {"train_loss": p.loss.detach()}
-        hits = tasks.correct(self.task, p.trace.output.detach(), y)
-        if hits is not None:
-            metrics["train_acc"] = hits / len(y)
-        self.steps_done += 1
-        metrics.update(self.learn(p))
-        self._update()
-        return metrics
 
     def backward(self, x, y, *, into_parameters: bool, interfaces: bool = False,
                  keep_parameters: bool = False) -> Pass:
@@ -192,7 +200,7 @@ class Rule:
             inside = [i for i in range(first, top + 1) if interfaces and (k == 0 or i != top)]
             wanted = [trace.inputs[below]] if below is not None else []
             wanted += [trace.output] if k == 0 else []
-            wanted += [trace.hidden[i] for i in inside] + params
+            wanted += [trace.hidden[i] for i in inside]
             if k == 0:
                 node, grad = p.loss, None
             else:
@@ -200,32 +208,43 @@ class Rule:
                 p.signals[top] = grad
                 if interfaces:
                     p.interface_grads[top] = grad
-            if not wanted:
+            if not wanted and not params:
                 continue
-            grads = list(torch.autograd.grad(node, wanted, grad, retain_graph=self.retain_graph,
-                                             allow_unused=True))
+            grads = self.backprop_segment(node, grad, wanted, params,
+                                          p.parameter_grads if keep_parameters else None)
             if below is not None:
                 p.arriving[below] = grads.pop(0)
             if k == 0:
                 p.output_grad = grads.pop(0)
             for i in inside:
                 p.interface_grads[i] = grads.pop(0)
-            for q, g in zip(params, grads):
-                if g is None:
-                    continue
-                if keep_parameters:
-                    kept = p.parameter_grads.get(id(q))
-                    p.parameter_grads[id(q)] = g if kept is None else kept + g
-                else:
-                    q.grad = g if q.grad is None else q.grad + g
         return p
 
-    def _update(self) -> None:
-        """Update every part (at the scheduled rate) unless its coin or the warm-up holds it.
+    def backprop_segment(self, node: torch.Tensor, grad: torch.Tensor | None, inputs: list[torch.Tensor],
+                         params: list[torch.Tensor], kept: dict[int, torch.Tensor] | None = None
+                         ) -> list[torch.Tensor | None]:
+        """Backpropagate ``node`` (a loss, ``grad`` None; else an interface, ``grad`` the signal injected
+        there) through one segment: returns the gradients at ``inputs`` and adds those of ``params`` to
+        their ``.grad`` (with ``kept``, to ``kept[id(parameter)]`` instead, ``.grad`` left alone)."""
+        grads = torch.autograd.grad(node, inputs + params, grad, retain_graph=self.retain_graph, allow_unused=True)
+        for q, g in zip(params, grads[len(inputs):]):
+            if g is None:
+                continue
+            if kept is not None:
+                before = kept.get(id(q))
+                kept[id(q)] = g if before is None else before + g
+            else:
+                q.grad = g if q.grad is None else q.grad + g
+        return list(grads[:len(inputs)])
+
+    def apply_update(self, step: int) -> None:
+        """Update every part as at ``step`` (1-based; ``steps_done`` becomes it), at the scheduled rate,
+        unless its coin or the warm-up holds it.
 
         Each part draws its coin in order, bottom up; a held part's gradients are
         dropped, so the one optimiser step leaves it (and its state) as it was.
         """
+        self.steps_done = step
         prob = self.config.update_prob
         factor = lr_factor(self.config, self.steps_done)
         held = self.held_below()
