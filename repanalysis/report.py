@@ -31,6 +31,7 @@ import torch
 from . import stats, tasks
 from .claims import ClaimResult, scope_label, variant
 from .datasets import load
+from .markdown import md_table, mean_std
 from .outputs import write_atomically
 from .runfile import RunFile
 
@@ -40,15 +41,6 @@ SCIENCE = "docs/science.md"
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder (``outputs.write_atomically``)."""
     write_atomically(path, lambda f: f.write(text))
-
-
-def mean_std(values, digits: int = 3) -> str:
-    """``"m ± s"`` over seeds (ddof 1), ``"m ± n/a"`` for one value, ``"n/a"`` for none."""
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    if not len(values):
-        return "n/a"
-    spread = f"{values.std(ddof=1):.{digits}f}" if len(values) > 1 else "n/a"
-    return f"{values.mean():.{digits}f} ± {spread}"
 
 
 # -- the linear-problem table --------------------------------------------------------
@@ -110,11 +102,6 @@ def linear_table(paths, data_dir=None) -> pd.DataFrame:
 
 # -- the report ---------------------------------------------------------------------
 
-def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 def _p(p: float) -> str:
     return "n/a" if not np.isfinite(p) else f"{p:.3f}"
 
@@ -147,7 +134,7 @@ def _shown(claim: ClaimResult, quantities: pd.DataFrame) -> list[str]:
     for (scope, rule), group in q.groupby(["scope", "rule"], sort=False):
         rows.append([scope, rule] + [mean_std(group[group["quantity"] == name]["value"], 4)
                                      for name in claim.spec.shows])
-    return _md_table(["scope", "rule"] + [f"`{name}` (mean ± std)" for name in claim.spec.shows], rows) + [""]
+    return md_table(["scope", "rule"] + [f"`{name}` (mean ± std)" for name in claim.spec.shows], rows) + [""]
 
 
 def _claim_lines(experiment: str, claim: ClaimResult, quantities: pd.DataFrame) -> list[str]:
@@ -158,7 +145,7 @@ def _claim_lines(experiment: str, claim: ClaimResult, quantities: pd.DataFrame) 
              f"scopes with at least {stats.MIN_SEEDS} seeds), at a false-discovery rate of {stats.ALPHA:g}.", ""]
     for part in claim.parts:
         lines += [f"**{part.label}** (claimed: {part.claim})", ""]
-        lines += _md_table(["scope", "seeds", "effect [95% CI]", "p (t)", "p (sign flip)", "verdict"],
+        lines += md_table(["scope", "seeds", "effect [95% CI]", "p (t)", "p (sign flip)", "verdict"],
                            [[scope, effect.n, effect.text(part.digits), _p(effect.p), _p(effect.p_perm), verdict]
                             for scope, effect, verdict in part.rows + part.pooled]) + [""]
         if not part.rows:
@@ -181,7 +168,7 @@ def _results_lines(paths: dict[str, dict]) -> list[str]:
                 acc, loss, step = float(e["test_acc"][-1]), float(e["test_loss"][-1]), int(e["step"][-1])
             rows.append([experiment, scope_label(planned.cell), variant(planned.config), planned.config.seed, step,
                          "n/a" if math.isnan(acc) else f"{acc:.4f}", f"{loss:.4f}", f"`runs/{Path(path).name}`"])
-    return _md_table(["experiment", "cell", "rule", "seed", "step", "test accuracy", "test loss", "run file"], rows)
+    return md_table(["experiment", "cell", "rule", "seed", "step", "test accuracy", "test loss", "run file"], rows)
 
 
 def _setting_text(key: str, value, configs) -> str:
@@ -287,20 +274,20 @@ def _explain_lines(experiment: str, frame: pd.DataFrame, fits: pd.DataFrame) -> 
                   "seeds): the run-average update and signal error, and D (1 − CKA and 1 − RSA with the twin). "
                   "For scale, 1 − CKA between backprop runs of different seeds (another start and other batches "
                   "alone): " + ", ".join(f"{ceiling[r]:.3f} {REGION_WORDS[r]}" for r in ceiling.index) + ".", "",
-                  *_md_table(["region", "arm", "seeds", "update error", "signal error", "1 − CKA", "1 − RSA"], rows),
+                  *md_table(["region", "arm", "seeds", "update error", "signal error", "1 − CKA", "1 − RSA"], rows),
                   ""]
         own = fits[(fits["scope"] == scope) & (fits["points"] > 0)]
         dose = own[own["model"].isin(["dose-response", "carried up"]) & own["layer"].isin(["below", "above"])]
         lines += ["Across arms: D at the last checkpoint against the run-average error of the layers below the "
                   "module (below: each layer's own; above: the mean of the layers below it, since its own is 0); "
                   "a region's points are its layers of every arm's runs:", "",
-                  *_md_table(["region", "error", "covariate", "slope [95% CI]", "p", "R² [95% CI]", "seeds",
+                  *md_table(["region", "error", "covariate", "slope [95% CI]", "p", "R² [95% CI]", "seeds",
                               "points"],
                              [[r.layer, r.error, r.covariate, *_fit_text(r)] for _, r in dose.iterrows()]), ""]
         lagged = own[own["model"] == "lagged"]
         lines += ["Lagged, below the module (D's change to the next checkpoint against the update error at the "
                   "checkpoint), across arms and per arm:", "",
-                  *_md_table(["arms", "slope [95% CI]", "p", "R² [95% CI]", "seeds", "points"],
+                  *md_table(["arms", "slope [95% CI]", "p", "R² [95% CI]", "seeds", "points"],
                              [[r.arm, *_fit_text(r)] for _, r in lagged.iterrows()]), ""]
         lines += _explain_summary(cell, dose)
     lines += [f"Per-layer fits (and per arm over training): `tables/{experiment}_explain.csv`; every point: "
@@ -349,7 +336,7 @@ def _selection_lines(spec, choice) -> list[str]:
                   f"evaluation on {validation} training inputs held out as a validation split, on seed(s) "
                   f"{', '.join(map(str, exp.select.seeds))}" + (f" at {cells}" if cells else "")
                   + "; the runs reported above use other seeds, and the selection never read the test split.", "",
-                  *_md_table(["rule", "for", "candidate", f"{exp.select.metric} (mean over runs)", "runs", "chosen"],
+                  *md_table(["rule", "for", "candidate", f"{exp.select.metric} (mean over runs)", "runs", "chosen"],
                              [[r.rule, r.key or "every cell", r.settings, f"{r['mean']:.4f}", r.runs,
                                "**yes**" if r.chosen else ""] for _, r in rows.iterrows()]), ""]
     return lines
@@ -423,7 +410,7 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
             *(["**Quick version**: the runs are far too short for these verdicts to mean much; it checks that the "
                "whole chain works. Run without `--quick` for the reproduction.", ""] if quick else []),
             "## Claims", "",
-            *_md_table(["#", "experiment", "part", "claimed", "scope", "effect [95% CI]", "p", "verdict",
+            *md_table(["#", "experiment", "part", "claimed", "scope", "effect [95% CI]", "p", "verdict",
                         "per cell"], _summary_rows(results)),
             "", "## Details", "",
         ]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..report import _md_table, mean_std
+from ..markdown import md_table, mean_std
 from ..runfile import RunFile
 from .tasks import Copy, RepeatCopy
 
@@ -81,7 +81,7 @@ def report_lines(experiment: str, table: pd.DataFrame) -> list[str]:
             per_seed = group.set_index("seed")["score"]
             body.append([bptt, rule] + [_value(task, per_seed[s]) if s in per_seed else "—" for s in seeds]
                         + [mean_std(per_seed, 3 if task == "charlm" else 1), mean_std(group["boundary_cosine"])])
-        lines += _md_table(header, body) + [""]
+        lines += md_table(header, body) + [""]
         lines += _comparison(task, rows, better)
     return lines
 
@@ -106,7 +106,7 @@ def _comparison(task: str, rows: pd.DataFrame, better: int) -> list[str]:
     return ["DNI − BPTT at the same T, paired by seed: the mean difference with its 95% t-interval from "
             f"{stats.MIN_SEEDS} seeds on (else the range of the seeds' differences), how many seeds DNI did "
             "better in, and the exact two-sided sign-flip p-value (its smallest value is 2/2ⁿ with n seeds: 0.25 "
-            "with 3).", "", *_md_table(["T", "seeds", "DNI − BPTT", "DNI per seed", "p (sign flip)"], body), "",
+            "with 3).", "", *md_table(["T", "seeds", "DNI − BPTT", "DNI per seed", "p (sign flip)"], body), "",
             "What this can and cannot show: one network size, one step budget and one learning rate per rule "
             "(the same for every T), so a difference is about this budget, not about what either rule reaches "
             "when trained to the end. While a sequence fits in one window there is no boundary: DNI's runs are "
