@@ -411,7 +411,8 @@ def _add_spec_options(p) -> None:
     p.add_argument("--depths", type=_numbers, help="override the depths of the spec's grids, e.g. 5,50")
     p.add_argument("--activations", type=_names, help="override the activations of the spec's grids, e.g. relu,tanh")
     p.add_argument("--widths", type=_numbers, help="override the widths of the spec's grids, e.g. 128,256")
-    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every run (default: the spec's)")
+    p.add_argument("--seeds", type=int, help="how many seeds: the spec's first N, more continuing after its last "
+                   "(the paper preset's are 1-5; default: all of the spec's)")
     p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
     p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
     p.add_argument("--data-dir", help="folder with the MNIST files (the recurrent preset: the folder holding "

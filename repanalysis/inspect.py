@@ -12,7 +12,7 @@ def _fmt(value: float) -> str:
 
 
 def summary(path) -> str:
-    """Status, provenance, layers with widths, checkpoints, last metrics and evaluation."""
+    """Status, provenance, layers with widths (and a feature map's ``CxHxW``), checkpoints, last metrics and evaluation."""
     with RunFile(path) as run:
         cfg = run.config
         lines = [
@@ -32,7 +32,8 @@ def summary(path) -> str:
         for name in run.layers:
             info = run.layer_info(name)
             arrays = [k for k in ("activations", "true_grad", "signal") if run.has(name, k)]
-            lines.append(f"    {name:<6} width {info['width']:<5} {info['kind']:<28} {', '.join(arrays)}")
+            width = f"{info['width']}" + (f" ({'x'.join(map(str, info['shape']))})" if len(info["shape"]) > 1 else "")
+            lines.append(f"    {name:<6} width {width:<16} {info['kind']:<28} {', '.join(arrays)}")
         lines.append(f"  parameters  {len(run.param_names)} arrays under /params")
         metrics = run.metrics
         if metrics.get("step") is not None and len(metrics["step"]):

@@ -1,6 +1,7 @@
 """The README's "Using it" commands and its "Your own model" example run as written, in an empty folder (on one
 torch thread, as every test: ``conftest.one_thread``)."""
 
+import re
 import shlex
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def test_your_own_model_runs_as_written(tmp_path, monkeypatch, capsys):
         with RunFile(f"mine{seed}.h5") as run:
             assert run.status == "complete" and run.evals["test_acc"][-1] >= 0.85
             assert run.array("conv1", "activations").shape == (4, 200, 16, 4, 4)
-    assert "model Sequential" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model Sequential" in out
+    assert re.search(r"conv1\s+width 256 \(16x4x4\)", out)  # a feature map's values per sample, with its shape
     assert (tmp_path / "mine_analysis.csv").stat().st_size and (tmp_path / "mine_probes.csv").stat().st_size
     assert len(list((tmp_path / "mine_figs").glob("*.png"))) >= 5
