@@ -20,6 +20,18 @@ def small_config(**overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def backprop_and_fa_runs(folder, steps: int) -> list:
+    """Two tiny digits runs in ``folder``, backprop and fa (depth 2, width 8, 30 probe inputs), recorded and
+    evaluated every ``steps / 2`` steps."""
+    paths = []
+    for rule in ("backprop", "fa"):
+        config = TrainConfig(rule=rule, depth=2, width=8, steps=steps, batch_size=32, record_every=steps // 2,
+                             eval_every=steps // 2, probe_size=30)
+        paths.append(folder / f"{rule}.h5")
+        train(config, paths[-1], device="cpu", quiet=True)
+    return paths
+
+
 def built(config: TrainConfig, data=None):
     """The seeded rule for ``config`` on ``data`` (digits by default), and the data."""
     data = data or load(config.dataset)

@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import backprop_and_fa_runs
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from test_figures import analysis_table, linear_table, probe_table
@@ -133,15 +134,7 @@ def test_a_least_squares_line_only_where_the_table_has_one():
 
 
 def test_run_figures_of_one_seed_say_so(tmp_path):
-    from repanalysis.config import TrainConfig
-    from repanalysis.train import train
-
-    runs = []
-    for rule in ("backprop", "fa"):
-        config = TrainConfig(rule=rule, depth=2, width=8, steps=6, batch_size=32, record_every=3, eval_every=3,
-                             probe_size=30)
-        runs.append(tmp_path / f"{rule}.h5")
-        train(config, runs[-1], device="cpu", quiet=True)
+    runs = backprop_and_fa_runs(tmp_path, steps=6)
     for fig in (curves.learning_curves(runs), spectra.spectra(runs), rdms.rdm_grid(runs)):
         caption = fig.get_suptitle()
         assert "mean" not in caption and "seeds" not in caption, caption

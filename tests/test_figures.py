@@ -8,6 +8,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import backprop_and_fa_runs
 from matplotlib.container import BarContainer, ErrorbarContainer
 
 from repanalysis.config import TrainConfig
@@ -86,14 +87,7 @@ def linear_table() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny digits runs (backprop and fa), 10 steps."""
-    folder = tmp_path_factory.mktemp("runs")
-    paths = []
-    for rule in ("backprop", "fa"):
-        config = TrainConfig(rule=rule, depth=2, width=8, steps=10, batch_size=32, record_every=5, eval_every=5,
-                             probe_size=30)
-        paths.append(folder / f"{rule}.h5")
-        train(config, paths[-1], device="cpu", quiet=True)
-    return paths
+    return backprop_and_fa_runs(tmp_path_factory.mktemp("runs"), steps=10)
 
 
 @pytest.fixture(scope="module")
