@@ -10,7 +10,7 @@
    start and close included); the ratio and a check that the tables are the
    same. The full preset's runs take hours to train and are not kept here, so
    by default a smaller set is trained first (``sweep`` on 2 workers, not
-   timed): ``--depths 5,10 --activations relu --seeds 2 --steps 300`` on MNIST
+   timed): ``--depths 5,10 --activations relu --seed-count 2 --steps 300`` on MNIST
    (8 runs, 500 probe inputs, checkpoints at steps 0 and 300). ``--runs DIR``
    analyses the runs of an existing paper reproduction (``DIR/runs``) instead.
 
@@ -47,7 +47,7 @@ from repanalysis.experiments.selection import FIRST
 from repanalysis.reproduce import reproduce, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_SLICE = Overrides(depths=[5, 10], activations=["relu"], seeds=2, steps=300)
+PAPER_SLICE = Overrides(depths=[5, 10], activations=["relu"], seed_count=2, steps=300)
 
 
 def reproduce_quick(workers: int, out: Path) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from repanalysis import tables
+from repanalysis.checkpoints import chosen_checkpoints
 from repanalysis.errors import UserError
 
 KINDS = {
@@ -79,6 +80,33 @@ def layer_positions(table: pd.DataFrame, *columns: tuple[str, str]) -> dict[str,
             for name, at in known.groupby(layer)[position].min().items():
                 found[name] = min(int(at), found.get(name, int(at)))
     return found
+
+
+#: The run and step columns of the table kinds that have checkpoints.
+STEP_COLUMNS = {"analysis": ("run_a", "step_a"), "probes": ("run", "step")}
+
+
+def at_checkpoints(kind: str, table: pd.DataFrame, choice) -> pd.DataFrame:
+    """The rows of ``table`` (of ``kind``) at the checkpoints ``choice`` picks (``repanalysis.checkpoints``) of
+    each run in it: all, each run's last step in the table, or given steps, each of which every run with
+    rows per checkpoint must have (a UserError naming the first run without). Rows of no layer (the measures
+    of a whole run) and tables without steps are kept whole."""
+    if kind not in STEP_COLUMNS or choice == "all":
+        return table
+    run, step = STEP_COLUMNS[kind]
+    layer = "layer_a" if kind == "analysis" else "layer"
+    kept = table[layer].isna()
+    for name, rows in table[~kept].groupby(run, sort=False):
+        steps = sorted(int(s) for s in rows[step].unique())
+        picked = [steps[c] for c in chosen_checkpoints(steps, choice, f"{name} (in the {kind} table)")]
+        kept |= (table[run] == name) & table[step].isin(picked)
+    return table[kept]
+
+
+def checkpoint_at(run, step: int | None) -> int:
+    """The checkpoint index of ``step`` in the open run file ``run`` (its last for None); a UserError naming the
+    run if it has no checkpoint there."""
+    return -1 if step is None else chosen_checkpoints(run.steps, (step,), str(run.path))[0]
 
 
 def at_last_step(table: pd.DataFrame, run: str = "run_a", step: str = "step_a") -> pd.DataFrame:

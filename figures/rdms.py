@@ -1,7 +1,7 @@
 """Representational dissimilarity matrices from run files: a grid of layers (rows) by rules (columns).
 
 Each panel is ``repanalysis.analysis.rdm`` (Euclidean, ``RDM_METRIC``) of one
-layer's probe activations at the run's last checkpoint, for the rule's lowest
+layer's probe activations at the run's last checkpoint (or at ``step``), for the rule's lowest
 seed, divided by its largest entry (so layers of different scales share one
 colour scale from 0 to 1), with the probe inputs sorted by class (by target
 value for regression; stable, so ties keep their probe order). At most
@@ -17,6 +17,7 @@ import numpy as np
 from repanalysis.analysis import rdm
 from repanalysis.runfile import RunFile
 
+from .inputs import checkpoint_at
 from .style import LAYER_CMAP, ordered_layers, ordered_rules, subplots
 
 MAX_SHOWN = 100
@@ -39,24 +40,28 @@ def _scaled(matrix: np.ndarray) -> np.ndarray:
     return matrix / top if top > 0 else matrix
 
 
-def sorted_rdms(path) -> tuple[dict[str, np.ndarray], np.ndarray | None, int, dict[str, int]]:
-    """``({layer: RDM with rows sorted by class}, sorted labels or None, seed, {layer: its position})``."""
+def sorted_rdms(path, step: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None, int,
+                                                        dict[str, int]]:
+    """``({layer: RDM with rows sorted by class}, sorted labels or None, seed, {layer: its position})`` at the
+    run's last checkpoint, or at ``step``."""
     with RunFile(path) as run:
+        c = checkpoint_at(run, step)
         labels = run.probe_labels
         key = labels if labels is not None else run.probe_targets[:, 0]
         order = np.argsort(key, kind="stable")
         order = order[:: -(-len(order) // MAX_SHOWN)]
-        matrices = {layer: _scaled(rdm(run.activations(layer, -1)[order], RDM_METRIC)) for layer in run.layers}
+        matrices = {layer: _scaled(rdm(run.activations(layer, c)[order], RDM_METRIC)) for layer in run.layers}
         positions = {layer: run.layer_info(layer)["position"] for layer in run.layers}
         return matrices, None if labels is None else labels[order], run.seed, positions
 
 
-def rdm_grid(paths, max_layers: int | None = None):
-    """The grid figure, or None without run files; at most ``max_layers`` rows, evenly spaced, the last included."""
+def rdm_grid(paths, max_layers: int | None = None, step: int | None = None):
+    """The grid figure (at each run's last checkpoint, or at ``step``), or None without run files; at most
+    ``max_layers`` rows, evenly spaced, the last included."""
     runs = lowest_seed_runs(paths)
     if not runs:
         return None
-    data = {rule: sorted_rdms(path) for rule, path in runs.items()}
+    data = {rule: sorted_rdms(path, step) for rule, path in runs.items()}
     positions = {layer: at for *_, own in data.values() for layer, at in own.items()}
     layers = ordered_layers({layer for matrices, *_ in data.values() for layer in matrices}, positions)
     if max_layers and len(layers) > max_layers:

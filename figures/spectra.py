@@ -1,7 +1,7 @@
 """Singular-value spectra of each layer's activations: one panel per layer (bottom to top), one line per rule.
 
 Each run's spectrum is ``repanalysis.analysis.singular_values`` of the layer's
-probe activations at the last checkpoint, normalised by its largest value;
+probe activations at the last checkpoint (or at ``step``), normalised by its largest value;
 lines are the mean over seeds, on a log scale.
 """
 
@@ -12,27 +12,31 @@ import numpy as np
 from repanalysis.analysis import singular_values
 from repanalysis.runfile import RunFile
 
+from .inputs import checkpoint_at
 from .style import count_text, legend, line_kwargs, log_y, ordered_layers, ordered_rules, subplots
 
 
-def normalised_spectra(paths) -> tuple[dict[tuple[str, str], list[np.ndarray]], dict[str, int]]:
-    """``({(rule, layer): [σ / σ_max per run]}, {layer: its position})`` at each run's last checkpoint
-    (all-zero spectra left out)."""
+def normalised_spectra(paths, step: int | None = None) -> tuple[dict[tuple[str, str], list[np.ndarray]],
+                                                                 dict[str, int]]:
+    """``({(rule, layer): [σ / σ_max per run]}, {layer: its position})`` at each run's last checkpoint, or at
+    ``step`` (all-zero spectra left out)."""
     out: dict[tuple[str, str], list[np.ndarray]] = {}
     positions: dict[str, int] = {}
     for path in paths:
         with RunFile(path) as run:
+            c = checkpoint_at(run, step)
             for layer in run.layers:
                 positions.setdefault(layer, run.layer_info(layer)["position"])
-                s = np.asarray(singular_values(run.activations(layer, -1)), dtype=np.float64)
+                s = np.asarray(singular_values(run.activations(layer, c)), dtype=np.float64)
                 if len(s) and s[0] > 0:
                     out.setdefault((run.rule, layer), []).append(s / s[0])
     return out, positions
 
 
-def spectra(paths):
-    """The figure, or None when no layer has a non-zero spectrum."""
-    found, positions = normalised_spectra(paths)
+def spectra(paths, step: int | None = None):
+    """The figure (at each run's last checkpoint, or at ``step``), or None when no layer has a non-zero
+    spectrum."""
+    found, positions = normalised_spectra(paths, step)
     if not found:
         return None
     layers = ordered_layers((layer for _, layer in found), positions)

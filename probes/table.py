@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from repanalysis.checkpoints import chosen_checkpoints, parse_checkpoints
 from repanalysis.errors import UserError
 from repanalysis.runfile import MAPS, RunFile
 
@@ -29,23 +30,22 @@ from .knn import knn_accuracy
 from .linear import linear_accuracy
 
 PROBES = ("linear", "knn")
-CHECKPOINTS = ("all", "last")
 COLUMNS = ["run", "rule", "seed", "layer", "position", "step", "probe", "accuracy", "accuracy_std", "folds"]
 
 
-def _probe_set(path) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
-    """``(probe index, probe labels, checkpoint count, layers)`` of one run; refuses runs that cannot be probed."""
+def _probe_set(path) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+    """``(probe index, probe labels, checkpoint steps, layers)`` of one run; refuses runs that cannot be probed."""
     with RunFile(path) as run:
         labels = run.probe_labels
         if labels is None:
             raise UserError(f"{path}: a {run.task} run has no class labels; probes need a classification task")
         if not len(run.steps):
             raise UserError(f"{path}: the run has no checkpoints")
-        return run.probe_index, labels, len(run.steps), list(run.layers)
+        return run.probe_index, labels, [int(s) for s in run.steps], list(run.layers)
 
 
-def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, list[str]]]]:
-    """The probe labels every run shares, and each run's checkpoint count and layers; refuses runs that differ."""
+def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[list[int], list[str]]]]:
+    """The probe labels every run shares, and each run's checkpoint steps and layers; refuses runs that differ."""
     seen: dict[Path, str] = {}
     first_index = first_labels = None
     counts = []
@@ -54,8 +54,8 @@ def _shared_probe_set(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, lis
         if key in seen:
             raise UserError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
-        index, labels, n_checkpoints, layers = _probe_set(path)
-        counts.append((n_checkpoints, layers))
+        index, labels, steps, layers = _probe_set(path)
+        counts.append((steps, layers))
         if first_index is None:
             first_index, first_labels = index, labels
         elif not np.array_equal(index, first_index):
@@ -88,9 +88,10 @@ def _probe_task(name: str, path: str, layer: str, indices: list[int], labels: np
     return rows
 
 
-def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5, checkpoints: str = "all",
+def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5, checkpoints="all",
                maps: str = "flatten", quiet: bool = False, executor=None) -> pd.DataFrame:
-    """The tidy table of ``probes`` on every layer of every run, at every (``"all"``) or the last checkpoint.
+    """The tidy table of ``probes`` on every layer of every run, at the checkpoints ``checkpoints`` chooses
+    (``repanalysis.checkpoints``: ``"all"``, ``"last"`` or steps every run has).
 
     ``maps``: feature maps are probed flattened (``"flatten"``: every position of every channel a feature)
     or as their channels' means over positions (``"channels"``). One task per run and layer on ``executor``
@@ -108,13 +109,12 @@ def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 
         raise UserError(f"unknown probe(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROBES)}")
     if maps not in MAPS:
         raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
-    if checkpoints not in CHECKPOINTS:
-        raise UserError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
+    checkpoints = parse_checkpoints(checkpoints)
     labels, counts = _shared_probe_set(paths)
     splits = make_folds(labels, folds, seed)
     tasks = []
-    for path, (n, layers) in zip(paths, counts):
-        indices = list(range(n)) if checkpoints == "all" else [n - 1]
+    for path, (steps, layers) in zip(paths, counts):
+        indices = chosen_checkpoints(steps, checkpoints, path)
         tasks += [(path, str(Path(path).resolve()), layer, indices, labels, splits, probes, seed, k, maps)
                   for layer in layers]
     results = (executor or Executor()).map(_probe_task, tasks, label="probe", quiet=quiet)

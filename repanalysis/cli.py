@@ -7,19 +7,19 @@ with exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
+import typing
 import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import LR_SCHEDULES, OPTIMIZERS, RECORD_BN, RULES, SG_CONDITIONS, SG_MAPS, SG_OUTPUTS, TrainConfig
+from .config import FEEDBACK, SYNTHETIC, TrainConfig
 from .errors import UserError, refuse_renamed
-from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .outputs import check_file, check_inputs, check_state_folder
 from .runfile import MAPS
-from .storage import RECORD_DTYPES
 
 
 class _Help(argparse.HelpFormatter):
@@ -80,6 +80,34 @@ def _numbers(text: str) -> list[int]:
     return values
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: a list of seeds like the grid options' lists; a lone number, which could be read as a count,
+    is refused with the two spellings that say which."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 1 and parts[0].isdigit():
+        raise argparse.ArgumentTypeError(f"a lone number is ambiguous: give --seed-count {parts[0]} for the spec's "
+                                         f"first {parts[0]} seeds, or --seeds {parts[0]}, for seed {parts[0]} alone")
+    if not all(part.isdigit() for part in parts if part) or not any(parts):
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2 (one seed: 7,), got {text!r}")
+    return [int(part) for part in parts if part]
+
+
+def _checkpoint_choice(text: str):
+    """``--checkpoints`` of analyze, probe and figures (``repanalysis.checkpoints``)."""
+    from .checkpoints import parse_checkpoints
+
+    try:
+        return parse_checkpoints(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_checkpoints(p) -> None:
+    from .checkpoints import HELP
+
+    p.add_argument("--checkpoints", type=_checkpoint_choice, default="all", help=f"{HELP} (default all)")
+
+
 def _names(text: str) -> list[str]:
     from .models import ACTIVATIONS
 
@@ -94,88 +122,17 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one model with one rule and record it to a run file",
                        description="Train one model with one rule and record it to a run file, on one thread "
                        "(torch and BLAS), as each task of reproduce and sweep.")
-    d = TrainConfig()
-    p.add_argument("--rule", default=d.rule, help=f"one of {', '.join(RULES)} (default {d.rule})")
-    p.add_argument("--dataset", default=d.dataset, help="digits (default), mnist, or an artificial problem")
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}, or lstm (a recurrent network: see "
-                   f"the options for --model lstm below) (default {d.model})")
-    p.add_argument("--depth", type=int, default=d.depth, help="hidden (or convolutional) blocks (default %(default)s)")
-    p.add_argument("--width", type=int, default=d.width, help="units per hidden block, mlp; hidden units, lstm "
-                   "(default %(default)s; 64 for lstm)")
-    p.add_argument("--channels", type=int, default=d.channels, help="kernels per convolution, cnn")
-    p.add_argument("--kernel-size", type=int, default=d.kernel_size, help="side of the square kernels (odd), cnn")
-    p.add_argument("--pool", choices=POOLING, default=d.pool, help="2x2 max pooling after each block, or none; cnn")
-    p.add_argument("--activation", default=d.activation, help=f"one of {', '.join(ACTIVATIONS)}")
-    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
-                   help="batch norm before each activation (default on)")
-    p.add_argument("--init", choices=INITS, default=d.init,
-                   help="the hidden blocks' weights: default (PyTorch's) or orthogonal")
-    p.add_argument("--bn-gamma-init", type=float, default=d.bn_gamma_init,
-                   help="batch norm's initial scale (default %(default)s)")
-    p.add_argument("--bn-beta-init", type=float, default=d.bn_beta_init,
-                   help="batch norm's initial shift (default %(default)s); 2 starts ReLU in its linear part")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps (updates)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training inputs per step")
-    p.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the network")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="for sgd (default %(default)s)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
-                   help="the blocks' learning rate over the run: constant, or cosine decay to 0 at the last step")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                   help="linear learning-rate warm-up over the first N steps (default %(default)s)")
-    p.add_argument("--record-bn", choices=RECORD_BN, default=d.record_bn,
-                   help="batch norm in the recording's shadow pass: batch (the probe set's own statistics, as in "
-                   "training; default) or eval (running statistics)")
-    p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
-    p.add_argument("--record-dtype", choices=RECORD_DTYPES, default=d.record_dtype,
-                   help="how activations, true gradients, signals and parameters are stored: float32 (exact), or "
-                   "float16 / bfloat16 (half the bytes; the README's run-file section gives their effect on each measure)")
-    p.add_argument("--record-layers", type=_interfaces,
-                   help="interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")
-    p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
-    p.add_argument("--probe-size", type=int, default=d.probe_size, help="probe inputs from the test split")
-    p.add_argument("--validation", type=int, default=d.validation,
-                   help="training inputs held out as a validation split, evaluated beside the test split "
-                   "(val_loss, val_acc; default %(default)s: none)")
-    p.add_argument("--hold-steps", type=int, default=d.hold_steps,
-                   help="the blocks up to --hold-at hold still for the first N steps, under any rule (default 0)")
-    p.add_argument("--hold-at", type=int, help="the interface up to which --hold-steps holds blocks "
-                   "(default: the top module's for sg, dni, cdni and the top cut for noisy, dfa; else the middle)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the batches")
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the artificial data sets")
+    groups = {None: p, SYNTHETIC: p.add_argument_group(SYNTHETIC)}
+    recurrent = p.add_argument_group("recurrent networks (--model lstm, with --rule backprop or dni; also --width, "
+                                     "--steps, --batch-size, --optimizer, --lr, --momentum, --sg-lr, --seed, "
+                                     "--record-every, --eval-every, --probe-size, --data-dir)")
+    groups[FEEDBACK] = p.add_argument_group(FEEDBACK)
+    add_config_options(groups)
+    _add_recurrent(recurrent)
     p.add_argument("--data-dir", help="folder with the MNIST files (default $REPANALYSIS_DATA, else a download)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu or cuda")
-    g = p.add_argument_group("synthetic gradients (sg, dni, cdni) and noisy")
-    g.add_argument("--sg-at", type=_interfaces, help="interfaces with a module for sg (where noisy corrupts), e.g. 2 or 2,4 "
-                   "(default: the middle)")
-    g.add_argument("--sg-condition", choices=SG_CONDITIONS, help="module input beside h (default: label; none for dni)")
-    g.add_argument("--sg-hidden", type=int, help="hidden layers in each module: 0 (linear), 1 or 2 (default 0; 1 for cnn)")
-    g.add_argument("--sg-width", type=int, default=d.sg_width, help="units per module hidden layer")
-    g.add_argument("--sg-batch-norm", action=argparse.BooleanOptionalAction,
-                   help="batch norm in the modules' hidden layers (default: off; on for cnn)")
-    g.add_argument("--sg-output", choices=SG_OUTPUTS, default=d.sg_output, help="tanh bounds the prediction (log losses)")
-    g.add_argument("--sg-map", choices=SG_MAPS, default=d.sg_map,
-                   help="modules on feature maps: linear layers on the flattened map, or convolutions")
-    g.add_argument("--sg-lambda", type=float, help="target mix: 1 true gradient, 0 bootstrapped (default 1 for sg, 0 for dni/cdni)")
-    g.add_argument("--sg-optimizer", choices=OPTIMIZERS, help="the modules' optimiser (default --optimizer)")
-    g.add_argument("--sg-lr", type=float, help="the modules' learning rate (default --lr)")
-    g.add_argument("--sg-loss-weight", type=float, default=d.sg_loss_weight, help="weight of the modules' regression loss")
-    g.add_argument("--sg-warmup", type=int, default=d.sg_warmup,
-                   help="steps at the start in which the blocks below the modules hold still while they fit")
-    g.add_argument("--update-prob", type=float, default=d.update_prob, help="each block updates with this probability per step")
-    g.add_argument("--signal-cosine", type=float, default=d.signal_cosine,
-                   help="noisy: the true gradient at the --sg-at interfaces turned to this cosine with itself, "
-                   "norm kept (default 1: backprop)")
-    g.add_argument("--stages", type=int, default=d.stages, metavar="K",
-                   help="pipeline stages of this one network, each in its own process, cut at the modules: "
-                   "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs")
-    g.add_argument("--workers", action=_Renamed, renamed="--stages (pipeline stages of one network; --workers "
-                   "is the Dask worker processes of reproduce, sweep, analyze and probe)")
-    g.add_argument("--sync", action="store_true",
-                   help="with --stages: stages in lock-step, equal to the in-process rule (the check of the machinery)")
-    _add_recurrent(p)
-    g = p.add_argument_group("fixed feedback (fa, dfa)")
-    g.add_argument("--feedback-scale", type=float, default=d.feedback_scale, help="scale of the random feedback matrices")
+    groups[SYNTHETIC].add_argument("--workers", action=_Renamed, renamed="--stages (pipeline stages of one network; "
+                                   "--workers is the Dask worker processes of reproduce, sweep, analyze and probe)")
     p.add_argument("--out", help="the run file to write (.h5); required unless --resume")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--resume", metavar="RUN.h5", help="continue this interrupted run in place, exactly, with the "
@@ -183,17 +140,33 @@ def _add_train(sub) -> None:
     _add_quiet(p)
 
 
+def add_config_options(groups: dict) -> None:
+    """One option per ``TrainConfig`` field, from its metadata (``config._field``), into ``groups[its group]``:
+    ``--name-with-dashes``, its default the field's, its type the field's (a list of ints: interfaces, ``_interfaces``;
+    a bool: ``--name``/``--no-name`` unless its metadata gives another ``action``)."""
+    kinds = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        group = groups[meta.pop("group", None)]
+        kind = next((k for k in typing.get_args(kinds[f.name]) if k is not type(None)), kinds[f.name])
+        if kind is bool:
+            meta.setdefault("action", argparse.BooleanOptionalAction)
+        elif typing.get_origin(kind) is list:
+            meta["type"] = _interfaces
+        elif kind is not str:
+            meta["type"] = kind
+        group.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **meta)
+
+
 def _add_quiet(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
-def _add_recurrent(p) -> None:
+def _add_recurrent(g) -> None:
+    """The options of recurrent runs only, into the argument group ``g``."""
     from .recurrent.train import TASKS, RecurrentConfig
 
     r = RecurrentConfig()
-    g = p.add_argument_group("recurrent networks (--model lstm, with --rule backprop or dni; also --width, --steps, "
-                             "--batch-size, --optimizer, --lr, --momentum, --sg-lr, --seed, --record-every, "
-                             "--eval-every, --probe-size, --data-dir)")
     g.add_argument("--task", choices=TASKS, help=f"copy or repeatcopy (generated, with a curriculum scored every "
                    f"--eval-every steps, default steps/50) or charlm (character-level language modelling on --text) "
                    f"(default {r.task})")
@@ -312,7 +285,7 @@ def _cmd_analyze(args) -> None:
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
         table = analyze(args.runs, reference=args.reference, measures=args.measures, maps=args.maps,
-                        quiet=args.quiet, executor=executor)
+                        checkpoints=args.checkpoints, quiet=args.quiet, executor=executor)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
 
@@ -324,7 +297,7 @@ def _cmd_probe(args) -> None:
     check_inputs(args.runs, args.out)
     check_file(args.out, args.overwrite)
     with _executor(args) as executor:
-        table = probe_runs(args.runs, folds=args.folds, seed=args.seed, k=args.k, checkpoints=args.checkpoints,
+        table = probe_runs(args.runs, folds=args.folds, seed=args.fold_seed, k=args.k, checkpoints=args.checkpoints,
                            maps=args.maps, quiet=args.quiet, executor=executor)
     write_table(table, args.out)
     print(f"wrote {args.out}: {len(table)} rows")
@@ -334,7 +307,8 @@ def _cmd_figures(args) -> None:
     from .figures import draw_figures
 
     check_inputs(args.inputs, args.out)
-    made = draw_figures(args.inputs, args.out, quiet=args.quiet, overwrite=args.overwrite)
+    made = draw_figures(args.inputs, args.out, quiet=args.quiet, overwrite=args.overwrite,
+                        checkpoints=args.checkpoints)
     print(f"wrote {len(made)} files to {args.out}")
 
 
@@ -347,7 +321,7 @@ def _spec_and_overrides(args):
         raise UserError("give --preset or --spec, not both")
     spec = load_spec(args.spec) if args.spec else preset(args.preset or "digits")
     overrides = Overrides(depths=args.depths, activations=args.activations, widths=args.widths, seeds=args.seeds,
-                          steps=args.steps, dataset=args.dataset)
+                          seed_count=args.seed_count, steps=args.steps, dataset=args.dataset)
     spec.check(args.quick, overrides)  # refuse a bad spec or override before the output folder is touched
     check_state_folder(args.out, args.overwrite)
     if not args.quiet:
@@ -411,8 +385,11 @@ def _add_spec_options(p) -> None:
     p.add_argument("--depths", type=_numbers, help="override the depths of the spec's grids, e.g. 5,50")
     p.add_argument("--activations", type=_names, help="override the activations of the spec's grids, e.g. relu,tanh")
     p.add_argument("--widths", type=_numbers, help="override the widths of the spec's grids, e.g. 128,256")
-    p.add_argument("--seeds", type=int, help="how many seeds: the spec's first N, more continuing after its last "
-                   "(the paper preset's are 1-5; default: all of the spec's)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seed_list, help="replace the spec's seeds, e.g. 0,1,2 (one seed: 7,; "
+                       "default: the spec's, 1-5 for the paper preset)")
+    seeds.add_argument("--seed-count", type=int, metavar="N", help="the spec's first N seeds, more continuing "
+                       "after its last (default: all of the spec's)")
     p.add_argument("--steps", type=int, help="training steps of every run (default: the spec's)")
     p.add_argument("--dataset", help="replace the spec's default data set (e.g. mnist for the digits preset)")
     p.add_argument("--data-dir", help="folder with the MNIST files (the recurrent preset: the folder holding "
@@ -442,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="compare every run with this one (default: the backprop run of the same seed)")
     p.add_argument("--measures", nargs="+", metavar="NAME",
                    help=f"only these measures (default: all that apply): {', '.join(MEASURES)}")
+    _add_checkpoints(p)
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_options(p)
@@ -450,9 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN.h5", help="the run files whose recorded activations to probe")
     p.add_argument("--out", required=True, help="the table to write (.csv)")
     p.add_argument("--folds", type=int, default=5, help="stratified folds (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds (default %(default)s)")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the folds (default %(default)s)")
+    p.add_argument("--seed", action=_Renamed, renamed="--fold-seed (the seed of the folds; --seed is a run's "
+                   "training seed in train)")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN probe (default %(default)s)")
-    p.add_argument("--checkpoints", choices=("all", "last"), default="all", help="probe every checkpoint or the last")
+    _add_checkpoints(p)
     _add_maps(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_options(p)
@@ -462,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "reproduce, and run files (learning curves, RDMs, spectra)")
     p.add_argument("--out", required=True, help="the folder for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace figure files that exist in --out")
+    _add_checkpoints(p)
     _add_quiet(p)
     p = sub.add_parser("reproduce", help="run an experiment spec: train, analyse, probe, draw, write report.md")
     _add_spec_options(p)

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 
 from .errors import UserError
-from .models import INITS
+from .models import ACTIVATIONS, INITS, MODELS, POOLING
 from .storage import RECORD_DTYPES
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback", "noisy")
@@ -23,6 +23,14 @@ SG_OUTPUTS = ("linear", "tanh")
 SG_MAPS = ("flat", "conv")
 #: Seeds are stored as 64-bit integers (run-file attributes, torch's generators).
 MAX_SEED = 2**63 - 1
+#: The option groups of ``repanalysis train`` a field may name in its metadata (``group``); others are ungrouped.
+SYNTHETIC, FEEDBACK = "synthetic gradients (sg, dni, cdni) and noisy", "fixed feedback (fa, dfa)"
+
+
+def _field(default, help: str, **cli):
+    """A field whose metadata holds its ``repanalysis train`` option: its ``help`` and any of ``choices``,
+    ``metavar``, ``group`` and ``action`` (``cli.add_config_options`` makes the options from them)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
@@ -33,60 +41,79 @@ class TrainConfig:
     command line.
     """
 
-    rule: str = "backprop"
-    dataset: str = "digits"
-    data_seed: int = 0
-    model: str = "mlp"
-    depth: int = 4
-    width: int = 64
-    channels: int = 32  # cnn: kernels per convolution
-    kernel_size: int = 3  # cnn
-    pool: str = "max"  # cnn: 2x2 max pooling after each block, or none
-    activation: str = "relu"
-    batch_norm: bool = True  # as in both DNI papers; without it dni does not learn on digits
-    init: str = "default"  # or "orthogonal" (models.build_network)
-    bn_gamma_init: float = 1.0
-    bn_beta_init: float = 0.0
-    steps: int = 1000
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    record_every: int | None = None
-    eval_every: int | None = None
-    probe_size: int = 200
-    record_bn: str = "batch"
-    record_dtype: str = "float32"  # how activations, gradients, signals and parameters are stored (storage.py)
-    record_layers: list[int] | None = None  # interfaces recorded (numbered from 1); None: all
-    seed: int = 0
-    validation: int = 0  # training inputs held out as a validation split (val_loss, val_acc at each evaluation)
-    # the blocks up to interface hold_at hold still for the first hold_steps steps (any rule)
-    hold_steps: int = 0
-    hold_at: int | None = None  # default: the top module's interface (sg, dni, cdni), else the middle one
+    rule: str = _field("backprop", f"one of {', '.join(RULES)} (default %(default)s)")
+    dataset: str = _field("digits", "digits (default), mnist, or an artificial problem")
+    data_seed: int = _field(0, "seed of the artificial data sets")
+    model: str = _field("mlp", f"one of {', '.join(MODELS)}, or lstm (a recurrent network: see the options for "
+                        "--model lstm below) (default %(default)s)")
+    depth: int = _field(4, "hidden (or convolutional) blocks (default %(default)s)")
+    width: int = _field(64, "units per hidden block, mlp; hidden units, lstm (default %(default)s; 64 for lstm)")
+    channels: int = _field(32, "kernels per convolution, cnn")
+    kernel_size: int = _field(3, "side of the square kernels (odd), cnn")
+    pool: str = _field("max", "2x2 max pooling after each block, or none; cnn", choices=POOLING)
+    activation: str = _field("relu", f"one of {', '.join(ACTIVATIONS)}")
+    # on by default, as in both DNI papers; without it dni does not learn on digits
+    batch_norm: bool = _field(True, "batch norm before each activation (default on)")
+    init: str = _field("default", "the hidden blocks' weights: default (PyTorch's) or orthogonal", choices=INITS)
+    bn_gamma_init: float = _field(1.0, "batch norm's initial scale (default %(default)s)")
+    bn_beta_init: float = _field(0.0, "batch norm's initial shift (default %(default)s); 2 starts ReLU in its "
+                                 "linear part")
+    steps: int = _field(1000, "training steps (updates)")
+    batch_size: int = _field(64, "training inputs per step")
+    optimizer: str = _field("adam", f"one of {', '.join(OPTIMIZERS)}")
+    lr: float = _field(1e-3, "learning rate of the network")
+    momentum: float = _field(0.9, "for sgd (default %(default)s)")
+    lr_schedule: str = _field("constant", "the blocks' learning rate over the run: constant, or cosine decay to 0 "
+                              "at the last step", choices=LR_SCHEDULES)
+    warmup_steps: int = _field(0, "linear learning-rate warm-up over the first N steps (default %(default)s)")
+    record_every: int | None = _field(None, "steps between checkpoints (default steps/10)")
+    eval_every: int | None = _field(None, "steps between test evaluations (default steps/10)")
+    probe_size: int = _field(200, "probe inputs from the test split")
+    record_bn: str = _field("batch", "batch norm in the recording's shadow pass: batch (the probe set's own "
+                            "statistics, as in training; default) or eval (running statistics)", choices=RECORD_BN)
+    record_dtype: str = _field("float32", "how activations, true gradients, signals and parameters are stored: "
+                               "float32 (exact), or float16 / bfloat16 (half the bytes; the README's run-file "
+                               "section gives their effect on each measure)", choices=RECORD_DTYPES)
+    record_layers: list[int] | None = _field(None, "interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")
+    seed: int = _field(0, "seed of the initialisation and the batches")
+    validation: int = _field(0, "training inputs held out as a validation split, evaluated beside the test split "
+                             "(val_loss, val_acc; default %(default)s: none)")
+    hold_steps: int = _field(0, "the blocks up to --hold-at hold still for the first N steps, under any rule "
+                             "(default 0)")
+    hold_at: int | None = _field(None, "the interface up to which --hold-steps holds blocks (default: the top "
+                                 "module's for sg, dni, cdni and the top cut for noisy, dfa; else the middle)")
     # synthetic gradients (sg, dni, cdni), and where noisy corrupts the true gradient
-    sg_at: list[int] | None = None
-    sg_condition: str | None = None
-    sg_hidden: int | None = None  # 0 (linear modules); 1 for cnn
-    sg_width: int = 256
-    sg_batch_norm: bool | None = None  # False; True for cnn
-    sg_output: str = "linear"
-    sg_map: str = "flat"  # how a module reads a feature map (rules.synthetic.make_module)
-    sg_lambda: float | None = None
-    sg_optimizer: str | None = None
-    sg_lr: float | None = None
-    sg_loss_weight: float = 1.0
-    sg_warmup: int = 0
-    update_prob: float = 1.0
-    # noisy: the true gradient at the --sg-at interfaces, turned to this cosine with itself (rules.noisy)
-    signal_cosine: float = 1.0
-    # fixed feedback (fa, dfa)
-    feedback_scale: float = 1.0
-    # pipeline stages, each in its own process (repanalysis.pipeline; ``train --stages K``): sg, dni, cdni.
+    sg_at: list[int] | None = _field(None, "interfaces with a module for sg (where noisy corrupts), e.g. 2 or 2,4 "
+                                     "(default: the middle)", group=SYNTHETIC)
+    sg_condition: str | None = _field(None, "module input beside h (default: label; none for dni)",
+                                      choices=SG_CONDITIONS, group=SYNTHETIC)
+    sg_hidden: int | None = _field(None, "hidden layers in each module: 0 (linear), 1 or 2 (default 0; 1 for cnn)",
+                                   group=SYNTHETIC)
+    sg_width: int = _field(256, "units per module hidden layer", group=SYNTHETIC)
+    sg_batch_norm: bool | None = _field(None, "batch norm in the modules' hidden layers (default: off; on for cnn)",
+                                        group=SYNTHETIC)
+    sg_output: str = _field("linear", "tanh bounds the prediction (log losses)", choices=SG_OUTPUTS,
+                            group=SYNTHETIC)
+    sg_map: str = _field("flat", "modules on feature maps: linear layers on the flattened map, or convolutions",
+                         choices=SG_MAPS, group=SYNTHETIC)
+    sg_lambda: float | None = _field(None, "target mix: 1 true gradient, 0 bootstrapped (default 1 for sg, 0 for "
+                                     "dni/cdni)", group=SYNTHETIC)
+    sg_optimizer: str | None = _field(None, "the modules' optimiser (default --optimizer)", choices=OPTIMIZERS,
+                                      group=SYNTHETIC)
+    sg_lr: float | None = _field(None, "the modules' learning rate (default --lr)", group=SYNTHETIC)
+    sg_loss_weight: float = _field(1.0, "weight of the modules' regression loss", group=SYNTHETIC)
+    sg_warmup: int = _field(0, "steps at the start in which the blocks below the modules hold still while they fit",
+                            group=SYNTHETIC)
+    update_prob: float = _field(1.0, "each block updates with this probability per step", group=SYNTHETIC)
+    signal_cosine: float = _field(1.0, "noisy: the true gradient at the --sg-at interfaces turned to this cosine "
+                                  "with itself, norm kept (default 1: backprop)", group=SYNTHETIC)
+    feedback_scale: float = _field(1.0, "scale of the random feedback matrices", group=FEEDBACK)
     # Named "stages", not "workers", so that a spec's setting is not mistaken for reproduce's Dask workers.
-    stages: int = 1
-    sync: bool = False
+    stages: int = _field(1, "pipeline stages of this one network, each in its own process, cut at the modules: "
+                         "update-unlocked training (sg, dni, cdni); the config field 'stages' in run files and specs",
+                         metavar="K", group=SYNTHETIC)
+    sync: bool = _field(False, "with --stages: stages in lock-step, equal to the in-process rule (the check of the "
+                        "machinery)", action="store_true", group=SYNTHETIC)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every default filled in and every setting checked."""

@@ -133,8 +133,10 @@ def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Pa
     parts = ["repanalysis reproduce", spec_arg] + (["--quick"] if quick else [])
     parts += [f"--{flag} {','.join(map(str, v))}" for flag, v in
               (("depths", o.depths), ("activations", o.activations), ("widths", o.widths)) if v is not None]
-    parts += [f"--{flag} {v}" for flag, v in (("seeds", o.seeds), ("steps", o.steps), ("dataset", o.dataset))
-              if v is not None]
+    if o.seeds is not None:  # one seed is written "5,": --seeds refuses a lone number, which reads as a count
+        parts.append(f"--seeds {','.join(map(str, o.seeds))}" + ("," if len(o.seeds) == 1 else ""))
+    parts += [f"--{flag} {v}" for flag, v in (("seed-count", o.seed_count), ("steps", o.steps),
+                                               ("dataset", o.dataset)) if v is not None]
     return " ".join(parts + ([f"--data-dir {data_dir}"] if data_dir else []) + [f"--out {out}"])
 
 

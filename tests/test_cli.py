@@ -80,3 +80,80 @@ def test_a_user_error_is_a_value_error():
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         spec.preset("nope")
     assert issubclass(UserError, ValueError)
+
+
+#: ``repanalysis train``'s options, as written before they were made from ``TrainConfig``'s field metadata.
+TRAIN_OPTIONS = {
+    "-h", "--help", "--rule", "--dataset", "--model", "--depth", "--width", "--channels", "--kernel-size", "--pool",
+    "--activation", "--batch-norm", "--no-batch-norm", "--init", "--bn-gamma-init", "--bn-beta-init", "--steps",
+    "--batch-size", "--optimizer", "--lr", "--momentum", "--lr-schedule", "--warmup-steps", "--record-bn",
+    "--record-every", "--record-dtype", "--record-layers", "--eval-every", "--probe-size", "--validation",
+    "--hold-steps", "--hold-at", "--seed", "--data-seed", "--data-dir", "--device", "--sg-at", "--sg-condition",
+    "--sg-hidden", "--sg-width", "--sg-batch-norm", "--no-sg-batch-norm", "--sg-output", "--sg-map", "--sg-lambda",
+    "--sg-optimizer", "--sg-lr", "--sg-loss-weight", "--sg-warmup", "--update-prob", "--signal-cosine", "--stages",
+    "--workers", "--sync", "--task", "--bptt", "--copy-start", "--copy-max", "--copy-threshold", "--repeat-max",
+    "--probe-length", "--seq-length", "--text", "--feedback-scale", "--out", "--overwrite", "--resume", "--quiet"}
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    return dict(_parsers(build_parser()))["repanalysis train"]
+
+
+def test_train_has_the_same_options_each_a_config_field_with_its_default_and_help():
+    import dataclasses
+
+    from repanalysis.config import TrainConfig
+
+    actions = {option: a for a in _train_parser()._actions for option in a.option_strings}
+    assert set(actions) == TRAIN_OPTIONS
+    for f in dataclasses.fields(TrainConfig):
+        action = actions[f"--{f.name.replace('_', '-')}"]
+        assert (action.dest, action.default, action.help) == (f.name, f.default, f.metadata["help"])
+    args = _train_parser().parse_args(["--record-layers", "h1,3", "--no-batch-norm", "--sync", "--lr", "0.5",
+                                       "--pool", "none"])
+    assert (args.record_layers, args.batch_norm, args.sync, args.lr, args.pool) == ([1, 3], False, True, 0.5, "none")
+    assert args.sg_batch_norm is None and args.stages == 1 and args.rule == "backprop"
+    with pytest.raises(UserError, match="--pool: invalid choice"):
+        _train_parser().parse_args(["--pool", "avg"])
+
+
+@pytest.mark.parametrize("command", ["reproduce", "sweep"])
+def test_seeds_is_a_list_and_a_lone_number_is_refused_naming_seed_count(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([command, "--quick", "--seeds", "2", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        f"repanalysis: error: argument --seeds: a lone number is ambiguous: give --seed-count 2 for the spec's first "
+        f"2 seeds, or --seeds 2, for seed 2 alone (see repanalysis {command} --help)\n")
+    assert main([command, "--quick", "--seeds", "1,2", "--seed-count", "2", "--out", str(out), "--quiet"]) == 2
+    assert "not allowed with argument --seeds" in capsys.readouterr().err
+    assert not out.exists()
+    parse = dict(_parsers(build_parser()))[f"repanalysis {command}"].parse_args
+    assert parse(["--seeds", "4,", "--out", "o"]).seeds == [4] and parse(["--seeds", "0,3", "--out", "o"]).seeds == [0, 3]
+    assert parse(["--seed-count", "3", "--out", "o"]).seed_count == 3
+
+
+def test_the_report_command_line_gives_back_the_same_overrides():
+    from pathlib import Path
+
+    from repanalysis.experiments import Overrides
+    from repanalysis.reproduce import _command
+
+    for overrides in (Overrides(seeds=[5]), Overrides(seeds=[0, 2], steps=3), Overrides(seed_count=2)):
+        line = _command("--preset digits", True, overrides, None, Path("out"))
+        args = build_parser().parse_args(line.split()[1:] + ["--quiet"])
+        assert (args.seeds, args.seed_count, args.steps) == (overrides.seeds, overrides.seed_count, overrides.steps)
+
+
+def test_probe_refuses_seed_with_one_line_naming_fold_seed(tmp_path, capsys):
+    out = tmp_path / "probes.csv"
+    assert main(["probe", "run.h5", "--seed", "3", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("repanalysis: error: repanalysis probe --seed was renamed --fold-seed (the "
+                                       "seed of the folds; --seed is a run's training seed in train)\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe", "figures"])
+def test_analyze_probe_and_figures_share_one_checkpoints_option(command):
+    action = next(a for a in dict(_parsers(build_parser()))[f"repanalysis {command}"]._actions
+                  if "--checkpoints" in a.option_strings)
+    assert action.default == "all" and action.type("10,0") == (0, 10) and action.type("last") == "last"

@@ -45,8 +45,8 @@ def test_quick_plan_covers_every_rule_with_shared_settings():
     main = [r.config for r in runs if r.experiment == "main"]
     assert len({(c.probe_size, c.steps, c.depth, c.width, c.dataset) for c in main}) == 1
     assert all(r.config.dataset.endswith("-2d") for r in runs if r.experiment == "linear")
-    assert len(preset("digits").runs(overrides=Overrides(seeds=1))) > len(
-        preset("digits").runs(quick=True, overrides=Overrides(seeds=1)))
+    assert len(preset("digits").runs(overrides=Overrides(seed_count=1))) > len(
+        preset("digits").runs(quick=True, overrides=Overrides(seed_count=1)))
 
 
 def test_report_and_every_figure_exist(done):
@@ -152,7 +152,7 @@ def test_bad_output_folder_and_options_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="classification data set"):
         reproduce(tmp_path / "a", overrides=Overrides(dataset="linear-regression-2d"), quick=True, quiet=True)
     with pytest.raises(UserError, match="at least 1"):
-        reproduce(tmp_path / "b", overrides=Overrides(seeds=0), quick=True, quiet=True)
+        reproduce(tmp_path / "b", overrides=Overrides(seed_count=0), quick=True, quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -45,7 +45,7 @@ def test_a_grid_expands_to_every_combination_and_seed_with_shared_settings():
 
 def test_overrides_replace_grid_axes_and_quick_shrinks():
     spec = parse(SPEC, "tiny.toml")
-    runs = spec.runs(overrides=Overrides(depths=[7], activations=["tanh"], seeds=1, steps=4))
+    runs = spec.runs(overrides=Overrides(depths=[7], activations=["tanh"], seed_count=1, steps=4))
     grid = [r for r in runs if r.experiment == "grid"]
     assert {(r.config.depth, r.config.activation) for r in grid} == {(7, "tanh")}
     assert len(grid) == 2 and all(r.config.steps == 4 for r in runs)
@@ -54,8 +54,8 @@ def test_overrides_replace_grid_axes_and_quick_shrinks():
     assert {r.config.steps for r in quick if r.experiment == "grid"} == {3}
     with pytest.raises(UserError, match="--widths: no experiment .* varies width"):
         spec.runs(overrides=Overrides(widths=[16]))
-    with pytest.raises(UserError, match="--seeds must be at least 1"):
-        spec.runs(overrides=Overrides(seeds=0))
+    with pytest.raises(UserError, match="--seed-count must be at least 1"):
+        spec.runs(overrides=Overrides(seed_count=0))
 
 
 BY = """
@@ -121,7 +121,7 @@ def test_the_presets_plan_the_runs_they_promise():
     assert all(r.config.init == "orthogonal" for r in runs)  # the stabilisers of README "Training deep stacks"
     assert {(r.config.activation, r.config.bn_gamma_init, r.config.bn_beta_init) for r in runs} == {
         ("relu", 1.0, 2.0), ("tanh", 0.5, 0.0)}
-    sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seeds=1), choice=FIRST)
+    sliced = paper.runs(overrides=Overrides(depths=[50], activations=["relu"], seed_count=1), choice=FIRST)
     assert [r.name for r in sliced] == ["depth_mnist_mlp_d50_relu_backprop_s1.h5", "depth_mnist_mlp_d50_relu_sg_s1.h5"]
     assert {r.name for r in sliced} <= {r.name for r in runs}  # a slice reuses the full preset's runs
     digits = preset("digits").runs()
@@ -270,12 +270,19 @@ def test_a_selection_is_checked_when_the_spec_is_loaded(change, message):
         parse(SELECTING.replace(old, new, 1), "s.toml")
 
 
-def test_seeds_may_be_a_list_and_seeds_n_takes_the_first_n_then_the_next_integers():
+def test_seeds_may_be_a_list_and_seed_count_n_takes_the_first_n_then_the_next_integers():
     spec = parse(SELECTING.replace("[experiments.e.select]", "[experiments.e.unused]").split("[experiments.e.unused]")[0],
                  "s.toml")
     assert {r.config.seed for r in spec.runs()} == {3, 4}
-    assert {r.config.seed for r in spec.runs(overrides=Overrides(seeds=1))} == {3}
-    assert {r.config.seed for r in spec.runs(overrides=Overrides(seeds=4))} == {3, 4, 5, 6}
+    assert {r.config.seed for r in spec.runs(overrides=Overrides(seed_count=1))} == {3}
+    assert {r.config.seed for r in spec.runs(overrides=Overrides(seed_count=4))} == {3, 4, 5, 6}
+    assert list(dict.fromkeys(r.config.seed for r in spec.runs(overrides=Overrides(seeds=[9, 0])))) == [9, 0]
+    for seeds, message in (([1, 1], "distinct seeds"), ([], "distinct seeds"), ([-1], "distinct seeds"),
+                           (4, r"seed_count \(--seed-count 4\)")):
+        with pytest.raises(UserError, match=message):
+            spec.runs(overrides=Overrides(seeds=seeds))
+    with pytest.raises(UserError, match="give --seeds or --seed-count, not both"):
+        spec.runs(overrides=Overrides(seeds=[1], seed_count=1))
     for bad in ("[1, 1]", "[]", "[-1]", "0", "[1.5]"):
         with pytest.raises(UserError, match="seeds must be"):
             parse(f"seeds = {bad}\n" + SPEC.split("seeds = 2\n")[1], "s.toml")

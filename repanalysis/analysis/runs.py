@@ -59,6 +59,10 @@ model's order) and step, then the value. Single-run measures leave the
   ``linear_cka_to_first_checkpoint``, ``linear_cka_to_last_checkpoint`` (each
   layer against itself at that checkpoint; 1 at the checkpoint itself).
 
+The measures per checkpoint (per layer, across runs, and the synthetic loss) are taken at the checkpoints
+``checkpoints`` chooses (``repanalysis.checkpoints``: all, each run's last, or given steps; a run without a
+given step is refused); the measures of a whole run and those at its last checkpoint are unchanged by it.
+
 Measures once named otherwise (``RENAMED``: ``linear_cka_to_first``,
 ``linear_cka_to_last``, ``rsa_to_last_euclidean``, ``rsa_to_last_correlation``)
 are refused under their old names with one line naming the new ones.
@@ -106,6 +110,7 @@ import pandas as pd
 import scipy.stats
 from threadpoolctl import threadpool_limits
 
+from ..checkpoints import Choice, chosen_checkpoints, parse_checkpoints
 from ..errors import UserError, refuse_renamed
 from ..runfile import MAPS, RunFile, as_rows
 from . import similarity
@@ -158,14 +163,18 @@ _NO_SIDE = (None,) * 6
 
 
 class _Run:
-    """One opened run file, under the name it was given; feature maps read by ``maps``."""
+    """One opened run file, under the name it was given; feature maps read by ``maps``.
 
-    def __init__(self, name, file: RunFile, maps: str):
+    ``chosen``: the indices of the checkpoints measured (``repanalysis.checkpoints``); ``index``: their steps'
+    checkpoint indices."""
+
+    def __init__(self, name, file: RunFile, maps: str, checkpoints: Choice = "all"):
         self.name, self.file, self.maps = str(name), file, maps
         self.key = str(file.path.resolve())
         self.rule, self.seed = file.rule, file.seed
         self.steps = [int(s) for s in file.steps]
-        self.index = {s: c for c, s in reversed(list(enumerate(self.steps)))}
+        self.chosen = chosen_checkpoints(self.steps, checkpoints, self.name)
+        self.index = {self.steps[c]: c for c in reversed(self.chosen)}
         self.n = len(file.probe_index)
         self.position = {layer: file.layer_info(layer)["position"] for layer in file.layers}
 
@@ -323,20 +332,22 @@ def check_measures(measures) -> set[str]:
     return wanted
 
 
-def _open(stack: contextlib.ExitStack, path, maps: str) -> _Run:
-    run = _Run(path, stack.enter_context(RunFile(path)), maps)
+def _open(stack: contextlib.ExitStack, path, maps: str, checkpoints: Choice) -> _Run:
+    run = _Run(path, stack.enter_context(RunFile(path)), maps, checkpoints)
     if run.file.status != "complete":
         warn(f"{run.name}: status {run.file.status!r}; analysing the {len(run.steps)} checkpoint(s) it has")
     return run
 
 
-def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet: bool = False,
+def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", checkpoints="all", quiet: bool = False,
             executor=None) -> pd.DataFrame:
     """The tidy table of ``measures`` (default: all of ``MEASURES`` that apply) over run files.
 
     ``runs``: run-file paths; ``reference``: the run every run is compared with
     (default: the backprop run with the same seed); ``maps``: how feature maps'
-    activations are read (``runfile.MAPS``). See the module docstring.
+    activations are read (``runfile.MAPS``); ``checkpoints``: the checkpoints of the measures per checkpoint
+    (``repanalysis.checkpoints``: ``"all"``, ``"last"`` or steps; the measures of a whole run, and those at its
+    last checkpoint, are the same whichever). See the module docstring.
     The work is split into tasks (``_task``) on ``executor`` (an
     ``executor.Executor``; default: this process): one per layer, one per run,
     one per checkpoint of each SG run; their rows are put together in that
@@ -345,13 +356,14 @@ def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet
     from ..executor import Executor
 
     wanted = check_measures(measures)
+    checkpoints = parse_checkpoints(checkpoints)
     if maps not in MAPS:
         raise UserError(f"unknown maps convention {maps!r}; choose one of {', '.join(MAPS)}")
     if not runs:
         raise UserError("analyze needs at least one run file")
     with contextlib.ExitStack() as stack:
-        opened = [_open(stack, path, maps) for path in runs]
-        ref = _open(stack, reference, maps) if reference is not None else None
+        opened = [_open(stack, path, maps, checkpoints) for path in runs]
+        ref = _open(stack, reference, maps, checkpoints) if reference is not None else None
         pairs = _pairs(opened, ref) if wanted & set(ACROSS) else []
         for a, b in pairs:
             _check_comparable(a, b)
@@ -359,16 +371,17 @@ def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", quiet
         sg_runs = ([i for i, run in enumerate(opened) if run.rule in SG_RULES and not run.file.config.get("external")]
                    if wanted & set(SYNTHETIC) else [])
         slots = {layer: sorted({s for run in opened + [b for _, b in pairs] if layer in run.file.layers
-                                for s in run.steps}) for layer in layers}
-        sg_steps = {i: len(opened[i].steps) for i in sg_runs}
+                                for s in run.index}) for layer in layers}
+        sg_checkpoints = {i: opened[i].chosen for i in sg_runs}
     index = {id(run): i for i, run in enumerate(opened + [ref])}
     named = [(str(path), str(Path(path).resolve())) for path in runs]
     if reference is not None:
         named.append((str(reference), str(Path(reference).resolve())))
-    shared = (named, len(opened), [(index[id(a)], index[id(b)]) for a, b in pairs], sorted(wanted), maps)
+    shared = (named, len(opened), [(index[id(a)], index[id(b)]) for a, b in pairs], sorted(wanted), maps,
+              checkpoints)
     tasks = [(shared, ("layer", layer, slots[layer])) for layer in layers]
     tasks += [(shared, ("run", i)) for i in range(len(opened))]
-    tasks += [(shared, ("synthetic", i, c)) for i in sg_runs for c in range(sg_steps[i])]
+    tasks += [(shared, ("synthetic", i, c)) for i in sg_runs for c in sg_checkpoints[i]]
     results = (executor or Executor()).map(_task, tasks, label="analyze", quiet=quiet)
     notes = _Notes()
     rows: list[tuple] = []
@@ -387,10 +400,10 @@ def _task(shared: tuple, task: tuple) -> tuple[list[tuple], dict]:
 
     ``shared``: ``(runs as (name given, absolute path), the reference last
     when given; how many are not the reference; pairs as indices into them;
-    measures; how feature maps are read, ``runfile.MAPS``)``; ``task``:
+    measures; how feature maps are read, ``runfile.MAPS``; the checkpoints chosen)``; ``task``:
     ``("layer", layer, steps)``, ``("run", i)`` or ``("synthetic", i, checkpoint)``.
     """
-    named, n_runs, pair_indices, wanted, maps = shared
+    named, n_runs, pair_indices, wanted, maps, checkpoints = shared
     wanted = set(wanted)
     notes = _Notes()
     with contextlib.ExitStack() as stack:
@@ -399,7 +412,7 @@ def _task(shared: tuple, task: tuple) -> tuple[list[tuple], dict]:
 
         def run(i: int) -> _Run:
             if i not in cache:
-                cache[i] = _Run(named[i][0], stack.enter_context(RunFile(named[i][1])), maps)
+                cache[i] = _Run(named[i][0], stack.enter_context(RunFile(named[i][1])), maps, checkpoints)
             return cache[i]
 
         kind = task[0]

@@ -45,8 +45,9 @@ those that match every key of an ``exclude`` entry. The rule and ``stages``
 in them form one cell and are compared with each other. Command-line overrides (``Overrides``)
 replace grid axes: ``--depths``, ``--activations`` and ``--widths`` apply to
 every experiment whose grid has that axis (an override no grid has is an
-error); ``--seeds N`` (the spec's first ``N`` seeds, continued past its last
-by the next integers) and ``--steps N`` apply to every experiment.
+error); ``--seeds 0,1,2`` (these seeds), ``--seed-count N`` (the spec's first
+``N`` seeds, continued past its last by the next integers) and ``--steps N``
+apply to every experiment.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import MAX_SEED, TrainConfig
 from ..errors import UserError, refuse_renamed
 from ..outputs import safe_name
 from ..recurrent.train import RecurrentConfig
@@ -166,9 +167,31 @@ class Overrides:
     depths: list[int] | None = None
     activations: list[str] | None = None
     widths: list[int] | None = None
-    seeds: int | None = None  # how many of the spec's seeds (``Spec.applied``)
+    seeds: list[int] | None = None  # the seeds, replacing the spec's
+    seed_count: int | None = None  # how many of the spec's seeds (``seeds_from``)
     steps: int | None = None
     dataset: str | None = None
+
+    def seeds_from(self, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        """The seeds that replace the spec's ``seeds``: ``self.seeds``, or the first ``seed_count`` of them
+        continued past their last by the next integers, or ``seeds`` unchanged."""
+        if self.seeds is not None and self.seed_count is not None:
+            raise UserError("give --seeds or --seed-count, not both")
+        if self.seeds is not None:
+            if isinstance(self.seeds, int):
+                raise UserError(f"seeds takes a list of seeds; for the spec's first {self.seeds} give seed_count "
+                                f"(--seed-count {self.seeds})")
+            if (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                               for s in self.seeds)):
+                raise UserError(f"--seeds takes distinct seeds from 0 to 2**63 - 1, got {self.seeds}")
+            return tuple(self.seeds)
+        if self.seed_count is not None:
+            if self.seed_count < 1:
+                raise UserError(f"--seed-count must be at least 1, got {self.seed_count}")
+            return tuple(seeds[: self.seed_count]) + tuple(
+                range(max(seeds) + 1, max(seeds) + 1 + self.seed_count - len(seeds)))
+        return seeds
 
     def axes(self) -> dict[str, list]:
         named = {"depth": self.depths, "activation": self.activations, "width": self.widths}
@@ -263,12 +286,7 @@ class Spec:
         if unused:
             raise UserError(f"--{unused[0]}s: no experiment of the spec {self.name!r} varies {unused[0]} "
                             f"(its grids vary {', '.join(sorted({k for e in experiments.values() for k in e.grid}))})")
-        seeds = (self.quick_seeds or self.seeds) if quick else self.seeds
-        if overrides.seeds is not None:
-            if overrides.seeds < 1:
-                raise UserError(f"--seeds must be at least 1, got {overrides.seeds}")
-            seeds = tuple(seeds[: overrides.seeds]) + tuple(
-                range(max(seeds) + 1, max(seeds) + 1 + overrides.seeds - len(seeds)))
+        seeds = overrides.seeds_from((self.quick_seeds or self.seeds) if quick else self.seeds)
         for name, exp in experiments.items():
             shared = sorted(set(seeds) & set(exp.select.seeds if exp.select is not None else ()))
             if shared:
@@ -387,7 +405,7 @@ def _experiment(name: str, table: dict, source: str) -> Experiment:
             raise UserError(f"{where}: {part} must be a table")
         _check_fields(set(keys) - {ARM}, f"{where}.{part}")
     if "seed" in grid or "seed" in settings:
-        raise UserError(f"{where}: seeds are set by the spec's 'seeds' (and --seeds), not per experiment")
+        raise UserError(f"{where}: seeds are set by the spec's 'seeds' (and --seeds or --seed-count), not per experiment")
     grid = {k: _list(v, f"grid.{k}", where) for k, v in grid.items()}
     arms = _arms(table.get("arms", {}), grid, where)
     by = table.get("by", {})
