@@ -129,7 +129,8 @@ def _add_train(sub) -> None:
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
     p.add_argument("--record-dtype", choices=RECORD_DTYPES, default=d.record_dtype,
                    help="how activations, true gradients, signals and parameters are stored: float32 (exact), or "
-                   "float16 / bfloat16 (half the bytes; the README's run-file section gives their effect on each measure)")
+                   "float16 / bfloat16 / int16 (fixed point) in half the bytes (docs/guide/runfile.md gives their effect "
+                   "on each measure)")
     p.add_argument("--record-layers", type=_interfaces,
                    help="interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default steps/10)")
