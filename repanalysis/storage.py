@@ -19,7 +19,7 @@
   a signed 16-bit integer ``q`` times a float32 per-unit *scale* (the unit's
   largest centred magnitude over the probe inputs over 32767, one row per
   checkpoint): the same absolute step ``scale`` for every value of a unit, an
-  error of at most ``scale / 2``. ``-32768`` marks a value that is not finite
+  error of at most ``scale / 2`` (and float32's rounding). ``-32768`` marks a value that is not finite
   (read back as NaN, an infinity too). Its parameters are stored in float16.
 
 The 16-bit float types are HDF5 float types described in the file (``H5Tset_fields``,
