@@ -129,7 +129,7 @@ def _add_train(sub) -> None:
     p.add_argument("--record-every", type=int, help="steps between checkpoints (default steps/10)")
     p.add_argument("--record-dtype", choices=RECORD_DTYPES, default=d.record_dtype,
                    help="how activations, true gradients, signals and parameters are stored: float32 (exact), or "
-                   "float16 / bfloat16 / int16 (fixed point) in half the bytes (docs/guide/runfile.md gives their effect "
+                   "float16 / bfloat16 / int16 (fixed point) in under half the bytes (docs/guide/runfile.md gives their effect "
                    "on each measure)")
     p.add_argument("--record-layers", type=_interfaces,
                    help="interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")

@@ -138,7 +138,8 @@ def encode(values: np.ndarray, dtype: str, shift: int = 0, where: str = "") -> n
     x = np.asarray(values, dtype=np.float32)
     if dtype == "int16":
         finite = np.isfinite(x)
-        q = np.where(finite, np.rint(np.where(finite, x, 0)), _FIXED_NOT_FINITE)
+        # clipped: a scale among float32's subnormals is inexact, and int16 would wrap a value past its range
+        q = np.where(finite, np.clip(np.rint(np.where(finite, x, 0)), -_FIXED_TOP, _FIXED_TOP), _FIXED_NOT_FINITE)
         return q.astype(np.int16).view(np.uint16)
     if dtype == "float16":
         scale = np.float32(2.0 ** shift)  # a power of two: exact, as long as the result is a float16 at all

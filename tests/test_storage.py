@@ -107,6 +107,11 @@ def test_int16_is_fixed_point_with_a_per_unit_scale():
     err = np.abs(storage.decode(storage.encode(scaled, "int16"), "int16") * scale - values)
     # half a step, and float32's rounding of the division and the product (2^-24 of up to 32767 steps each)
     assert np.all(err <= scale * (0.5 + 2.0 ** -8)) and np.all(err.max(0) > scale / 4)
+    # a unit among float32's subnormals: its inexact scale never wraps a value round to the other sign
+    tiny = np.array([[1e-40], [-1e-40], [3e-41]], dtype=np.float32)
+    scale, scaled = storage.fixed_point(tiny)
+    out = storage.decode(storage.encode(scaled, "int16"), "int16") * scale
+    assert np.all(np.sign(out) == np.sign(tiny)) and np.all(np.abs(out - tiny) <= 1e-41)
 
 
 def _write_layer(path, dtype, checkpoints):
