@@ -9,8 +9,8 @@
    from these, and the file's fixed part.
 2. *The effect on every measure*: one backprop and one sg run at depth 20 (the
    same settings, ``--steps``, checkpoints every ``--record-every``), trained
-   once per dtype (recording changes no parameter, so the three are one run
-   recorded three ways); ``analyze`` with every measure (synthetic losses
+   once per dtype (recording changes no parameter, so they are one run
+   recorded in each dtype); ``analyze`` with every measure (synthetic losses
    included: they rebuild the network from ``/params``) and the linear and
    k-NN probes on each; per measure, the largest absolute difference of a
    16-bit run's value from the float32 run's (and the largest relative one),
@@ -20,6 +20,7 @@
 
     python benchmarks/bench_record_dtype.py [--data-dir DIR] [--steps 600] [--record-every 300] [--skip-bytes]
     python benchmarks/bench_record_dtype.py --skip-bytes --skip-probes --probe-size 1000 --measures cca,pwcca,svcca
+    python benchmarks/bench_record_dtype.py --dtypes int16   # float32 against int16 only
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ TARGETS = {"linear_cka": 1e-3, "linear_cka_debiased": 1e-3, "linear_cka_to_first
 KEYS = ["measure", "rule_a", "layer_a", "step_a", "rule_b", "layer_b", "step_b"]
 
 
-def bytes_per_checkpoint(data, folder: Path) -> pd.DataFrame:
+def bytes_per_checkpoint(data, folder: Path, dtypes) -> pd.DataFrame:
     rows = []
     for rule in ("backprop", "sg"):
-        for dtype in RECORD_DTYPES:
+        for dtype in dtypes:
             sizes = {}
             for steps in (2, 4):
                 path = folder / f"{rule}-{dtype}-{steps}.h5"
@@ -73,9 +74,9 @@ def bytes_per_checkpoint(data, folder: Path) -> pd.DataFrame:
 
 
 def measure_effects(data, folder: Path, steps: int, record_every: int, probe_size: int, measures,
-                    with_probes: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    with_probes: bool, dtypes) -> tuple[pd.DataFrame, pd.DataFrame]:
     tables, probes = {}, {}
-    for dtype in RECORD_DTYPES:
+    for dtype in dtypes:
         paths = []
         for rule in ("backprop", "sg"):
             path = folder / f"{rule}-{dtype}.h5"
@@ -92,7 +93,7 @@ def measure_effects(data, folder: Path, steps: int, record_every: int, probe_siz
     out = []
     exact = tables["float32"].drop(columns=["run_a", "run_b", "seed_a", "seed_b"])
     exact_probes = probes["float32"][["rule", "layer", "step", "probe", "accuracy"]] if with_probes else None
-    for dtype in RECORD_DTYPES[1:]:
+    for dtype in dtypes[1:]:
         other = tables[dtype].drop(columns=["run_a", "run_b", "seed_a", "seed_b"])
         joined = exact.merge(other, on=KEYS, how="outer", suffixes=("", "_16"), indicator=True)
         unmatched = joined[joined["_merge"] != "both"].groupby("measure").size()
@@ -115,7 +116,7 @@ def measure_effects(data, folder: Path, steps: int, record_every: int, probe_siz
     effects["within_target"] = [None if t is None or pd.isna(t) else bool(d <= t)
                                 for d, t in zip(effects.max_abs_diff, effects.target)]
     sizes = pd.DataFrame([dict(dtype=d, mib=sum((folder / f"{r}-{d}.h5").stat().st_size for r in ("backprop", "sg"))
-                               / 2**20) for d in RECORD_DTYPES])
+                               / 2**20) for d in dtypes])
     return effects, sizes
 
 
@@ -129,7 +130,12 @@ def main() -> None:
                    "need more than the two layers' 512 values: 1000)")
     p.add_argument("--measures", help="the measures compared, comma-separated (default: all) ")
     p.add_argument("--skip-probes", action="store_true", help="leave out the linear and k-NN probes")
+    p.add_argument("--dtypes", default=",".join(RECORD_DTYPES[1:]),
+                   help="the 16-bit record dtypes compared with float32, comma-separated (default: all)")
     args = p.parse_args()
+    dtypes = ["float32", *args.dtypes.split(",")]
+    if not set(dtypes[1:]) <= set(RECORD_DTYPES[1:]):
+        p.error(f"--dtypes takes some of {', '.join(RECORD_DTYPES[1:])}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = load("mnist", data_dir=args.data_dir)
     pd.set_option("display.width", 200)
@@ -137,11 +143,11 @@ def main() -> None:
         folder = Path(tmp)
         if not args.skip_bytes:
             print("Bytes per checkpoint, paper preset at depth 50 (MiB):")
-            print(bytes_per_checkpoint(data, folder).to_string(index=False, float_format="%.3f"))
+            print(bytes_per_checkpoint(data, folder, dtypes).to_string(index=False, float_format="%.3f"))
         if not args.skip_measures:
             measures = args.measures.split(",") if args.measures else MEASURES
             effects, sizes = measure_effects(data, folder, args.steps, args.record_every, args.probe_size, measures,
-                                             not args.skip_probes)
+                                             not args.skip_probes, dtypes)
             print(f"\nEffect on every measure, depth 20, {args.steps} steps, checkpoints every {args.record_every}, "
                   f"probe {args.probe_size}:")
             print(effects.to_string(index=False, float_format="%.2e"))

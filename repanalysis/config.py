@@ -72,8 +72,8 @@ class TrainConfig:
     record_bn: str = _field("batch", "batch norm in the recording's shadow pass: batch (the probe set's own "
                             "statistics, as in training; default) or eval (running statistics)", choices=RECORD_BN)
     record_dtype: str = _field("float32", "how activations, true gradients, signals and parameters are stored: "
-                               "float32 (exact), or float16 / bfloat16 (half the bytes; the README's run-file "
-                               "section gives their effect on each measure)", choices=RECORD_DTYPES)
+                               "float32 (exact), or float16 / bfloat16 / int16 (fixed point) in under half the "
+                               "bytes (docs/guide/runfile.md gives their effect on each measure)", choices=RECORD_DTYPES)
     record_layers: list[int] | None = _field(None, "interfaces to record, e.g. 1,25,50 or h1,h50 (default: all)")
     seed: int = _field(0, "seed of the initialisation and the batches")
     validation: int = _field(0, "training inputs held out as a validation split, evaluated beside the test split "

@@ -1,14 +1,15 @@
 """The run file: one HDF5 file per run, the contract between training and analysis.
 
-The schema (``FORMAT_VERSION`` 2: root attributes, ``/probe``, ``/checkpoints``, ``/layers/<name>/{activations,
+The schema (``FORMAT_VERSION`` 3: root attributes, ``/probe``, ``/checkpoints``, ``/layers/<name>/{activations,
 true_grad,signal,update}``, ``/params``, ``/metrics``, ``/eval``, ``/resume/{0,1}``) is the documentation's run-file
 page, ``docs/guide/runfile.md``; ``tests/test_docs.py`` checks it against what this writer writes.
 
 The layer arrays and the floating-point parameters are stored in the run's
-``record_dtype`` (``storage``: float32, or a 16-bit float type described in
-the file; ``RunFile`` reads either as float32); a 16-bit run stores each layer
+``record_dtype`` (``storage``: float32, a 16-bit float type described in
+the file, or int16 fixed point; ``RunFile`` reads each as float32); a 16-bit run stores each layer
 array less its per-feature mean over the probe inputs (``storage.centre``),
-kept in float32 beside it (``<kind>`` + ``OFFSET``), and its resume slots also
+kept in float32 beside it (``<kind>`` + ``OFFSET``), an int16 one in units of
+a per-feature scale (``storage.fixed_point``, ``<kind>`` + ``SCALE``), and its resume slots also
 keep every parameter exactly (``EXACT`` + name). ``--record-layers``
 records some interfaces only: ``position`` stays the interface's place among
 all of them, and the root attribute ``interfaces`` lists them all.
@@ -61,9 +62,10 @@ from .outputs import check_file, file_lock, temporary_beside
 
 MAPS = ("flatten", "channels")
 FORMAT = "repanalysis-run"
-#: The version written; 2 added the offsets of 16-bit layer arrays (``OFFSET``). Version 1 files read as before.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: The version written; 2 added the offsets of 16-bit layer arrays (``OFFSET``), 3 the int16 record dtype and its
+#: scales (``SCALE``). Files of earlier versions read as before.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 ARRAY_KINDS = ("activations", "true_grad", "signal")
 #: Bytes a write leaves free on the disk, so that a run refused for space can still be closed as "failed".
 SPARE = 2**20
@@ -71,6 +73,8 @@ SPARE = 2**20
 EXACT = "params."
 #: Suffix of the float32 ``[T, ...]`` dataset beside a 16-bit layer array holding the offsets it is stored less.
 OFFSET = "_offset"
+#: Suffix of the float32 ``[T, ...]`` dataset beside an int16 layer array holding its scales (``storage.fixed_point``).
+SCALE = "_scale"
 
 
 def as_rows(values: np.ndarray, maps: str = "flatten") -> np.ndarray:
@@ -262,24 +266,29 @@ class RunWriter:
     def _append_compact(self, group: str, name: str, value: np.ndarray, first: list[np.ndarray],
                         centre: bool = False) -> None:
         """Append ``value`` as one row of ``group/name`` stored in ``record_dtype``; a new dataset takes its
-        float16 bias from the largest magnitude among ``first`` (``storage.shift_for``). ``centre``: stored
-        less its offsets (``storage.centre``), appended to ``group/name`` + ``OFFSET``, unless a resumed
-        run's dataset has none (written before offsets were)."""
+        float16 bias from the largest magnitude among ``first`` (``storage.shift_for``). ``centre``: a layer
+        array, stored less its offsets (``storage.centre``), appended to ``group/name`` + ``OFFSET``, unless a
+        resumed run's dataset has none (written before offsets were), and in int16 in units of its scales,
+        appended to ``group/name`` + ``SCALE``; anything else in ``storage.PARAM_DTYPES``."""
         key = (group, name)
         how = self._codecs.get(key)
         if how is None:
             existing = self.file[group].get(name)  # a resumed run's dataset keeps its type and layout
+            dtype = self.record_dtype if centre else storage.PARAM_DTYPES[self.record_dtype]
             if existing is not None:
                 how = storage.codec(existing), centre and name + OFFSET in self.file[group]
-            elif self.record_dtype == "float16":
+            elif dtype == "float16":
                 how = ("float16", storage.shift_for(np.concatenate([np.ravel(v) for v in first]))), centre
             else:
-                how = (self.record_dtype, 0), centre
+                how = (dtype, 0), centre
             self._codecs[key] = how
         codec, centred = how
         if centred:
             offset, value = storage.centre(value)
             self._append(group, name + OFFSET, offset[np.newaxis])
+        if codec[0] == "int16":
+            scale, value = storage.fixed_point(value)
+            self._append(group, name + SCALE, scale[np.newaxis])
         raw = storage.encode(value, *codec, where=f"{self.path}: /{group}/{name}")
         self._append(group, name, raw[np.newaxis], codec)
 
@@ -616,11 +625,11 @@ class RunFile:
     def array(self, layer: str, kind: str) -> storage.Stored:
         """The whole ``[T, N, D]`` (or ``[T, N, C, H, W]``) dataset of one layer, sliced lazily through a
         ``storage.Stored`` view: float32 (a 16-bit type decoded), its checksum verified, its
-        offsets added back where it was stored centred."""
+        int16 scales and offsets applied where it was stored centred."""
         g = self._layer(layer)
         if kind not in g:
             raise UserError(f"{self.path}: layer {layer} has no {kind!r} (it has {', '.join(g)})")
-        return storage.Stored(g[kind], g.get(kind + OFFSET))
+        return storage.Stored(g[kind], g.get(kind + OFFSET), g.get(kind + SCALE))
 
     def stored(self, layer: str, kind: str, checkpoint: int = -1) -> np.ndarray:
         """One checkpoint of one layer's array as recorded: ``[N, D]`` or ``[N, C, H, W]``."""

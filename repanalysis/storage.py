@@ -1,4 +1,4 @@
-"""How a run file stores recorded arrays: float32, or a 16-bit float (``RECORD_DTYPES``).
+"""How a run file stores recorded arrays: float32, a 16-bit float or 16-bit fixed point (``RECORD_DTYPES``).
 
 - ``float32``: as computed, exactly.
 - ``bfloat16``: float32's sign, 8-bit exponent and top 7 mantissa bits (the
@@ -15,24 +15,32 @@
   ``2^-14`` (scaled) values lose precision gradually (half's subnormals).
   Gradients are ``∂(probe-mean loss)/∂h``, of order ``1/N`` per value: IEEE
   half's own bias would put them among its subnormals.
+- ``int16``: fixed point, for the layer arrays (``fixed_point``): each value
+  a signed 16-bit integer ``q`` times a float32 per-unit *scale* (the unit's
+  largest centred magnitude over the probe inputs over 32767, one row per
+  checkpoint): the same absolute step ``scale`` for every value of a unit, an
+  error of at most ``scale / 2`` (and float32's rounding). ``-32768`` marks a value that is not finite
+  (read back as NaN, an infinity too). Its parameters are stored in float16.
 
-Both 16-bit types are HDF5 float types described in the file (``H5Tset_fields``,
+The 16-bit float types are HDF5 float types described in the file (``H5Tset_fields``,
 ``H5Tset_ebias``), so any HDF5 reader gets the stored numbers right: h5py reads them as
 float32 (HDF5 converts each value, slowly); ``read`` here reads the raw bits and
 decodes them with numpy, exactly, about 15 times faster. Every 16-bit value is a
-float32 exactly, so reading it as float32 (or float64) loses nothing more.
-NaN and ±Inf are stored as such.
+float32 exactly (``int16``: before its scale), so reading it as float32 (or float64) loses nothing more.
+NaN and ±Inf are stored as such in the float types.
 
 Every dataset but a scalar (which HDF5 cannot chunk) carries HDF5's
 Fletcher-32 checksum per chunk (``checksummed``; the 16-bit ones too, from
 ``create``): a bit changed on disk after the write makes HDF5 refuse the read,
 which ``read`` and ``bits`` report as a ``UserError`` naming the file and the
-dataset.
+dataset. The 16-bit datasets are also byte-shuffled and gzip-compressed
+(lossless, any HDF5 reader's; ``create``).
 
 A run file's 16-bit layer arrays are stored centred (``centre``): per value
 of a sample, the mean over the probe inputs (a float32 *offset*, one row per
 checkpoint, ``1/N`` of the stored values) is taken off before rounding, and
-``Stored`` adds it back (a plain HDF5 reader adds it itself). Rounding is
+``Stored`` adds it back, after multiplying by the ``int16`` scale (a plain
+HDF5 reader does both itself). Rounding is
 relative to each stored value, so a unit that sits near 2 (a ReLU after batch
 norm with beta 2) would otherwise keep its spread around 2, what CCA and PWCCA
 whiten, only to 2^-11 · 2 (float16), not 2^-11 · the spread.
@@ -47,12 +55,18 @@ import numpy as np
 
 from .errors import UserError
 
-RECORD_DTYPES = ("float32", "float16", "bfloat16")
+RECORD_DTYPES = ("float32", "float16", "bfloat16", "int16")
+#: The type the floating-point parameters of a run of each 16-bit record dtype are stored in.
+PARAM_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "int16": "float16"}
+#: gzip level of the 16-bit datasets: 1, the fastest; higher ones save under 1 % more of a layer array.
+DEFLATE_LEVEL = 1
 #: Binades of room above a float16 dataset's first row's largest magnitude.
 HEADROOM = 8
 _HALF_FIELDS = (15, 10, 5, 0, 10)  # sign position, exponent position and size, mantissa position and size
 _BFLOAT_FIELDS = (15, 7, 8, 0, 7)
 _HALF_ROUNDS_TO_INF = 65520.0  # the smallest magnitude that rounds to float16's infinity
+_FIXED_TOP = 32767  # int16's largest value, the unit's largest centred magnitude
+_FIXED_NOT_FINITE = -32768  # int16's smallest value: a value that is not finite
 
 
 def checksummed(shape: tuple) -> dict:
@@ -75,8 +89,10 @@ def _verified(ds: h5py.Dataset):
                         f"were written ({why})") from None
 
 
-def file_type(dtype: str, shift: int = 0) -> h5py.h5t.TypeFloatID:
+def file_type(dtype: str, shift: int = 0) -> h5py.h5t.TypeID:
     """The HDF5 type of a 16-bit ``dtype`` (``shift``: float16's, see the module docstring)."""
+    if dtype == "int16":
+        return h5py.h5t.STD_I16LE.copy()
     if dtype == "float16":
         t = h5py.h5t.IEEE_F16LE.copy()
         t.set_ebias(15 + shift)
@@ -95,6 +111,8 @@ def file_type(dtype: str, shift: int = 0) -> h5py.h5t.TypeFloatID:
 def codec(ds: h5py.Dataset) -> tuple[str, int] | None:
     """``(dtype, shift)`` of a dataset stored in one of the 16-bit types; None for any other type."""
     t = ds.id.get_type()
+    if isinstance(t, h5py.h5t.TypeIntegerID) and t.get_size() == 2 and t.get_sign() == h5py.h5t.SGN_2:
+        return "int16", 0
     if not isinstance(t, h5py.h5t.TypeFloatID) or t.get_size() != 2:
         return None
     fields = t.get_fields()
@@ -115,8 +133,14 @@ def shift_for(values: np.ndarray) -> int:
 
 
 def encode(values: np.ndarray, dtype: str, shift: int = 0, where: str = "") -> np.ndarray:
-    """The stored bits (uint16) of float ``values`` in ``dtype``; see the module docstring."""
+    """The stored bits (uint16) of float ``values`` in ``dtype`` (``int16``: values in units of their scale,
+    see ``fixed_point``); see the module docstring."""
     x = np.asarray(values, dtype=np.float32)
+    if dtype == "int16":
+        finite = np.isfinite(x)
+        # clipped: a scale among float32's subnormals is inexact, and int16 would wrap a value past its range
+        q = np.where(finite, np.clip(np.rint(np.where(finite, x, 0)), -_FIXED_TOP, _FIXED_TOP), _FIXED_NOT_FINITE)
+        return q.astype(np.int16).view(np.uint16)
     if dtype == "float16":
         scale = np.float32(2.0 ** shift)  # a power of two: exact, as long as the result is a float16 at all
         with np.errstate(over="ignore", invalid="ignore"):
@@ -138,7 +162,11 @@ def encode(values: np.ndarray, dtype: str, shift: int = 0, where: str = "") -> n
 
 
 def decode(bits: np.ndarray, dtype: str, shift: int = 0) -> np.ndarray:
-    """float32 values of stored bits (uint16), exactly."""
+    """float32 values of stored bits (uint16), exactly (``int16``: in units of the scale; not finite: NaN)."""
+    if dtype == "int16":
+        values = bits.view(np.int16).astype(np.float32)
+        values[bits.view(np.int16) == _FIXED_NOT_FINITE] = np.nan
+        return values
     if dtype == "float16":
         values = bits.view(np.float16).astype(np.float32)
         if shift:
@@ -154,6 +182,17 @@ def centre(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     offset[~np.isfinite(offset)] = 0
     return offset, x - offset
+
+
+def fixed_point(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, scaled)`` of float ``centred`` ``[N, ...]`` for ``int16``: the float32 per-unit scale (the
+    largest finite magnitude over the first axis over 32767; 1 where that is 0) and ``centred / scale``, whose
+    finite values lie in ``[-32767, 32767]``."""
+    x = np.asarray(centred, dtype=np.float32)
+    peak = np.where(np.isfinite(x), np.abs(x), 0).max(axis=0, initial=0)
+    scale = (peak / np.float32(_FIXED_TOP)).astype(np.float32)
+    scale[scale == 0] = 1
+    return scale, x / scale
 
 
 def _per_axis(key, ndim: int) -> tuple | None:
@@ -215,17 +254,20 @@ def read(ds: h5py.Dataset, key=()) -> np.ndarray:
     if raw is not None:
         return decode(raw, *how)
     with _verified(ds):
-        return ds[key]  # fancy indexing of a 16-bit dataset: HDF5 converts (correct, slower)
+        values = ds[key]  # fancy indexing of a 16-bit float dataset: HDF5 converts (correct, slower)
+    return decode(values.view(np.uint16), *how) if how is not None and how[0] == "int16" else values
 
 
 def create(group: h5py.Group, name: str, shape: tuple, maxshape: tuple, chunks: tuple | None, dtype: str,
            shift: int = 0) -> h5py.Dataset:
     """A new dataset ``group/name`` stored in the 16-bit ``dtype`` (h5py's ``create_dataset`` takes numpy
-    types only), with the checksum where it is chunked."""
+    types only); where it is chunked, byte-shuffled and gzip-compressed (``DEFLATE_LEVEL``), then checksummed."""
     space = h5py.h5s.create_simple(shape, tuple(h5py.h5s.UNLIMITED if m is None else m for m in maxshape))
     plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     if chunks is not None:
         plist.set_chunk(chunks)
+        plist.set_shuffle()
+        plist.set_deflate(DEFLATE_LEVEL)
         if checksummed(shape):
             plist.set_fletcher32()
     h5py.h5d.create(group.id, name.encode(), file_type(dtype, shift), space, dcpl=plist)
@@ -247,10 +289,11 @@ class Stored:
     ``shape``, ``ndim``, ``dtype``, ``ds[key]``.
 
     ``offset``: the ``[T, ...]`` dataset of the offsets that ``ds`` ``[T, N, ...]`` was stored less
-    (``centre``, one row per leading index), added back to every value read."""
+    (``centre``, one row per leading index), added back to every value read; ``scale``: the ``[T, ...]``
+    dataset of an ``int16`` array's scales (``fixed_point``), every value read multiplied by it first."""
 
-    def __init__(self, ds: h5py.Dataset, offset: h5py.Dataset | None = None):
-        self.dataset, self.offset = ds, offset
+    def __init__(self, ds: h5py.Dataset, offset: h5py.Dataset | None = None, scale: h5py.Dataset | None = None):
+        self.dataset, self.offset, self.scale = ds, offset, scale
         self.shape, self.ndim = ds.shape, ds.ndim
         self.dtype = np.dtype(np.float32) if codec(ds) else ds.dtype
 
@@ -259,11 +302,17 @@ class Stored:
 
     def __getitem__(self, key) -> np.ndarray:
         values = read(self.dataset, key)
-        if self.offset is None:
-            return values
+        if self.scale is not None:
+            values = values * self._per_unit(self.scale, key)
+        if self.offset is not None:
+            values = values + self._per_unit(self.offset, key)
+        return values
+
+    def _per_unit(self, ds: h5py.Dataset, key) -> np.ndarray:
+        """The rows of a ``[T, ...]`` per-unit dataset that go with ``self[key]``: the index less its axis 1
+        (the probe inputs), that axis put back."""
         per_axis = _per_axis(key, self.ndim)  # one Ellipsis at most: ``read`` refused more
-        # the offsets of the rows read: the index less its axis 1 (the probe inputs), that axis put back
-        offset = read(self.offset, per_axis[:1] + per_axis[2:])
+        rows = read(ds, per_axis[:1] + per_axis[2:])
         if not isinstance(per_axis[1], (int, np.integer)):
-            offset = np.expand_dims(offset, 0 if isinstance(per_axis[0], (int, np.integer)) else 1)
-        return values + offset
+            rows = np.expand_dims(rows, 0 if isinstance(per_axis[0], (int, np.integer)) else 1)
+        return rows

@@ -59,7 +59,7 @@ def _without_checksums(path) -> None:
             made.attrs.update(attrs)
 
 
-@pytest.mark.parametrize("record_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("record_dtype", ["float32", "bfloat16", "int16"])
 def test_every_array_train_writes_has_a_checksum_but_the_scalars(tmp_path, digits, record_dtype):
     train(small_config(rule="sg", record_dtype=record_dtype), tmp_path / "run.h5", quiet=True, data=digits)
     stored = _datasets(tmp_path / "run.h5")
@@ -102,7 +102,8 @@ def test_float32_arrays_read_back_bit_for_bit(tmp_path):
 
 
 @pytest.mark.parametrize("name, record_dtype", [(name, "float32") for name in READS] + [
-    ("layers/h2/true_grad", "float16"), ("params/model.head.weight", "bfloat16")])  # 16 bits: read as raw bits
+    ("layers/h2/true_grad", "float16"), ("params/model.head.weight", "bfloat16"),  # 16 bits: read as raw bits
+    ("layers/h2/activations", "int16")])
 def test_a_flipped_bit_is_refused_with_one_line_naming_file_and_dataset(tmp_path, digits, name, record_dtype):
     path = tmp_path / "run.h5"
     train(small_config(record_dtype=record_dtype), path, quiet=True, data=digits)

@@ -226,12 +226,12 @@ def matching(names, patterns) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, digits):
     """Small runs that together write every part of the schema: an sg run with a validation split, some layers
-    and 16-bit arrays, stopped by Ctrl-C (its failed state kept) and resumed; a noisy classification run; an fa
+    and int16 arrays, stopped by Ctrl-C (its failed state kept) and resumed; a noisy classification run; an fa
     regression run with SGD and momentum. Returns ``{name: path}``."""
     folder = tmp_path_factory.mktemp("schema")
     paths = {name: folder / f"{name}.h5" for name in ("resumed", "noisy", "regression")}
     with pytest.MonkeyPatch.context() as patch:
-        train_interrupted(patch, small_config(rule="sg", record_dtype="float16", record_layers=[2, 3],
+        train_interrupted(patch, small_config(rule="sg", record_dtype="int16", record_layers=[2, 3],
                                               validation=200), paths["resumed"], digits, 15)
     paths["failed"] = folder / "failed.h5"
     paths["failed"].write_bytes(paths["resumed"].read_bytes())
@@ -279,5 +279,5 @@ def test_the_run_file_page_names_what_the_writer_writes(written):
         if row.startswith("/params/") or not re.fullmatch(r"(u?int|float)\d+", stated):
             continue
         for name, dataset, dtype in found:
-            if name != "resumed":  # recorded in float16
+            if name != "resumed":  # recorded in int16
                 assert dtype == stated, (name, dataset, dtype, stated)

@@ -14,7 +14,7 @@ from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.runfile import OFFSET, RunFile, RunWriter
+from repanalysis.runfile import OFFSET, SCALE, RunFile, RunWriter
 from repanalysis.train import resume, train
 from repanalysis.training_parts import rebuild
 
@@ -85,6 +85,35 @@ def test_hdf5_reads_the_described_type_as_our_decoder_does(tmp_path, dtype):
         assert np.array_equal(storage.read(ds, ([0, 2],)), ds[[0, 2]])  # fancy indexing: HDF5 converts
 
 
+def test_int16_is_fixed_point_with_a_per_unit_scale():
+    """Known answer: a unit's largest centred magnitude goes to 32767, the rest to the nearest multiple of its
+    scale (ties to even); a value that is not finite is stored as -32768 and read as NaN; an all-zero unit
+    gets the scale 1."""
+    top = 32767 / 16384  # its scale is 2^-14 exactly
+    step = 2.0 ** -14
+    centred = np.array([[-top, 0.0, 1.0], [1.0, 0.0, np.inf], [0.5 + step / 2, 0.0, np.nan], [1.5 * step, 0.0, -0.25]],
+                       dtype=np.float32)
+    scale, scaled = storage.fixed_point(centred)
+    assert scale.dtype == np.float32 and scale.tolist() == [step, 1.0, np.float32(1 / 32767)]
+    bits = storage.encode(scaled, "int16")
+    assert bits.view(np.int16).tolist() == [[-32767, 0, 32767], [16384, 0, -32768], [8192, 0, -32768],
+                                            [2, 0, -8192]]  # 8192.5 and 1.5: ties to even
+    out = storage.decode(bits, "int16") * scale
+    assert out.dtype == np.float32 and np.isnan(out[1:3, 2]).all() and not np.isnan(out[:, :2]).any()
+    assert out[:, 0].tolist() == [-top, 1.0, 0.5, 2 * step] and out[:, 1].tolist() == [0.0] * 4
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal((5000, 4)) * [1e-6, 1.0, 3e4, 0.02]).astype(np.float32)
+    scale, scaled = storage.fixed_point(values)
+    err = np.abs(storage.decode(storage.encode(scaled, "int16"), "int16") * scale - values)
+    # half a step, and float32's rounding of the division and the product (2^-24 of up to 32767 steps each)
+    assert np.all(err <= scale * (0.5 + 2.0 ** -8)) and np.all(err.max(0) > scale / 4)
+    # a unit among float32's subnormals: its inexact scale never wraps a value round to the other sign
+    tiny = np.array([[1e-40], [-1e-40], [3e-41]], dtype=np.float32)
+    scale, scaled = storage.fixed_point(tiny)
+    out = storage.decode(storage.encode(scaled, "int16"), "int16") * scale
+    assert np.all(np.sign(out) == np.sign(tiny)) and np.all(np.abs(out - tiny) <= 1e-41)
+
+
 def _write_layer(path, dtype, checkpoints):
     """A run file of one layer ``h1`` holding ``checkpoints`` (a list of ``{kind: [N, ...]}``), in ``dtype``."""
     first = checkpoints[0]["activations"]
@@ -130,6 +159,41 @@ def test_a_layer_array_with_a_large_mean_is_stored_less_its_mean(tmp_path, dtype
                 np.testing.assert_array_equal(stored[key], whole[key], err_msg=str(key))
 
 
+def test_an_int16_layer_array_is_stored_centred_in_units_of_its_scale(tmp_path):
+    """Per unit, less its mean and in units of its largest centred magnitude over 32767: every value within
+    half that step (and float32's rounding of the sum), 4 times closer than float16 centred here; read back
+    through every index, and with plain h5py as ``q · scale + offset``."""
+    rng = np.random.default_rng(2)
+    acts = [(2 + (k + 1) * 0.01 * rng.standard_normal((1000, 8))).astype(np.float32) for k in range(2)]
+    grads = [(3e-5 + 1e-5 * rng.standard_normal((1000, 8))).astype(np.float32) for _ in range(2)]
+    acts[1][7, 3] = np.nan  # stays NaN; its unit (mean 0) in units of its largest magnitude
+    _write_layer(tmp_path / "x.h5", "int16", [{"activations": a, "true_grad": g} for a, g in zip(acts, grads)])
+    _write_layer(tmp_path / "half.h5", "float16", [{"activations": a, "true_grad": g} for a, g in zip(acts, grads)])
+    with RunFile(tmp_path / "x.h5") as run, RunFile(tmp_path / "half.h5") as half:
+        for kind, values in (("activations", acts), ("true_grad", grads)):
+            g = run.file["layers/h1"]
+            assert storage.codec(g[kind]) == ("int16", 0) and g[kind].dtype == np.int16
+            stored = run.array("h1", kind)
+            for c, x in enumerate(values):
+                offset, centred = storage.centre(x)
+                scale = np.where(np.isnan(x).any(0), np.nanmax(np.abs(x), 0), np.abs(centred).max(0)) / 32767
+                assert np.array_equal(g[kind + OFFSET][c], offset)
+                np.testing.assert_allclose(g[kind + SCALE][c], scale, rtol=2.0 ** -22)
+                out = run.stored("h1", kind, c)
+                assert out.dtype == np.float32 and np.array_equal(np.isnan(out), np.isnan(x))
+                err = np.abs(out - x)
+                assert np.nanmax(err - (scale * (0.5 + 2.0 ** -8) + 2.0 ** -23 * np.abs(x))) <= 0
+                ok = ~np.isnan(x).any(0)
+                assert np.nanmax(err[:, ok]) * 4 < np.max(np.abs(half.stored("h1", kind, c) - x)[:, ok])
+                q = g[kind][c].astype(np.float32)
+                plain = np.where(q == -32768, np.nan, q) * g[kind + SCALE][c] + g[kind + OFFSET][c]
+                assert np.array_equal(out, plain, equal_nan=True)
+            whole = stored[:]
+            for key in [(1, slice(10, 20)), (slice(None), 5), (Ellipsis, 3), (1, 4, 2), (-1, slice(0, 9, 2)),
+                        ([0, 1], 3), (0, [2, 5, 9])]:
+                np.testing.assert_array_equal(stored[key], whole[key], err_msg=str(key))
+
+
 @pytest.fixture(scope="module")
 def three_dtypes(tmp_path_factory, digits):
     """The same sg run recorded in each dtype (recording changes no parameter, so the runs are one run)."""
@@ -142,9 +206,10 @@ def three_dtypes(tmp_path_factory, digits):
 
 
 def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
-    """Each 16-bit run holds exactly the float32 run's arrays and parameters encoded in its dtype."""
+    """Each 16-bit run holds exactly the float32 run's arrays and parameters encoded in its dtype (int16:
+    in units of its scales; its parameters in float16)."""
     with RunFile(three_dtypes["float32"]) as exact:
-        for dtype in ("float16", "bfloat16"):
+        for dtype in ("float16", "bfloat16", "int16"):
             with RunFile(three_dtypes[dtype]) as small:
                 f = small.file
                 for layer in exact.layers:
@@ -158,7 +223,13 @@ def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
                         for c in range(len(exact.steps)):  # stored less its offsets, which are kept
                             offset, centred = storage.centre(exact.stored(layer, kind, c))
                             assert np.array_equal(f[f"layers/{layer}/{kind}{OFFSET}"][c], offset)
-                            want = storage.decode(storage.encode(centred, *how), *how) + offset
+                            scale = np.float32(1)
+                            if dtype == "int16":  # and in units of its scales, also kept
+                                scale, centred = storage.fixed_point(centred)
+                                assert np.array_equal(f[f"layers/{layer}/{kind}{SCALE}"][c], scale)
+                            else:
+                                assert not small.has(layer, kind + SCALE)
+                            want = storage.decode(storage.encode(centred, *how), *how) * scale + offset
                             assert np.array_equal(small.stored(layer, kind, c), want), (dtype, layer, kind)
                     if "signal" in shift:  # a layer's gradients share one scale
                         assert shift["signal"] == shift["true_grad"]
@@ -169,6 +240,7 @@ def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
                         assert np.array_equal(small.param(name), exact.param(name))
                         continue
                     how = storage.codec(p)
+                    assert how[0] == storage.PARAM_DTYPES[dtype]
                     for c in range(len(exact.steps)):
                         want = storage.decode(storage.encode(exact.param(name, c), *how), *how)
                         assert np.array_equal(small.param(name, c), want), (dtype, name, c)
@@ -189,7 +261,7 @@ def test_float32_stays_the_exact_path(three_dtypes):
             if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not name.startswith(("metrics", "eval")):
                 assert item.id.get_type().equal(h5py.h5t.IEEE_F32LE) or name.startswith("resume"), name
                 assert storage.codec(item) is None
-            assert not name.endswith(OFFSET), name
+            assert not name.endswith((OFFSET, SCALE)), name
         f.visititems(stored_types)
         assert not any(name.startswith("params.") for slot in f["resume"].values() for name in slot)
         data = load("digits")
@@ -202,12 +274,13 @@ def test_float32_stays_the_exact_path(three_dtypes):
                     assert np.array_equal(run.stored(layer, kind, c), want, equal_nan=True), (layer, kind, c)
 
 
-def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("dtype", ["float16", "int16"])
+def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_path, digits, monkeypatch, dtype):
     """Resuming takes the exact parameters from the slot (the /params rows are rounded): the finished file,
     stored types included, equals the uninterrupted run's."""
     from test_resume import assert_same_file
 
-    config = small_config(rule="sg", steps=20, record_every=4, record_dtype="float16", update_prob=0.7)
+    config = small_config(rule="sg", steps=20, record_every=4, record_dtype=dtype, update_prob=0.7)
     train(config, tmp_path / "reference.h5", quiet=True, data=digits)
     path = tmp_path / "run.h5"
     train_interrupted(monkeypatch, config, path, digits, 11)
@@ -218,7 +291,7 @@ def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_p
         a.visititems(lambda name, o: kinds.__setitem__(name, storage.codec(o)) if isinstance(o, h5py.Dataset) else None)
         for name, how in kinds.items():
             assert how == storage.codec(b[name]), name
-        assert kinds["layers/h1/activations"][0] == "float16"
+        assert kinds["layers/h1/activations"][0] == dtype
 
 
 def _as_before_offsets(path) -> None:
@@ -266,6 +339,43 @@ def test_a_16_bit_file_without_offsets_reads_and_resumes_as_before(tmp_path, dig
                     for c in (3, 4, 5):  # written after the resumption (at step 8)
                         want = _roundtrip(exact.stored(layer, kind, c), *how)
                         assert np.array_equal(run.stored(layer, kind, c), want), (layer, kind, c)
+
+
+def _as_version_2(path) -> None:
+    """Rewrite a 16-bit run file as format version 2 wrote it: every 16-bit dataset uncompressed (checksummed,
+    same chunks), its stored bits as they are."""
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) and storage.codec(o) else None)
+        for name in names:
+            old = f[name]
+            raw, layout, kind = storage.bits(old), (old.shape, old.maxshape, old.chunks), old.id.get_type()
+            del f[name]
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            plist.set_chunk(layout[2])
+            plist.set_fletcher32()
+            space = h5py.h5s.create_simple(layout[0], tuple(h5py.h5s.UNLIMITED if m is None else m
+                                                            for m in layout[1]))
+            h5py.h5d.create(f.id, name.encode(), kind, space, dcpl=plist)
+            storage.write_bits(f[name], raw)
+            assert f[name].compression is None and f[name].fletcher32
+        f.attrs["format_version"] = 2
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_format_version_2_file_reads_as_before(tmp_path, three_dtypes, dtype):
+    """16-bit datasets written uncompressed (format version 2) read the same values as the compressed ones."""
+    old = tmp_path / "old.h5"
+    old.write_bytes(three_dtypes[dtype].read_bytes())
+    _as_version_2(old)
+    with RunFile(three_dtypes[dtype]) as new, RunFile(old) as run:
+        assert new.file.attrs["format_version"] == 3 and new.file["layers/h1/activations"].compression == "gzip"
+        for layer in run.layers:
+            for kind in ("activations", "true_grad", "signal"):
+                if run.has(layer, kind):
+                    assert np.array_equal(run.array(layer, kind)[:], new.array(layer, kind)[:], equal_nan=True)
+        for name in run.param_names:
+            assert np.array_equal(run.param(name), new.param(name))
 
 
 def test_recorded_layers_are_a_choice_and_the_analysis_handles_runs_without_some(tmp_path, digits):
