@@ -377,7 +377,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     whether it is the quick version (too short for its verdicts to mean much);
     ``choice``: what the experiments' selections chose (``experiments.selection``), or None;
     ``explained``: experiment -> (its explanation frame, its fits) (``analysis.explain``);
-    ``recurrent``: recurrent experiment -> its table (``recurrent.results``), reported instead of claims.
+    ``recurrent``: recurrent experiment -> its tables (``recurrent``, ``positions``, ``training``; see
+    ``recurrent.results`` and ``recurrent.positions``), reported instead of claims.
     """
     from . import __version__
     from .recurrent.results import report_lines
@@ -417,8 +418,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     for experiment, claims in results.items():
         for claim in claims:
             lines += _claim_lines(experiment, claim, quantities.get(experiment))
-    for experiment, table in recurrent.items():
-        lines += report_lines(experiment, table)
+    for experiment, tables in recurrent.items():
+        lines += report_lines(experiment, **tables)
     for experiment, (frame, fits) in (explained or {}).items():
         lines += _explain_lines(experiment, frame, fits)
     lines += _selection_lines(spec, choice)
