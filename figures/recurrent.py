@@ -7,9 +7,11 @@ a rule has two seeds or more at a T (the title says how many).
 ``recurrent_positions`` reads ``recurrent.positions``' tables, one column per
 task: the cosine of the rule's gradient with the true one against the steps
 to the window's end, the CKA of ``h`` with BPTT's against the step's place
-in its window, and the module's cosine with the true boundary gradient over
-training; means over seeds (and probe steps), one line per rule and T (solid:
-the largest T, dotted: the others).
+in its window (the debiased estimate: fewer probe sequences than units), the
+module's cosine with the true boundary gradient over training, and the
+accuracy of reading the first input symbol off ``h`` at each probe step
+(Copy, Repeat Copy); means over seeds (and probe steps), one line per rule
+and T (solid: the largest T, dotted: the others).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _scores(table: pd.DataFrame, out_dir: Path, tag: str | None) -> list[Path]:
 _POSITION_ROWS = (("positions", "to_boundary", "grad_cosine", "steps to the window's end",
                    "cosine with the true gradient"),
                   ("positions", "offset", "cka_to_bptt", "step in the window", "linear CKA of h with BPTT's"),
-                  ("training", "step", "boundary_cosine", "training step", "module's cosine at the boundary"))
+                  ("training", "step", "boundary_cosine", "training step", "module's cosine at the boundary"),
+                  ("positions", "step", "first_symbol", "probe step", "first symbol read off h"))
 
 
 def _positions(positions: pd.DataFrame, training: pd.DataFrame, out_dir: Path, tag: str | None) -> list[Path]:

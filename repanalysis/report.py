@@ -227,6 +227,12 @@ CAPTIONS = {
                           "the input layer h1 is marked with an open symbol (claim 4e).",
     "recurrent": "Recurrent tasks: the longest length solved (Copy, Repeat Copy) and held-out bits per character "
                  "(language model) against the truncation window T, per rule; small points are seeds.",
+    "recurrent_positions": "Recurrent runs over positions in the window (probe sequences, last checkpoint): the "
+                           "cosine of the rule's gradient at the state with the true one against the steps to the "
+                           "window's end, the debiased linear CKA of h with the BPTT run's against the step's place "
+                           "in its window, the DNI module's cosine with the true boundary gradient over training, "
+                           "and the accuracy of reading the first input symbol off h at each probe step (Copy, "
+                           "Repeat Copy); means over seeds, one line per rule and T.",
 }
 
 

@@ -11,7 +11,8 @@ prediction is still zero and has no direction). ``report_lines``: per task, ever
 every ``T`` under every rule, and each DNI arm against BPTT (and DNI + aux against DNI) at the same ``T``: paired
 differences over seeds (runs of one seed share their initial LSTM and their
 batches until their curricula part), with the exact sign-flip p-value
-(``stats.paired_effect``).
+(``stats.paired_effect``); then the views over positions and over training
+(``positions.position_lines``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 from .. import stats
 from ..markdown import md_table, mean_std
 from ..runfile import RunFile
+from .positions import boundary_cosine, position_lines
 from .tasks import Copy, RepeatCopy
 
 #: The score of each task: (its column's meaning, +1 where higher is better, -1 where lower is).
@@ -34,23 +36,6 @@ COMPARISONS = (("dni", "backprop", "DNI − BPTT"), ("dni+aux", "backprop", "DNI
                ("dni+aux", "dni", "DNI + aux − DNI"))
 
 
-def rule_label(config) -> str:
-    """A recurrent run's rule as the table names it: ``backprop``, ``dni`` or ``dni+aux``."""
-    return "dni+aux" if config.aux else config.rule
-
-
-def boundary_cosine(run: RunFile, checkpoint: int = -1) -> float:
-    """Mean cosine of the module's prediction with the true boundary gradient at ``checkpoint`` (nan
-    without a module or a boundary)."""
-    group = run.file.get("boundary")
-    if group is None or "prediction" not in group or group["after_step"].shape[0] == 0:
-        return float("nan")
-    truth, prediction = group["true_grad"][checkpoint], group["prediction"][checkpoint]
-    norms = np.linalg.norm(truth, axis=-1) * np.linalg.norm(prediction, axis=-1)
-    cosines = (truth * prediction).sum(-1) / np.where(norms > 0, norms, np.nan)
-    return float(np.nanmean(cosines)) if np.isfinite(cosines).any() else float("nan")
-
-
 def results_table(paths) -> pd.DataFrame:
     """One row per run file of ``paths`` (``{planned run: path}``): ``COLUMNS``."""
     rows = []
@@ -59,7 +44,7 @@ def results_table(paths) -> pd.DataFrame:
         with RunFile(path) as run:
             evals = run.evals
             score = evals["test_bits" if c.task == "charlm" else "longest"][-1]
-            rows.append([str(path), c.task, rule_label(c), c.bptt, c.seed, int(evals["step"][-1]), float(score),
+            rows.append([str(path), c.task, c.label, c.bptt, c.seed, int(evals["step"][-1]), float(score),
                          boundary_cosine(run)])
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
@@ -76,8 +61,6 @@ def report_lines(experiment: str, recurrent: pd.DataFrame, positions: pd.DataFra
                  training: pd.DataFrame | None = None) -> list[str]:
     """The report's section on one recurrent experiment's tables: ``results_table`` and, where given,
     ``positions.positions_table`` and ``positions.training_table``."""
-    from .positions import position_lines
-
     lines = []
     for task, rows in recurrent.groupby("task", sort=False):
         meaning, better = SCORES[task]

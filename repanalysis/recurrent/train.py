@@ -138,6 +138,11 @@ class RecurrentConfig:
     def dataset(self) -> str:
         return self.task
 
+    @property
+    def label(self) -> str:
+        """The rule as tables name it: ``backprop``, ``dni`` or ``dni+aux`` (DNI with the auxiliary task)."""
+        return "dni+aux" if self.aux else self.rule
+
     def to_json(self) -> str:
         return json.dumps({"model": self.model, **dataclasses.asdict(self)}, sort_keys=True)
 
