@@ -81,6 +81,9 @@ def _positions(positions: pd.DataFrame, training: pd.DataFrame, out_dir: Path, t
         for column, task in enumerate(tasks):
             ax = axes[row * len(tasks) + column]
             rows = tables[name][tables[name]["task"] == task]
+            if rows[y].isna().all():  # nothing to draw (no first symbol in text, no module in BPTT)
+                ax.set_visible(False)
+                continue
             for rule in ordered_rules(rows["rule"].unique()):
                 for bptt, group in rows[rows["rule"] == rule].groupby("bptt"):
                     means = group.groupby(x)[y].mean().dropna()

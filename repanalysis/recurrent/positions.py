@@ -12,7 +12,8 @@ checkpoint:
 - ``grad_cosine``: the cosine, per probe sequence then averaged, of the
   gradient the run's rule gives the state ``[h, c]`` after ``t``
   (``rules.state_gradients``: BPTT within the window; DNI adds its module's
-  signal at the window's end) with the true gradient of the loss after ``t``
+  signal at the window's end; the auxiliary task's own gradient is not part
+  of it) with the true gradient of the loss after ``t``
   (full BPTT through the whole sequence). A rule that gives a zero gradient
   there (BPTT at a window's end) scores 0; sequences whose true gradient is
   zero (the last step) are left out;
