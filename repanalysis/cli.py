@@ -172,6 +172,8 @@ def _add_recurrent(g) -> None:
                    f"(default {r.task})")
     g.add_argument("--bptt", type=int, metavar="T", help="the truncation window of backprop through time, in steps "
                    "(default: the whole sequence, full BPTT); dni puts its module at the window boundaries")
+    g.add_argument("--aux", action="store_true", help="dni: the auxiliary task of Jaderberg et al. (2016): the "
+                   "core also predicts the synthetic gradient at the next boundary")
     g.add_argument("--copy-start", type=int, help=f"copy, repeatcopy: the curriculum's first length "
                    f"(default {r.copy_start})")
     g.add_argument("--copy-max", type=int, help=f"copy, repeatcopy: the curriculum's longest length "
@@ -192,10 +194,10 @@ _RECURRENT = {"width": "hidden", "rule": "rule", "steps": "steps", "batch_size":
               "record_every": "record_every", "eval_every": "eval_every", "probe_size": "probe_size",
               "task": "task", "bptt": "bptt", "copy_start": "copy_start", "copy_max": "copy_max",
               "copy_threshold": "copy_threshold", "repeat_max": "repeat_max", "probe_length": "probe_length",
-              "seq_length": "seq_length", "text": "text"}
+              "seq_length": "seq_length", "text": "text", "aux": "aux"}
 #: Options of ``train`` for recurrent runs only.
 _RECURRENT_ONLY = ("task", "bptt", "copy_start", "copy_max", "copy_threshold", "repeat_max", "probe_length",
-                   "seq_length", "text")
+                   "seq_length", "text", "aux")
 
 
 def _cmd_train_recurrent(args) -> None:

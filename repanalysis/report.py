@@ -227,6 +227,12 @@ CAPTIONS = {
                           "the input layer h1 is marked with an open symbol (claim 4e).",
     "recurrent": "Recurrent tasks: the longest length solved (Copy, Repeat Copy) and held-out bits per character "
                  "(language model) against the truncation window T, per rule; small points are seeds.",
+    "recurrent_positions": "Recurrent runs over positions in the window (probe sequences, last checkpoint): the "
+                           "cosine of the rule's gradient at the state with the true one against the steps to the "
+                           "window's end, the debiased linear CKA of h with the BPTT run's against the step's place "
+                           "in its window, the DNI module's cosine with the true boundary gradient over training, "
+                           "and the accuracy of reading the first input symbol off h at each probe step (Copy, "
+                           "Repeat Copy); means over seeds, one line per rule and T.",
 }
 
 
@@ -377,7 +383,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     whether it is the quick version (too short for its verdicts to mean much);
     ``choice``: what the experiments' selections chose (``experiments.selection``), or None;
     ``explained``: experiment -> (its explanation frame, its fits) (``analysis.explain``);
-    ``recurrent``: recurrent experiment -> its table (``recurrent.results``), reported instead of claims.
+    ``recurrent``: recurrent experiment -> its tables (``recurrent``, ``positions``, ``training``; see
+    ``recurrent.results`` and ``recurrent.positions``), reported instead of claims.
     """
     from . import __version__
     from .recurrent.results import report_lines
@@ -417,8 +424,8 @@ def write_report(out: Path, *, spec, runs, results: dict[str, list[ClaimResult]]
     for experiment, claims in results.items():
         for claim in claims:
             lines += _claim_lines(experiment, claim, quantities.get(experiment))
-    for experiment, table in recurrent.items():
-        lines += report_lines(experiment, table)
+    for experiment, tables in recurrent.items():
+        lines += report_lines(experiment, **tables)
     for experiment, (frame, fits) in (explained or {}).items():
         lines += _explain_lines(experiment, frame, fits)
     lines += _selection_lines(spec, choice)

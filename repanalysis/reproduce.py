@@ -259,9 +259,9 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
         from .tables import read_table
 
         tag = None if index == 0 else name
-        table_path = made["recurrent"]
-        figures += _made(manifest, f"figures/{name}/recurrent", [table_path], tag,
-                         lambda: draw_recurrent_figures(read_table(table_path), out / "figures", tag=tag))
+        inputs = [made[kind] for kind in ("recurrent", "positions", "training")]
+        figures += _made(manifest, f"figures/{name}/recurrent", inputs, tag,
+                         lambda: draw_recurrent_figures(*map(read_table, inputs), out / "figures", tag=tag))
     if "explain" in exp.figures and explain_path is not None:
         from .figures.explain import draw_explain_figures
         from .tables import read_table
@@ -341,12 +341,16 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     cells = _cells(planned)
     made: dict[str, Path] = {}
     if exp.recurrent:
+        from .recurrent.positions import positions_table, training_table
         from .recurrent.results import results_table
 
         made["recurrent"] = table(f"{name}_recurrent.csv", files, lambda: results_table(paths))
+        made["positions"] = table(f"{name}_recurrent_positions.csv", files, lambda: positions_table(paths))
+        made["training"] = table(f"{name}_recurrent_training.csv", files, lambda: training_table(paths))
         figures = _figures(out, manifest, spec, index, exp, planned, files, made, None, None, None, paths,
                            executor, quiet)
-        return None, None, paths, figures, failed, read_table(made["recurrent"])
+        return None, None, paths, figures, failed, {kind: read_table(made[kind]) for kind in
+                                                    ("recurrent", "positions", "training")}
     measures = list(exp.measures) if exp.measures else None
     if "analysis" in exp.tables:
         made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(cells), measures)

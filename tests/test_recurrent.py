@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from repanalysis.cli import main
-from repanalysis.recurrent.model import SequenceLSTM
+from repanalysis.recurrent.model import SequenceLSTM, joined
 from repanalysis.recurrent.rules import (
+    auxiliary_loss,
     boundaries,
     boundary_module,
     dni_backward,
@@ -65,8 +66,8 @@ def test_one_window_is_full_bptt_for_both_rules(bptt):
     module = boundary_module(model.hidden).double()
     with torch.no_grad():  # a module that would change the gradient if it were used
         module.out.bias.fill_(1.0)
-    _, regression = dni_backward(model, module, batch, bptt)
-    assert regression is None and module.out.bias.grad is None
+    _, regression, auxiliary = dni_backward(model, module, batch, bptt, boundary_module(model.hidden).double())
+    assert regression is None and auxiliary is None and module.out.bias.grad is None
     assert _close(_grads(model), full)
 
 
@@ -274,3 +275,75 @@ def test_a_window_longer_than_repeat_copy_is_refused(tmp_path, capsys):
     assert "--bptt 8 is longer than the longest Repeat Copy sequence (--copy-max 2 x (1 + --repeat-max 2) + 1 = " \
            "7 steps)" in err
     assert RecurrentConfig(task="repeatcopy", copy_max=2, repeat_max=2, bptt=7).resolved().bptt == 7
+
+
+def _constant_module(hidden: int, value: float):
+    """A boundary module whose prediction is ``value`` everywhere (zero weights, constant bias)."""
+    module = boundary_module(hidden).double()
+    with torch.no_grad():
+        module.out.bias.fill_(value)
+    return module
+
+
+def test_the_auxiliary_task_on_a_known_answer():
+    """A module that predicts c everywhere and a zero auxiliary head: the head's targets are c at every boundary
+    but the last (whose next signal is the end of the sequence, zero), so its bias gradient is -2c (K-1)/K per
+    value, its loss c² · 2H · (K-1)/K; a zero head sends nothing to the LSTM."""
+    model, batch, c = _model(), _batch(), 0.3  # 9 steps, T = 2: boundaries after 2, 4, 6, 8 (K = 4)
+    _, _, plain = dni_backward(model, _constant_module(model.hidden, c), batch, 2)
+    without = _grads(model)
+    model.zero_grad()
+    head = boundary_module(model.hidden).double()
+    _, _, auxiliary = dni_backward(model, _constant_module(model.hidden, c), batch, 2, head)
+    assert plain is None
+    assert float(auxiliary) == pytest.approx(c ** 2 * 2 * model.hidden * 3 / 4, rel=1e-12)
+    assert torch.allclose(head.out.bias.grad, torch.full((2 * model.hidden,), -2 * c * 3 / 4, dtype=torch.double),
+                          rtol=0, atol=1e-12)
+    assert _close(_grads(model), without)
+
+
+def test_the_auxiliary_gradient_is_that_of_its_loss_on_each_window():
+    """Independently: the LSTM's gradient with the auxiliary task is DNI's plus, per boundary k, the gradient of
+    ``‖aux(s_k) − M(s_k+1)‖²`` (mean over sequences and boundaries) through window k − 1 alone, from its
+    detached start; the module's own gradient is unchanged."""
+    torch.manual_seed(5)
+    model, batch, bptt = _model(), _batch(n=5, size=3), 3  # 11 steps: boundaries after 3, 6, 9
+    module, head = boundary_module(model.hidden).double(), boundary_module(model.hidden).double()
+    with torch.no_grad():
+        for layer in (module.out, head.out):
+            layer.weight.normal_(0, 0.3)
+            layer.bias.normal_(0, 0.1)
+    dni_backward(model, module, batch, bptt)
+    dni_grads, module_grads = _grads(model), [p.grad.clone() for p in module.parameters()]
+    model.zero_grad()
+    module.zero_grad()
+    dni_backward(model, module, batch, bptt, head)
+    with_aux = _grads(model)
+    assert _close([p.grad for p in module.parameters()], module_grads)
+    at = boundaries(batch.length, bptt)
+    with torch.no_grad():  # the states at the boundaries, by one unroll
+        h, c = model.states(batch.inputs, model.initial_state(len(batch)))
+    states = [torch.cat([h[:, t - 1], c[:, t - 1]], 1) for t in at]
+    with torch.no_grad():
+        targets = [module(s) for s in states[1:]] + [torch.zeros_like(states[0])]
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    starts = [0, *at]
+    for k, t in enumerate(at):
+        start = states[k - 1] if k > 0 else None
+        state = model.initial_state(len(batch)) if start is None else (start[:, :model.hidden],
+                                                                       start[:, model.hidden:])
+        _, end = model(batch.inputs[:, starts[k]:t], state)
+        loss = (head(joined(end)) - targets[k]).pow(2).sum(1).mean() / len(at)
+        for total, g in zip(expected, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)):
+            if g is not None:  # the readout plays no part in the state
+                total += g
+    assert max(float(e.abs().max()) for e in expected) > 1e-4
+    assert _close([a - b for a, b in zip(with_aux, dni_grads)], expected, 1e-10)
+    with torch.no_grad():
+        assert float(auxiliary_loss(head, states, [module(s) for s in states])) == pytest.approx(
+            float(sum((head(s) - t).pow(2).sum(1).mean() for s, t in zip(states, targets)) / len(at)), rel=1e-12)
+
+
+def test_the_auxiliary_task_needs_dni(tmp_path, capsys):
+    err = _refused(["--model", "lstm", "--aux", "--bptt", "2"], capsys, tmp_path / "run.h5")
+    assert "--aux is DNI's auxiliary task; it needs --rule dni, not backprop" in err

@@ -31,7 +31,7 @@ def test_the_quick_recurrent_preset_on_the_command_line(tmp_path, capsys):
     table = read_table(out / "tables" / "recurrent_recurrent.csv")
     assert sorted(zip(table["task"], table["bptt"], table["rule"])) == sorted(
         (task, bptt, rule) for task in ("copy", "repeatcopy", "charlm") for bptt in (2, 8)
-        for rule in ("backprop", "dni"))
+        for rule in ("backprop", "dni", "dni+aux"))
     assert (table["seed"] == 1).all() and (table["steps"] == 30).all()
     cosine = table.set_index(["task", "bptt", "rule"])["boundary_cosine"]
     assert cosine.xs("backprop", level="rule").isna().all() and cosine.xs(2, level="bptt").xs("dni", level="rule").notna().all()
@@ -39,15 +39,22 @@ def test_the_quick_recurrent_preset_on_the_command_line(tmp_path, capsys):
     assert ((lm > 0) & (lm < 7)).all()  # bits per character, below log2 of the 65 characters
     # Copy held at most 3 symbols (7 steps) in 30 steps: at T = 8 there is no boundary, and DNI's run is BPTT's
     copy8 = table[(table["task"] == "copy") & (table["bptt"] == 8)].set_index("rule")["score"]
-    assert copy8["dni"] == copy8["backprop"]
+    assert copy8["dni"] == copy8["backprop"] == copy8["dni+aux"]
     assert pd.isna(cosine[("copy", 8, "dni")])  # its module never had a target: zero, no direction
     for fmt in ("png", "svg"):
-        assert (out / "figures" / f"recurrent.{fmt}").is_file()
+        assert (out / "figures" / f"recurrent.{fmt}").is_file() and (out / "figures" / f"recurrent_positions.{fmt}").is_file()
+    positions = read_table(out / "tables" / "recurrent_recurrent_positions.csv")
+    assert len(positions) == 6 * (13 + 25 + 20)  # 6 runs per task; probe steps: Copy 13, Repeat Copy 25, text 20
+    assert positions[positions["task"] == "charlm"]["first_symbol"].isna().all()
+    training = read_table(out / "tables" / "recurrent_recurrent_training.csv")
+    assert set(training["rule"]) == {"dni", "dni+aux"} and set(training["step"]) == {0, 30}
     report = (out / "report.md").read_text()
     for task in ("Copy", "Repeat Copy", "character-level language model"):
         assert f"## {task} (recurrent)" in report
-    assert report.count("DNI − BPTT at the same T") == 3 and "**Quick version**" in report
+    assert report.count("Each DNI arm against BPTT, and DNI + aux against DNI") == 3 and "**Quick version**" in report
     assert "## Claims" not in report and "![recurrent](figures/recurrent.png)" in report
+    assert report.count("Where in the window") == 3 and report.count("What the state carries") == 2
+    assert "![recurrent_positions](figures/recurrent_positions.png)" in report
     # the per-seed score in the report is the table's
     row = table[(table["task"] == "copy") & (table["bptt"] == 2) & (table["rule"] == "dni")].iloc[0]
     assert re.search(rf"^\| 2 \| dni \| {int(row['score'])} \|", report, re.M)

@@ -17,7 +17,11 @@ sequences (``[N, L, H]``), and the group ``/boundary``: ``after_step [K]``
 (the boundaries of the probe sequences at the run's ``bptt``),
 ``true_grad [T, N, K, 2H]`` (per-sample ``∂L_n/∂[h, c]`` of the whole
 sequence's loss, by an unroll over the whole sequence) and, for DNI,
-``prediction [T, N, K, 2H]`` (the module's output on the same states).
+``prediction [T, N, K, 2H]`` (the module's output on the same states); the
+group ``/probe`` holds the probe sequences themselves (``inputs``, ``targets``,
+``mask``, each ``[N, L]``). Parameters are stored per checkpoint as for
+feed-forward runs: the LSTM's, the module's (``rule.``) and the auxiliary
+head's (``aux.``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class RecurrentConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     sg_lr: float | None = None  # the module's learning rate (default lr)
+    aux: bool = False  # dni: the auxiliary task (``rules``), its head trained with the LSTM
     seed: int = 0
     record_every: int | None = None  # default steps/10
     eval_every: int | None = None  # default steps/50 for copy, steps/10 for charlm
@@ -110,6 +115,8 @@ class RecurrentConfig:
             raise UserError(f"--momentum must be in [0, 1), got {c.momentum}")
         if not 0 <= c.seed <= MAX_SEED:
             raise UserError(f"--seed must be from 0 to 2**63 - 1, got {c.seed}")
+        if c.aux and c.rule != "dni":
+            raise UserError(f"--aux is DNI's auxiliary task; it needs --rule dni, not {c.rule}")
         if c.copy_start > c.copy_max:
             raise UserError(f"--copy-start {c.copy_start} is above --copy-max {c.copy_max}")
         longest = generated_task(c).length_of(c.copy_max) if c.task in GENERATED else c.seq_length
@@ -130,6 +137,11 @@ class RecurrentConfig:
     @property
     def dataset(self) -> str:
         return self.task
+
+    @property
+    def label(self) -> str:
+        """The rule as tables name it: ``backprop``, ``dni`` or ``dni+aux`` (DNI with the auxiliary task)."""
+        return "dni+aux" if self.aux else self.rule
 
     def to_json(self) -> str:
         return json.dumps({"model": self.model, **dataclasses.asdict(self)}, sort_keys=True)
@@ -257,7 +269,9 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
     torch.manual_seed(config.seed)
     model = SequenceLSTM(task.vocab, config.hidden, task.n_outputs)
     module = boundary_module(config.hidden) if config.rule == "dni" else None
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum)
+    aux = boundary_module(config.hidden) if config.aux else None
+    core = [*model.parameters(), *(aux.parameters() if aux is not None else ())]
+    optimizer = make_optimizer(config.optimizer, core, config.lr, config.momentum)
     module_optimizer = (make_optimizer(config.optimizer, module.parameters(), config.sg_lr, config.momentum)
                         if module is not None else None)
     at = boundaries(task.probe.length, config.bptt)
@@ -266,7 +280,7 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
     last: dict[str, float] = {}
     try:
         if writer is not None:
-            _record(writer, model, module, task.probe, at, 0)
+            _record(writer, model, module, aux, task.probe, at, 0)
         for step in range(1, config.steps + 1):
             row = {"step": step}
             if task.copy is not None:
@@ -277,10 +291,12 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
                 loss, _ = truncated_backward(model, batch, config.bptt)
             else:
                 module_optimizer.zero_grad(set_to_none=True)
-                loss, regression = dni_backward(model, module, batch, config.bptt)
+                loss, regression, auxiliary = dni_backward(model, module, batch, config.bptt, aux)
                 if regression is not None:
                     module_optimizer.step()
                 row["sg_loss"] = math.nan if regression is None else float(regression)  # nan: no boundary
+                if aux is not None:
+                    row["aux_loss"] = math.nan if auxiliary is None else float(auxiliary)
             if not math.isfinite(float(loss)):
                 message = f"the training loss became non-finite at step {step}; the run stopped there"
                 if writer is not None:
@@ -296,7 +312,7 @@ def train_recurrent(config: RecurrentConfig, out=None, *, data_dir=None, overwri
                 if writer is not None:
                     writer.evaluation(last)
             if writer is not None and (step % config.record_every == 0 or step == config.steps):
-                _record(writer, model, module, task.probe, at, step)
+                _record(writer, model, module, aux, task.probe, at, step)
             progress.update(step, f"loss {row['loss_bits']:.3f} bits" + (
                 f", N {task.curriculum.length}" if task.copy is not None else ""))
         if writer is not None:
@@ -325,13 +341,15 @@ def _writer(config: RecurrentConfig, task: SequenceTask, at: list[int], out, ove
         if task.text is not None:
             writer.file.attrs["vocabulary"] = json.dumps("".join(task.text.chars))
         writer.add("boundary/after_step", np.asarray(at, dtype=np.int64))
+        for name in ("inputs", "targets", "mask"):
+            writer.add(f"probe/{name}", getattr(task.probe, name).numpy())
     except BaseException:
         writer.abandon()
         raise
     return writer
 
 
-def _record(writer: RunWriter, model: SequenceLSTM, module, probe: Batch, at: list[int], step: int) -> None:
+def _record(writer: RunWriter, model: SequenceLSTM, module, aux, probe: Batch, at: list[int], step: int) -> None:
     """One checkpoint: the probe sequences' states, the true boundary gradients (and the module's predictions),
     every parameter."""
     with torch.no_grad():
@@ -344,6 +362,7 @@ def _record(writer: RunWriter, model: SequenceLSTM, module, probe: Batch, at: li
                 states = torch.cat([h[:, index], c[:, index]], 2).reshape(-1, 2 * model.hidden)
                 prediction = module(states).reshape(len(probe), len(at), -1)
             writer.append_row("boundary", "prediction", prediction.numpy())
-    params = {**model_tensors(model), **(model_tensors(module, "rule.") if module is not None else {})}
+    params = {**model_tensors(model), **(model_tensors(module, "rule.") if module is not None else {}),
+              **(model_tensors(aux, "aux.") if aux is not None else {})}
     writer.checkpoint(step, {"h": {"activations": h.numpy()}, "c": {"activations": c.numpy()}},
                       {k: v.numpy().copy() for k, v in params.items()})
