@@ -23,7 +23,7 @@ from . import tasks
 from .config import TrainConfig
 from .datasets import IMAGES, Dataset
 from .errors import UserError
-from .models import build_network
+from .models import Architecture
 from .recorder import model_tensors
 from .rules import Rule, make_rule
 from .runfile import RunFile
@@ -118,12 +118,7 @@ def state_arrays(rule: Rule) -> dict[str, np.ndarray]:
 
 
 def _network(config: TrainConfig, n_features: int, n_outputs: int):
-    return build_network(
-        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
-        activation=config.activation, batch_norm=config.batch_norm, channels=config.channels,
-        kernel_size=config.kernel_size, pool=config.pool, input_shape=IMAGES.get(config.dataset),
-        init=config.init, bn_gamma_init=config.bn_gamma_init, bn_beta_init=config.bn_beta_init,
-    )
+    return Architecture.of(config).build(n_features, n_outputs, IMAGES.get(config.dataset))
 
 
 def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, device="cpu") -> Rule:
