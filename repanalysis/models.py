@@ -7,7 +7,7 @@ to any of them and the recorder can read them. The head is a linear map to the
 outputs, or the identity for the linear model, whose only interface is its
 output.
 
-Models (``build_network``):
+Models (``Architecture``, ``build_network``):
 
 - ``mlp``: ``depth`` hidden blocks of ``width`` units, then a linear head;
 - ``deeplinear``: the same with identity activations and no batch norm;
@@ -25,7 +25,7 @@ Models (``build_network``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -229,27 +229,11 @@ class Network(nn.Module):
         return self.head(h)
 
 
-def build_network(
-    model: str,
-    n_features: int,
-    n_outputs: int,
-    *,
-    depth: int = 4,
-    width: int = 64,
-    activation: str = "relu",
-    batch_norm: bool = False,
-    channels: int = 32,
-    kernel_size: int = 3,
-    pool: str = "max",
-    input_shape: tuple[int, int, int] | None = None,
-    init: str = "default",
-    bn_gamma_init: float = 1.0,
-    bn_beta_init: float = 0.0,
-) -> Network:
-    """Build one of ``MODELS``; parameters come from torch's global RNG (seed it first).
+@dataclass(frozen=True)
+class Architecture:
+    """A network to build: one of ``MODELS`` and its settings, named as ``TrainConfig`` names them (``of``).
 
-    ``channels``, ``kernel_size``, ``pool`` and ``input_shape`` (the images'
-    ``[channels, height, width]``) are for ``cnn``; ``width`` is for the others.
+    ``channels``, ``kernel_size`` and ``pool`` are for ``cnn``; ``width`` is for the others.
 
     Initialisation: ``init="default"`` is PyTorch's (uniform in
     ``±1/sqrt(fan_in)``); ``"orthogonal"`` redraws the hidden blocks' weights
@@ -259,46 +243,74 @@ def build_network(
     Together they decide how much of the input survives a deep stack at step
     0 (README, "Training deep stacks").
     """
-    if model not in MODELS:
-        raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    if init not in INITS:
-        raise UserError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if activation not in ACTIVATIONS:
-        raise UserError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-    if model == "linear":
-        return Network([Block(n_features, n_outputs, "identity", False)], nn.Identity(), model)
-    if not 1 <= depth <= MAX_DEPTH:
-        raise UserError(f"--depth must be between 1 and {MAX_DEPTH}, got {depth}")
-    if model == "cnn":
-        network = _cnn(n_features, n_outputs, depth, channels, kernel_size, activation, batch_norm, pool, input_shape)
-    else:
-        if width < 1:
-            raise UserError(f"--width must be at least 1, got {width}")
-        if model == "deeplinear":
-            activation, batch_norm = "identity", False
-        sizes = [n_features] + [width] * depth
-        blocks = [Block(sizes[i], sizes[i + 1], activation, batch_norm) for i in range(depth)]
-        network = Network(blocks, nn.Linear(width, n_outputs), model)
-    for block in network.blocks:
-        if init == "orthogonal":
-            nn.init.orthogonal_(block.weighted.weight)
-        if batch_norm:
-            nn.init.constant_(block.norm.weight, bn_gamma_init)
-            nn.init.constant_(block.norm.bias, bn_beta_init)
-    return network
+
+    model: str = "mlp"
+    depth: int = 4
+    width: int = 64
+    activation: str = "relu"
+    batch_norm: bool = False
+    channels: int = 32
+    kernel_size: int = 3
+    pool: str = "max"
+    init: str = "default"
+    bn_gamma_init: float = 1.0
+    bn_beta_init: float = 0.0
+
+    @classmethod
+    def of(cls, settings) -> "Architecture":
+        """The architecture that ``settings`` (a ``TrainConfig``, or anything with these attributes) describes."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+    def build(self, n_features: int, n_outputs: int, input_shape: tuple[int, int, int] | None = None) -> Network:
+        """The network, its parameters drawn from torch's global RNG (seed it first); ``input_shape``: the
+        images' ``[channels, height, width]`` (``cnn``)."""
+        model, activation, batch_norm = self.model, self.activation, self.batch_norm
+        if model not in MODELS:
+            raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if activation not in ACTIVATIONS:
+            raise UserError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if model == "linear":
+            return Network([Block(n_features, n_outputs, "identity", False)], nn.Identity(), model)
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise UserError(f"--depth must be between 1 and {MAX_DEPTH}, got {self.depth}")
+        if model == "cnn":
+            network = self._cnn(n_features, n_outputs, input_shape)
+        else:
+            if self.width < 1:
+                raise UserError(f"--width must be at least 1, got {self.width}")
+            if model == "deeplinear":
+                activation, batch_norm = "identity", False
+            sizes = [n_features] + [self.width] * self.depth
+            blocks = [Block(sizes[i], sizes[i + 1], activation, batch_norm) for i in range(self.depth)]
+            network = Network(blocks, nn.Linear(self.width, n_outputs), model)
+        for block in network.blocks:
+            if self.init == "orthogonal":
+                nn.init.orthogonal_(block.weighted.weight)
+            if batch_norm:
+                nn.init.constant_(block.norm.weight, self.bn_gamma_init)
+                nn.init.constant_(block.norm.bias, self.bn_beta_init)
+        return network
+
+    def _cnn(self, n_features: int, n_outputs: int, input_shape) -> Network:
+        if input_shape is None or math.prod(input_shape) != n_features:
+            raise UserError("--model cnn needs a data set of images (digits or mnist)")
+        if self.channels < 1:
+            raise UserError(f"--channels must be at least 1, got {self.channels}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise UserError(f"--kernel-size must be odd and positive (the maps keep their size), got {self.kernel_size}")
+        if self.pool not in POOLING:
+            raise UserError(f"unknown pooling {self.pool!r}; choose one of {', '.join(POOLING)}")
+        blocks, shape = [], tuple(input_shape)
+        for _ in range(self.depth):
+            blocks.append(ConvBlock(shape, self.channels, self.kernel_size, self.activation, self.batch_norm, self.pool))
+            shape = blocks[-1].out_shape
+        return Network(blocks, nn.Linear(math.prod(shape), n_outputs), "cnn", tuple(input_shape))
 
 
-def _cnn(n_features, n_outputs, depth, channels, kernel_size, activation, batch_norm, pool, input_shape) -> Network:
-    if input_shape is None or math.prod(input_shape) != n_features:
-        raise UserError("--model cnn needs a data set of images (digits or mnist)")
-    if channels < 1:
-        raise UserError(f"--channels must be at least 1, got {channels}")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise UserError(f"--kernel-size must be odd and positive (the maps keep their size), got {kernel_size}")
-    if pool not in POOLING:
-        raise UserError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLING)}")
-    blocks, shape = [], tuple(input_shape)
-    for _ in range(depth):
-        blocks.append(ConvBlock(shape, channels, kernel_size, activation, batch_norm, pool))
-        shape = blocks[-1].out_shape
-    return Network(blocks, nn.Linear(math.prod(shape), n_outputs), "cnn", tuple(input_shape))
+def build_network(model: str, n_features: int, n_outputs: int, *, input_shape: tuple[int, int, int] | None = None,
+                  **settings) -> Network:
+    """``Architecture(model, **settings).build(n_features, n_outputs, input_shape)``: one of ``MODELS``, its
+    parameters drawn from torch's global RNG (seed it first)."""
+    return Architecture(model, **settings).build(n_features, n_outputs, input_shape)

@@ -66,7 +66,7 @@ from .errors import UserError
 from .interrupts import whole
 from .outputs import check_file, write_failure
 from .rules.base import batch_statistics, evaluating
-from .runfile import RunWriter
+from .runfile import RunHeader, RunWriter
 from .storage import RECORD_DTYPES
 
 Shadow = Callable[[], dict[str, dict[str, torch.Tensor]]]
@@ -239,16 +239,17 @@ class Recorder:
             config_json = json.dumps(about, sort_keys=True)
         except TypeError as err:
             raise UserError(f"config must be JSON-serialisable ({err})") from None
-        writer = RunWriter(
-            path, rule=rule, model=type(model).__name__, dataset=dataset, seed=-1 if seed is None else int(seed),
+        header = RunHeader(
+            rule=rule, model=type(model).__name__, dataset=dataset, seed=-1 if seed is None else int(seed),
             config_json=config_json, task="classification" if classification else "regression",
             n_features=math.prod(x.shape[1:]), n_outputs=n_outputs, probe_index=index,
             probe_labels=y.cpu().numpy() if classification else None,
             probe_targets=None if classification else y.reshape(len(y), -1).cpu().numpy(),
             layers=[(name, math.prod(first[name]["activations"].shape[1:]), type(m).__name__)
                     for name, m in modules.items()],
-            overwrite=overwrite, record_bn=record_bn, record_dtype=record_dtype,
+            record_bn=record_bn, record_dtype=record_dtype,
         )
+        writer = RunWriter(path, header, overwrite=overwrite)
         self._start(writer, shadow, lambda: model_tensors(model), device=device)
 
     @classmethod

@@ -58,6 +58,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -222,13 +223,54 @@ def _slug(cell) -> str:
     return "_".join(value_text(v) if k == "activation" else f"{k[0]}{value_text(v)}" for k, v in cell)
 
 
-def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned: list[PlannedRun],
-             files: list[Path], made: dict[str, Path], q_path: Path, quantities, analysis, paths: dict,
-             executor: Executor, quiet: bool, explain_path: Path | None = None) -> list[Path]:
+@dataclass
+class _Chain:
+    """What every experiment's chain of stages shares: the output folder, its manifest, the applied spec, and
+    how to run (``quick``, ``data_dir``, ``executor``, ``quiet``)."""
+
+    out: Path
+    manifest: Manifest
+    spec: Spec
+    quick: bool
+    data_dir: object
+    executor: Executor
+    quiet: bool
+
+
+@dataclass
+class _Tables:
+    """An experiment's tables before its figures: their paths by kind (``made``: analysis, probes, linear,
+    recurrent), the quantities' path and frame, the analysis frame, and the explanation frame's path."""
+
+    made: dict[str, Path] = field(default_factory=dict)
+    quantities_path: Path | None = None
+    quantities: object = None
+    analysis: object = None
+    explain_path: Path | None = None
+
+
+@dataclass
+class _Outcome:
+    """One experiment's chain, done: its claims' results and quantities (None where every run failed, and
+    for a recurrent experiment), ``{run: path}``, its figures, ``{failed run: error}``, and its explanation
+    (``(frame, fits)``; a recurrent experiment's tables by kind: recurrent, positions, training; or None)."""
+
+    results: list | None
+    quantities: object
+    paths: dict[PlannedRun, Path]
+    figures: list[Path]
+    failed: dict[str, str]
+    explained: object = None
+
+
+def _figures(chain: _Chain, index: int, exp, planned: list[PlannedRun], paths: dict[PlannedRun, Path],
+             tables: _Tables) -> list[Path]:
     """The figure sets ``exp.figures`` asks for (see the module docstring), each reused when fresh."""
     from .figures import draw_figures
     from .figures.depth import draw_depth_figures
 
+    out, manifest, spec, executor, quiet = chain.out, chain.manifest, chain.spec, chain.executor, chain.quiet
+    made, files = tables.made, list(paths.values())
     name, figures = exp.name, []
     cells = _cells(planned)
     if "standard" in exp.figures:
@@ -247,12 +289,12 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
                          lambda: draw_figures(tables_only, out / "figures", quiet, tag=tag,
                                                       executor=executor, overwrite=True))
     if "depth" in exp.figures:
-        inputs = [q_path] + list(made.values()) + files
+        inputs = [tables.quantities_path] + list(made.values()) + files
         depths = sorted({r.config.depth for r in planned})
         chosen = [d for d in exp.rdm_depths if d in depths] or sorted({depths[0], depths[-1]})
         tag = None if index == 0 else name
         figures += _made(manifest, f"figures/{name}/depth", inputs, [chosen, tag],
-                         lambda: draw_depth_figures(quantities, analysis, paths, out / "figures",
+                         lambda: draw_depth_figures(tables.quantities, tables.analysis, paths, out / "figures",
                                                     rdm_depths=chosen, tag=tag))
     if "recurrent" in exp.figures:
         from .figures.recurrent import draw_recurrent_figures
@@ -262,6 +304,7 @@ def _figures(out: Path, manifest: Manifest, spec: Spec, index: int, exp, planned
         inputs = [made[kind] for kind in ("recurrent", "positions", "training")]
         figures += _made(manifest, f"figures/{name}/recurrent", inputs, tag,
                          lambda: draw_recurrent_figures(*map(read_table, inputs), out / "figures", tag=tag))
+    explain_path = tables.explain_path
     if "explain" in exp.figures and explain_path is not None:
         from .figures.explain import draw_explain_figures
         from .tables import read_table
@@ -278,33 +321,27 @@ def _reproduce(out: Path, spec: Spec, runs: list[PlannedRun], command: str, *, q
     ``(the report's path, {run file name: error} of the runs that failed)``."""
     from .report import write_report
 
-    manifest = Manifest(out)
-    jobs = [functools.partial(_experiment, out, manifest, spec, i, name, exp, [r for r in runs if r.experiment == name],
-                              quick=quick, data_dir=data_dir, executor=executor, quiet=quiet)
+    chain = _Chain(out, Manifest(out), spec, quick, data_dir, executor, quiet)
+    jobs = [functools.partial(_experiment, chain, i, exp, [r for r in runs if r.experiment == name])
             for i, (name, exp) in enumerate(spec.experiments.items())]
     done = executor.concurrently(jobs)
     results, quantities, paths, figures, failed, explained, recurrent = {}, {}, {}, [], {}, {}, {}
-    for name, (made_results, made_quantities, made_paths, made_figures, made_failed, made_explained) in zip(
-            spec.experiments, done):
-        paths[name] = made_paths
-        if made_quantities is not None:
-            results[name], quantities[name] = made_results, made_quantities
-        if made_explained is not None:
-            (recurrent if spec.experiments[name].recurrent else explained)[name] = made_explained
-        figures += made_figures
-        failed.update(made_failed)
+    for name, outcome in zip(spec.experiments, done):
+        paths[name] = outcome.paths
+        if outcome.quantities is not None:
+            results[name], quantities[name] = outcome.results, outcome.quantities
+        if outcome.explained is not None:
+            (recurrent if spec.experiments[name].recurrent else explained)[name] = outcome.explained
+        figures += outcome.figures
+        failed.update(outcome.failed)
     failed = {r.name: failed[r.name] for r in runs if r.name in failed}
     return write_report(out, spec=spec, runs=runs, results=results, quantities=quantities, paths=paths,
                         failed=failed, figures=figures, command=command, quick=quick, choice=choice,
                         explained=explained, recurrent=recurrent), failed
 
 
-def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str, exp, runs: list[PlannedRun], *,
-                quick: bool, data_dir, executor: Executor, quiet: bool):
-    """One experiment's stages: train its runs, its tables, its claims, its figures;
-    ``(claim results, quantities, {run: path}, figures, {failed run: error}, explanation)`` (``None`` for the
-    results and quantities of an experiment whose runs all failed; the explanation is ``(frame, fits)`` or
-    None, and a recurrent experiment's is its table, ``recurrent.results``, with no claims or quantities)."""
+def _experiment(chain: _Chain, index: int, exp, runs: list[PlannedRun]) -> _Outcome:
+    """One experiment's stages: train its runs, its tables, its claims, its figures."""
     import pandas as pd
 
     from . import claims as claims_module
@@ -314,6 +351,7 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     from .report import linear_table
     from .tables import read_table, write_table
 
+    out, name, quiet, executor, data_dir = chain.out, exp.name, chain.quiet, chain.executor, chain.data_dir
     failed = failures(train_runs(runs, out / "runs", executor, data_dir=data_dir, quiet=quiet))
 
     def table(product: str, inputs: list[Path], compute, settings=None) -> Path:
@@ -324,7 +362,7 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
             write_table(compute(), path)
             return [path]
 
-        return _made(manifest, product, inputs, settings, make)[0]
+        return _made(chain.manifest, product, inputs, settings, make)[0]
 
     runs_dir = Path(os.path.abspath(out / "runs"))  # as the tables' runs read back (``tables.read_table``)
 
@@ -337,9 +375,10 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     paths = {r: runs_dir / r.name for r in planned}
     files = list(paths.values())
     if not files:
-        return None, None, paths, [], failed, None
+        return _Outcome(None, None, paths, [], failed)
     cells = _cells(planned)
-    made: dict[str, Path] = {}
+    tables = _Tables()
+    made = tables.made
     if exp.recurrent:
         from .recurrent.positions import positions_table, training_table
         from .recurrent.results import results_table
@@ -347,15 +386,13 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
         made["recurrent"] = table(f"{name}_recurrent.csv", files, lambda: results_table(paths))
         made["positions"] = table(f"{name}_recurrent_positions.csv", files, lambda: positions_table(paths))
         made["training"] = table(f"{name}_recurrent_training.csv", files, lambda: training_table(paths))
-        figures = _figures(out, manifest, spec, index, exp, planned, files, made, None, None, None, paths,
-                           executor, quiet)
-        return None, None, paths, figures, failed, {kind: read_table(made[kind]) for kind in
-                                                    ("recurrent", "positions", "training")}
+        return _Outcome(None, None, paths, _figures(chain, index, exp, planned, paths, tables), failed,
+                        {kind: read_table(made[kind]) for kind in ("recurrent", "positions", "training")})
     measures = list(exp.measures) if exp.measures else None
     if "analysis" in exp.tables:
         made["analysis"] = table(f"{name}_analysis.csv", files, lambda: analysis(cells), measures)
     if "probes" in exp.tables:
-        options = {"folds": 3 if quick else exp.probe_folds}
+        options = {"folds": 3 if chain.quick else exp.probe_folds}
         made["probes"] = table(f"{name}_probes.csv", files, lambda: probe_runs(
             files, checkpoints="last", quiet=quiet, executor=executor, **options), options)
     if "linear" in exp.tables:
@@ -365,19 +402,20 @@ def _experiment(out: Path, manifest: Manifest, spec: Spec, index: int, name: str
     need_cka = bool(claims_module.NEEDS_CKA & set(exp.claims))
     pair_table = [table(f"{name}_pairs.csv", files, lambda: claims_module.pairs(context))] if need_cka else []
     context.pairs = read_table(pair_table[0]) if pair_table else None
-    q_path = table(f"{name}_quantities.csv", files + list(made.values()) + pair_table,
-                   lambda: claims_module.quantities(context, cka=need_cka), need_cka)
-    context.quantities = quantities = read_table(q_path)
+    tables.quantities_path = table(f"{name}_quantities.csv", files + list(made.values()) + pair_table,
+                                   lambda: claims_module.quantities(context, cka=need_cka), need_cka)
+    context.quantities = tables.quantities = read_table(tables.quantities_path)
+    tables.analysis = frames.get("analysis")
     results = [claims_module.judge(key, claims_module.CLAIMS[key], context) for key in exp.claims]
-    explained, frame_path = None, None
+    explained = None
     if "explain" in exp.tables:
-        frame_path = table(f"{name}_explain_frame.csv", files + [made["analysis"]],
-                           lambda: explain_frame(frames["analysis"], _run_frame(paths), run_losses(files)))
+        frame_path = tables.explain_path = table(
+            f"{name}_explain_frame.csv", files + [made["analysis"]],
+            lambda: explain_frame(frames["analysis"], _run_frame(paths), run_losses(files)))
         explained = (read_table(frame_path), read_table(table(
             f"{name}_explain.csv", [frame_path], lambda: explain_table(read_table(frame_path)))))
-    figures = _figures(out, manifest, spec, index, exp, planned, files, made, q_path, quantities,
-                       frames.get("analysis"), paths, executor, quiet, frame_path)
-    return results, quantities, paths, figures, failed, explained
+    figures = _figures(chain, index, exp, planned, paths, tables)
+    return _Outcome(results, tables.quantities, paths, figures, failed, explained)
 
 
 def _run_frame(paths: dict[PlannedRun, Path]):

@@ -51,6 +51,7 @@ import json
 import math
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -100,16 +101,35 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True, eq=False)
+class RunHeader:
+    """What a run file says of its run before the first checkpoint: the root attributes and ``/probe``;
+    ``layers``: ``(name, width, kind)`` per recorded interface, bottom to top; ``interfaces``: every interface
+    of the network, where only some are recorded (kept as the ``interfaces`` attribute); ``record_dtype``: how
+    the ``ARRAY_KINDS`` and the parameters are stored (``storage``; see ``RunWriter.checkpoint``)."""
+
+    rule: str
+    model: str
+    dataset: str
+    seed: int
+    config_json: str
+    task: str
+    n_features: int
+    n_outputs: int
+    probe_index: np.ndarray
+    layers: list[tuple[str, int, str]]
+    probe_labels: np.ndarray | None = None
+    probe_targets: np.ndarray | None = None
+    record_bn: str = "batch"
+    record_dtype: str = "float32"
+    interfaces: list[str] | None = None
+
+
 class RunWriter:
     """Writes one run file: provenance, probe set, checkpoints, metrics, evaluations."""
 
-    def __init__(self, path, *, rule: str, model: str, dataset: str, seed: int, config_json: str,
-                 task: str, n_features: int, n_outputs: int, probe_index, probe_labels=None, probe_targets=None, layers, overwrite: bool = False,
-                 record_bn: str = "batch", record_dtype: str = "float32", interfaces: list[str] | None = None):
-        """``layers``: ``(name, width, kind)`` per recorded interface, bottom to top; ``interfaces``: every
-        interface of the network, where only some are recorded (kept as the ``interfaces`` attribute).
-        ``record_dtype``: how the ``ARRAY_KINDS`` and the parameters are stored (``storage``; see
-        ``checkpoint``).
+    def __init__(self, path, header: RunHeader | None = None, *, overwrite: bool = False, **fields):
+        """A new run file at ``path`` saying ``header`` (or ``RunHeader(**fields)``).
 
         A new ``path`` is written in place. An existing one (``overwrite``) is
         kept until ``commit()``: the run is written to a temporary file beside
@@ -117,35 +137,39 @@ class RunWriter:
         closing without a commit deletes the temporary file and leaves ``path``
         as it was.
         """
+        header = RunHeader(**fields) if header is None else header
         path = check_file(path, overwrite)
-        self.path = path
-        self._lock = file_lock(path).acquire()  # a second writer is refused, naming this one
+        self._attach(path, file_lock(path).acquire(), header.record_dtype)  # a second writer is refused
         try:
             self._pending = temporary_beside(path) if path.exists() else None
             # No HDF5 lock: readers (plain ``h5py.File(path, "r")`` included) may open the run while it is
             # written; they see the state of the last flush, since the file is not touched between flushes.
             self.file = _writable(self._pending or path, "w")
-            self._start(rule=rule, model=model, dataset=dataset, seed=seed, config_json=config_json, task=task,
-                        n_features=n_features, n_outputs=n_outputs, probe_index=probe_index,
-                        probe_labels=probe_labels, probe_targets=probe_targets, layers=layers, record_bn=record_bn,
-                        record_dtype=record_dtype, interfaces=interfaces)
+            self._start(header)
         except BaseException:
             self.abandon()
             raise
 
-    def _start(self, *, rule, model, dataset, seed, config_json, task, n_features, n_outputs, probe_index,
-               probe_labels, probe_targets, layers, record_bn, record_dtype, interfaces) -> None:
+    def _attach(self, path: Path, lock, record_dtype: str) -> None:
+        """The writer's state on ``path`` (``lock`` held) before its file is opened, new or reopened."""
+        self.path, self._lock, self.record_dtype, self._pending = path, lock, record_dtype, None
+        self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
+        self._codecs: dict[tuple[str, str], tuple[tuple[str, int], bool]] = {}  # 16-bit ((dtype, shift), centred)
+
+    def _start(self, h: RunHeader) -> None:
         f = self.file
         f.attrs.update({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": rule,
-            "model": model, "dataset": dataset, "seed": seed, "config": config_json, "versions": _versions(),
-            "task": task, "n_features": n_features, "n_outputs": n_outputs, "record_bn": record_bn,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "rule": h.rule,
+            "model": h.model, "dataset": h.dataset, "seed": h.seed, "config": h.config_json, "versions": _versions(),
+            "task": h.task, "n_features": h.n_features, "n_outputs": h.n_outputs, "record_bn": h.record_bn,
             "created": _now(),
         })
+        layers, interfaces = h.layers, h.interfaces
         if interfaces is not None and list(interfaces) != [name for name, _, _ in layers]:
             f.attrs["interfaces"] = json.dumps(list(interfaces))
-        for name, values, dtype in (("index", probe_index, np.int64), ("labels", probe_labels, np.int64),
-                                    ("targets", probe_targets, np.float32)):
+        for name, values, dtype in (("index", h.probe_index, np.int64), ("labels", h.probe_labels, np.int64),
+                                    ("targets", h.probe_targets, np.float32)):
             if values is not None:
                 self.add(f"probe/{name}", np.asarray(values, dtype=dtype))
         f.create_group("checkpoints")
@@ -156,10 +180,6 @@ class RunWriter:
         for group in ("params", "metrics", "eval"):
             f.create_group(group)
         self._follow_metrics()
-        self._resume_sets: dict[tuple[int, str], h5py.Dataset] = {}
-        self._rows: dict[tuple[str, str], h5py.h5d.DatasetID] = {}  # growing datasets' handles
-        self.record_dtype = record_dtype
-        self._codecs: dict[tuple[str, str], tuple[tuple[str, int], bool]] = {}  # 16-bit ((dtype, shift), centred)
         f.flush()
 
     @classmethod
@@ -185,6 +205,7 @@ class RunWriter:
         try:
             with h5py.File(path, "r", locking=False) as old:
                 step, state, rows = _resume_point(old, path)
+                record_dtype = json.loads(old.attrs["config"]).get("record_dtype", "float32")
                 params = {name: storage.read(ds, rows["params"] - 1) for name, ds in _walk(old["params"]).items()}
                 params.update({name[len(EXACT):]: value for name, value in state.items() if name.startswith(EXACT)})
                 state = {name: value for name, value in state.items() if not name.startswith(EXACT)}
@@ -202,15 +223,12 @@ class RunWriter:
             raise
         fresh.replace(path)
         writer = cls.__new__(cls)
-        writer.path, writer._pending, writer._resume_sets, writer._rows = path, None, {}, {}
-        writer._lock = lock
-        writer._codecs = {}
+        writer._attach(path, lock, record_dtype)
         try:
             writer.file = _writable(path, "a")
         except OSError as err:
             raise UserError(f"{path}: cannot be opened for writing ({str(err).splitlines()[0]})") from None
         writer._follow_metrics()
-        writer.record_dtype = json.loads(writer.file.attrs["config"]).get("record_dtype", "float32")
         return writer, step, params, state
 
     def checkpoint(self, step: int, layers: dict[str, dict[str, np.ndarray]], params: dict[str, np.ndarray],

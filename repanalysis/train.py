@@ -1,13 +1,11 @@
 """The training loop: one rule, one data set, recorded to a run file.
 
-Checkpoints are taken at step 0 (before any update), every ``record_every``
-steps and at the last step; evaluations on the whole test split (and on the
-validation split, ``--validation`` training inputs held out) likewise at
-``eval_every``. Metrics are logged at every step (the batch's loss and
-accuracy *before* that step's update; ``step`` counts updates done after it).
-The network, the rule, the batches and the evaluations come from
-``repanalysis.training_parts``; a run in stages (``--workers``) trains in
-``repanalysis.pipeline``.
+Metrics are logged at every step (the batch's loss and accuracy *before*
+that step's update; ``step`` counts updates done after it). The network, the
+rule, the batches and the evaluations come from ``repanalysis.training_parts``;
+the schedule of checkpoints and evaluations, the record and how a run ends from
+``repanalysis.bookkeeping``, shared with a run in stages (``--stages``), which
+trains in ``repanalysis.pipeline``.
 
 ``resume`` continues an interrupted run from its last complete checkpoint, with
 the state ``repanalysis.resume`` keeps at every checkpoint, to the file an
@@ -24,6 +22,7 @@ import torch
 
 from . import pipeline
 from . import resume as resume_state
+from .bookkeeping import Bookkeeper, NonFinite, run_header
 from .config import TrainConfig
 from .datasets import Dataset, load
 from .errors import UserError
@@ -33,19 +32,7 @@ from .outputs import check_file
 from .progress import Progress
 from .rules import Rule
 from .runfile import RunFile, RunWriter
-from .training_parts import (
-    NON_FINITE,
-    Batches,
-    TrainResult,
-    build,
-    evaluate,
-    load_arrays,
-    memory_estimate,
-    non_finite,
-    recorded_layers,
-    recorder,
-    stored_config,
-)
+from .training_parts import NON_FINITE, Batches, TrainResult, build, load_arrays, memory_estimate, stored_config
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -106,19 +93,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, data_dir=None, 
     rule = build(config, data.task, data.n_features, data.n_outputs, dev)
     if config.stages > 1:
         pipeline.check(rule)
-    kept = set(recorded_layers(config, rule))
-    writer = None
-    if out is not None:
-        writer = RunWriter(
-            out, rule=config.rule, model=config.model, dataset=config.dataset, seed=config.seed,
-            config_json=config.to_json(), task=data.task, n_features=data.n_features,
-            n_outputs=data.n_outputs, probe_index=index, probe_labels=data.probe_labels(index),
-            probe_targets=data.y_test[index].numpy() if data.task == "regression" else None,
-            layers=[(name, w, block.kind) for name, w, block in
-                    zip(rule.network.interfaces, rule.network.widths, rule.network.blocks) if name in kept],
-            overwrite=overwrite, record_bn=config.record_bn, record_dtype=config.record_dtype,
-            interfaces=rule.network.interfaces,
-        )
+    writer = None if out is None else RunWriter(out, run_header(config, rule, data, index), overwrite=overwrite)
     if config.stages > 1:
         return pipeline.run(config, rule, data, index, writer, quiet)
     stream = Batches(len(data.x_train), config.batch_size, config.seed)
@@ -169,58 +144,22 @@ def resume(path: str | Path, *, data_dir=None, device: str = "auto", quiet: bool
 def _run(config: TrainConfig, rule: Rule, stream: Batches, data: Dataset, index, dev: torch.device,
          writer: RunWriter | None, start: int, quiet: bool, resumed: bool = False) -> TrainResult:
     """Train from step ``start`` to the end; ``resumed``: the checkpoint at ``start`` is in the file already."""
-    probe_x, probe_y = data.x_test[index].to(dev), data.y_test[index].to(dev)
-    recording = recorder(writer, rule, probe_x, probe_y, lambda: resume_state.capture(rule, stream))
-
-    def checkpoint(step: int) -> None:
-        if recording is not None:
-            recording.checkpoint(step)
-
-    last_eval: dict[str, float] = {}
-
-    def evaluation(step: int) -> None:
-        last_eval.update(step=step, **evaluate(rule, data, dev))
-        if recording is not None:
-            recording.evaluation(**last_eval)
-
-    def due(step: int, every: int) -> bool:
-        return step % every == 0 or step == config.steps
-
+    book = Bookkeeper(config, rule, data, index, writer, lambda: resume_state.capture(rule, stream), dev,
+                      Progress(config.steps, f"train {config.rule}", quiet=quiet))
     x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
-    progress = Progress(config.steps, f"train {config.rule}", quiet=quiet)
     step = start
     interrupts = BetweenSteps()
     try:
-        if not resumed:
-            checkpoint(start)
-        if due(start, config.eval_every):
-            evaluation(start)
-        for step in range(start + 1, config.steps + 1):
-            interrupts.check()
-            idx = next(stream).to(dev)
-            metrics = rule.step(x_train[idx], y_train[idx])
-            row = {k: v.item() for k, v in metrics.items()}
-            if not math.isfinite(row["train_loss"]):
-                raise FloatingPointError(step)
-            if recording is not None:
-                recording.log(step, **row)
-            if due(step, config.record_every):
-                checkpoint(step)
-            if due(step, config.eval_every):
-                evaluation(step)
-            progress.update(step, f"loss {row['train_loss']:.4f}")
-    except FloatingPointError:
-        progress.close()
-        raise non_finite(recording, step) from None
-    except BaseException as err:
-        progress.close()
-        if recording is not None:
-            recording.close("failed", error=f"stopped at step {step}: {type(err).__name__}")
-        raise
+        with book.running(lambda: step):
+            book.begin(start, resumed)
+            for step in range(start + 1, config.steps + 1):
+                interrupts.check()
+                idx = next(stream).to(dev)
+                metrics = rule.step(x_train[idx], y_train[idx])
+                row = {k: v.item() for k, v in metrics.items()}
+                if not math.isfinite(row["train_loss"]):
+                    raise NonFinite(step)
+                book.step_done(step, row)
     finally:
         interrupts.close()
-    progress.close()
-    if recording is not None:
-        recording.close("complete")
-    return TrainResult(rule, "complete", config.steps, last_eval)
-
+    return book.result()

@@ -7,8 +7,8 @@ A run's network and rule are built from its resolved config (``build``), or from
 redrawn each epoch (the incomplete last batch is dropped), from a generator seeded by the run's seed
 (``Batches``); the network and the rule's modules are initialised from torch's global RNG seeded by the same
 seed. ``evaluate`` scores a rule on the test (and validation) split; ``state_arrays`` and ``load_arrays``
-move every parameter and buffer to and from named arrays (``/params``); ``recorder`` attaches a run's
-``Recorder``, and ``non_finite`` closes a run that failed on a non-finite loss.
+move every parameter and buffer to and from named arrays (``/params``). What a loop does besides training
+(the schedule, the record, how a run ends) is ``repanalysis.bookkeeping``'s.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from . import tasks
 from .config import TrainConfig
 from .datasets import IMAGES, Dataset
 from .errors import UserError
-from .models import build_network
-from .recorder import Recorder, model_tensors
+from .models import Architecture
+from .recorder import model_tensors
 from .rules import Rule, make_rule
-from .runfile import RunFile, RunWriter
+from .runfile import RunFile
 
 NON_FINITE = "the training loss became non-finite"  # how a run that failed on it begins its error
 
@@ -118,12 +118,7 @@ def state_arrays(rule: Rule) -> dict[str, np.ndarray]:
 
 
 def _network(config: TrainConfig, n_features: int, n_outputs: int):
-    return build_network(
-        config.model, n_features, n_outputs, depth=config.depth, width=config.width,
-        activation=config.activation, batch_norm=config.batch_norm, channels=config.channels,
-        kernel_size=config.kernel_size, pool=config.pool, input_shape=IMAGES.get(config.dataset),
-        init=config.init, bn_gamma_init=config.bn_gamma_init, bn_beta_init=config.bn_beta_init,
-    )
+    return Architecture.of(config).build(n_features, n_outputs, IMAGES.get(config.dataset))
 
 
 def build(config: TrainConfig, task: str, n_features: int, n_outputs: int, device="cpu") -> Rule:
@@ -198,32 +193,3 @@ def recorded_layers(config: TrainConfig, rule: Rule) -> list[str]:
     if bad:
         raise UserError(f"--record-layers names interfaces {bad}; this network has h1..h{len(names)}")
     return [names[k - 1] for k in sorted(config.record_layers)]
-
-
-def recorder(writer: RunWriter | None, rule: Rule, probe_x, probe_y, training_state):
-    """The ``Recorder`` of a run of ``rule`` on ``writer`` (None: nothing is recorded); its checkpoints
-    keep the layers of ``recorded_layers`` and ``training_state()``, what ``resume`` needs
-    (``repanalysis.resume``)."""
-    if writer is None:
-        return None
-    kept = recorded_layers(rule.config, rule)
-    if len(kept) == len(rule.network.interfaces):
-        shadow = lambda: rule.probe(probe_x, probe_y)  # noqa: E731
-    else:
-        def shadow():
-            layers = rule.probe(probe_x, probe_y)
-            return {name: layers[name] for name in kept}
-    return Recorder.attach(writer, shadow, lambda: state_tensors(rule), training_state, probe_x.device)
-
-
-def non_finite(recorder: Recorder | None, step: int) -> UserError:
-    """Close the run as failed on a non-finite loss at ``step``; the error to raise."""
-    message = f"{NON_FINITE} at step {step}; the run stopped there"
-    if recorder is not None:
-        kept = recorder.replacing
-        recorder.close("failed", error=message)
-        message += (f" ({recorder.path} was left as it was)" if kept
-                    else f" ({recorder.path} keeps the checkpoints before it, status 'failed')")
-    return UserError(message)
-
-

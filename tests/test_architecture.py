@@ -194,3 +194,16 @@ def test_no_reach_into_a_rule():
             if private or written:
                 found.append(f"{name}:{node.lineno}: {ast.unparse(node)}" + (" set" if written else ""))
     assert not found, "reaches into a rule:\n" + "\n".join(found)
+
+
+def test_both_training_loops_keep_their_record_with_one_bookkeeper():
+    """The in-process loop and the stages' parent schedule, record and end a run through ``bookkeeping``,
+    which imports neither loop, nor experiments, analyses or the command line."""
+    arrows = graph()
+    importers = sorted(name for name, out in arrows.items() if "repanalysis.bookkeeping" in out)
+    assert importers == ["repanalysis.pipeline.launch", "repanalysis.train"]
+    above = ("repanalysis.train", "repanalysis.pipeline", "repanalysis.experiments", "repanalysis.analysis",
+             "repanalysis.reproduce", "repanalysis.sweep", "repanalysis.cli")
+    reached = sorted(m for m in loaded_with("repanalysis.bookkeeping") if m.startswith(above)
+                     and m not in ("repanalysis.training_parts",))
+    assert not reached, f"bookkeeping loads {reached}"

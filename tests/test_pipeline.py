@@ -25,7 +25,7 @@ from repanalysis.errors import UserError
 from repanalysis.pipeline import check, launch
 from repanalysis.pipeline.launch import stages
 from repanalysis.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
-from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Rows
+from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Metrics, Rows
 from repanalysis.progress import Progress
 from repanalysis.runfile import RunFile
 from repanalysis.train import resume, train
@@ -132,9 +132,9 @@ def test_a_stage_sends_every_steps_row_once_in_order_batched_at_due_steps_time_a
     for step in range(1, 401):
         now[0] = min(step, 100) / 80
         rows.add(step, {"train_loss": torch.tensor(step / 4), "staleness/h1": 0.0})
-    assert [(kind, rank) for kind, rank, _ in sent] == [("rows", 1)] * 5
-    assert [len(batch) for _, _, batch in sent] == [5, per, per, ROWS_MAX, 400 - 5 - 2 * per - ROWS_MAX]
-    got = [(t, row) for _, _, batch in sent for t, row in batch]
+    assert [(type(message), message.rank) for message in sent] == [(Metrics, 1)] * 5
+    assert [len(message.rows) for message in sent] == [5, per, per, ROWS_MAX, 400 - 5 - 2 * per - ROWS_MAX]
+    got = [(t, row) for message in sent for t, row in message.rows]
     assert got == [(t, {"train_loss": t / 4, "staleness/h1": 0.0}) for t in range(1, 401)]
     assert all(type(v) is float for _, row in got for v in row.values())
 

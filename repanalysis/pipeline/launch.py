@@ -1,10 +1,11 @@
 """The parent of the stage processes: start them, assemble their reports into the run file, stop them on failure.
 
 The parent holds the same seeded rule as the stages. It writes the run file
-alone, with the in-process loop's own parts (``training_parts``): per step, one metrics row merged from
-every stage's rows (which arrive in batches of steps); at a checkpoint (or evaluation) step, it loads every
-stage's parameters at that step into its rule and records (or evaluates) as
-the in-process loop does. Stages never wait for the parent.
+alone, through the in-process loop's own ``Bookkeeper`` (``repanalysis.bookkeeping``): per step, one
+metrics row merged from every stage's rows (which arrive in batches of steps); at a checkpoint (or
+evaluation) step, it first loads every stage's parameters at that step into its rule. Stages never wait
+for the parent; what they say is the messages of ``worker``, and what the parent knows of them, a
+``_Group``.
 
 A stage that raises, or dies, ends the run: the others are stopped, the run
 file gets status "failed" and an error naming the stage, and a ``UserError``
@@ -14,27 +15,27 @@ without a word, else one whose error was not a lost neighbour.
 
 from __future__ import annotations
 
-import math
 import os
 import queue as queues
 import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from ..bookkeeping import Bookkeeper, NonFinite, RunFailed
 from ..config import TrainConfig
 from ..datasets import Dataset
-from ..errors import UserError
 from ..progress import Progress
 from ..rules import SyntheticGradients
 from ..runfile import RunWriter
-from ..training_parts import TrainResult, evaluate, load_arrays, non_finite, recorder
+from ..training_parts import TrainResult, load_arrays
 from .stages import Stage, partition, step_costs
-from .worker import StageSpec, main
+from .worker import Done, Metrics, NonFiniteLoss, StageError, StageSpec, StageState, main
 
 TIMEOUT_S = 300.0  # the longest any stage waits for a neighbour, and the parent for any report
 GRACE_S = 2.0  # after a first failure, how long to listen for the others' reports
@@ -55,9 +56,11 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     """
     parts = stages(rule)
     k, steps = len(parts), config.steps
-    due_record = {s for s in range(start + 1, steps + 1) if s % config.record_every == 0 or s == steps}
-    due_eval = {s for s in range(start + 1, steps + 1) if s % config.eval_every == 0 or s == steps}
-    probe_x, probe_y = data.x_test[index], data.y_test[index]
+    assembly = _Assembly(k, start)
+    label = f"train {config.rule} ({k} stages{', sync' if config.sync else ''})"
+    book = Bookkeeper(config, rule, data, index, writer, assembly.training_state, torch.device("cpu"),
+                      Progress(steps, label, quiet=quiet))
+    due = {s for s in range(start + 1, steps + 1) if book.due(s)}
     folder = tempfile.mkdtemp(prefix="repanalysis-stages-")
     context = mp.get_context("spawn")
     reports = context.Queue()
@@ -68,87 +71,28 @@ def run(config: TrainConfig, rule: SyntheticGradients, data: Dataset, index, wri
     # rounding of a zero gradient, a bias before batch norm, into steps of ~lr/10)
     threads = torch.get_num_threads() if config.sync else max(1, torch.get_num_threads() // k)
     procs = []
-    for rank, part in enumerate(parts):
+    for rank in range(k):
         spec = StageSpec(
             rank=rank, ranges=[(p.first, p.last) for p in parts], config=config, task=data.task,
             n_features=data.n_features, n_outputs=data.n_outputs, store=str(Path(folder) / "store"),
-            threads=threads, timeout_s=TIMEOUT_S, due=due_record | due_eval,
+            threads=threads, timeout_s=TIMEOUT_S, due=due,
             y_train=data.y_train, x_train=data.x_train if rank == 0 else None,
             parent=os.getpid(), start=start, restored=restored,
         )
         procs.append(context.Process(target=main, args=(spec, reports, current), name=f"repanalysis-stage-{rank + 1}",
                                      daemon=True))
-    last_eval: dict[str, float] = {}
-    progress = Progress(steps, f"train {config.rule} ({k} stages{', sync' if config.sync else ''})", quiet=quiet)
-    assembly = _Assembly(k, start)
-    recording = recorder(writer, rule, probe_x, probe_y, assembly.training_state)
-    try:
-        for proc in procs:
-            proc.start()
-        if recording is not None and restored is None:
-            recording.checkpoint(start)
-        if start % config.eval_every == 0 or start == steps:
-            last_eval.update(step=start, **evaluate(rule, data, torch.device("cpu")))
-            if recording is not None:
-                recording.evaluation(**last_eval)
-        finished: set[int] = set()
-        heard = time.monotonic()
-        while assembly.next <= steps or len(finished) < k:
-            try:
-                message = inbox.get(timeout=0.25)
-            except queues.Empty:
-                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in finished]
-                if dead or time.monotonic() - heard > TIMEOUT_S + 30:
-                    raise _failure(parts, procs, inbox, current, assembly, finished, None)
-                continue
-            heard = time.monotonic()
-            kind, rank = message[0], message[1]
-            if kind == "rows":
-                for step, row in message[2]:
-                    assembly.rows.setdefault(step, []).append(row)
-            elif kind == "state":
-                assembly.states.setdefault(message[2], []).append(message[3])
-            elif kind == "done":
-                finished.add(rank)
-            elif kind == "nonfinite":
-                raise _NonFinite(message[2])
-            else:
-                raise _failure(parts, procs, inbox, current, assembly, finished, message)
-            for step, row, state in assembly.ready(due_record | due_eval):
-                if recording is not None:
-                    recording.log(step, **{k: v for k, v in row.items() if k != "step"})
-                if state is not None:
-                    load_arrays(rule, state)
-                    if recording is not None and step in due_record:
-                        recording.checkpoint(step)
-                    if step in due_eval:
-                        last_eval.update(step=step, **evaluate(rule, data, torch.device("cpu")))
-                        if recording is not None:
-                            recording.evaluation(**last_eval)
-                progress.update(step, f"loss {row.get('train_loss', math.nan):.4f}")
-    except _NonFinite as err:
-        _stop(procs)
-        progress.close()
-        raise non_finite(recording, err.args[0]) from None
-    except _StageFailed as err:
-        progress.close()
-        if recording is not None:
-            recording.close("failed", error=str(err))
-        raise UserError(str(err)) from None
-    except BaseException as err:
-        _stop(procs)
-        progress.close()
-        if recording is not None:
-            recording.close("failed", error=f"stopped at step {assembly.next - 1}: {type(err).__name__}")
-        raise
-    finally:
-        _stop(procs)
-        forwarding.set()
-        shutil.rmtree(folder, ignore_errors=True)
-    progress.close()
-    if recording is not None:
-        recording.close("complete")
-    return TrainResult(rule, "complete", steps, last_eval)
+    group = _Group(parts, procs, inbox, current, assembly)
+    with book.running(lambda: assembly.next - 1):
+        try:
+            for proc in procs:
+                proc.start()
+            book.begin(start, resumed=restored is not None)
+            group.listen(steps, due, book)
+        finally:
+            group.stop()
+            forwarding.set()
+            shutil.rmtree(folder, ignore_errors=True)
+    return book.result()
 
 
 def _inbox(reports) -> tuple[queues.Queue, threading.Event]:
@@ -191,7 +135,7 @@ class _Assembly:
             step = self.next
             if step in due and len(self.states.get(step, ())) < self.k:
                 return
-            row = {"step": float(step)}
+            row = {}
             for part in self.rows.pop(step):
                 row.update(part)
             state = None
@@ -204,56 +148,90 @@ class _Assembly:
             yield step, row, state
 
 
-class _StageFailed(Exception):
-    """A stage failed; the message names it."""
+@dataclass
+class _Group:
+    """The stage processes of one run (``procs``, running ``parts``) as the parent sees them: their messages
+    (``inbox``), the step each is in (``current``, shared), their reports assembled, and those finished."""
 
+    parts: list[Stage]
+    procs: list
+    inbox: queues.Queue
+    current: object
+    assembly: _Assembly
+    finished: set[int] = field(default_factory=set)
 
-class _NonFinite(Exception):
-    """The top stage's loss became non-finite at the step in ``args[0]``."""
+    def listen(self, steps: int, due: set[int], book: Bookkeeper) -> None:
+        """Hand every step's assembled report to ``book``, in step order, with ``book.rule`` holding the
+        parameters after the step where one is ``due``, until every stage has finished; a stage's failure
+        ends it (``RunFailed``, ``NonFinite``)."""
+        assembly, heard = self.assembly, time.monotonic()
+        while assembly.next <= steps or len(self.finished) < len(self.procs):
+            try:
+                message = self.inbox.get(timeout=0.25)
+            except queues.Empty:
+                dead = [r for r, p in enumerate(self.procs) if p.exitcode is not None and r not in self.finished]
+                if dead or time.monotonic() - heard > TIMEOUT_S + 30:
+                    raise self.failure(None)
+                continue
+            heard = time.monotonic()
+            if isinstance(message, Metrics):
+                for step, row in message.rows:
+                    assembly.rows.setdefault(step, []).append(row)
+            elif isinstance(message, StageState):
+                assembly.states.setdefault(message.step, []).append(message.arrays)
+            elif isinstance(message, Done):
+                self.finished.add(message.rank)
+            elif isinstance(message, NonFiniteLoss):
+                raise NonFinite(message.step)
+            else:
+                raise self.failure(message)
+            for step, row, state in assembly.ready(due):
+                if state is not None:
+                    load_arrays(book.rule, state)
+                book.step_done(step, row)
 
+    def failure(self, first: StageError | None) -> RunFailed:
+        """Listen a moment for every stage's report, stop them all, and name the stage to blame."""
+        procs, k = self.procs, len(self.parts)
+        errors: dict[int, StageError] = {}
+        if first is not None:
+            errors[first.rank] = first
+        until = time.monotonic() + GRACE_S
+        while time.monotonic() < until and any(p.exitcode is None for p in procs):
+            try:
+                message = self.inbox.get(timeout=0.1)
+            except queues.Empty:
+                continue
+            if isinstance(message, StageError):
+                errors.setdefault(message.rank, message)
+            elif isinstance(message, Done):
+                self.finished.add(message.rank)
+        dead = [r for r, p in enumerate(procs)
+                if p.exitcode not in (None, 0) and r not in errors and r not in self.finished]
+        self.stop()
+        if dead:
+            r = dead[0]
+            code = procs[r].exitcode
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            step = self.current[r] or self.assembly.next
+            return RunFailed(f"stage {r + 1} of {k} ({self.parts[r].name}) died during step {step} ({how}); "
+                             "the run stopped")
+        if errors:
+            blamed = min(errors.values(), key=lambda e: (e.lost_peer, e.rank))
+            return RunFailed(f"stage {blamed.rank + 1} of {k} ({self.parts[blamed.rank].name}) failed at step "
+                             f"{blamed.step}: {blamed.text}")
+        quiet = [r for r in range(k) if r not in self.finished]
+        return RunFailed(f"stage(s) {', '.join(str(r + 1) for r in quiet)} of {k} reported nothing for "
+                         f"{TIMEOUT_S + 30:.0f} s; the run stopped")
 
-def _failure(parts, procs, inbox, current, assembly, finished, first) -> _StageFailed:
-    """Listen a moment for every stage's report, stop them all, and name the stage to blame."""
-    errors = {}  # rank -> (step, text, lost_peer)
-    if first is not None:
-        errors[first[1]] = first[2:]
-    until = time.monotonic() + GRACE_S
-    while time.monotonic() < until and any(p.exitcode is None for p in procs):
-        try:
-            message = inbox.get(timeout=0.1)
-        except queues.Empty:
-            continue
-        if message[0] == "error":
-            errors.setdefault(message[1], message[2:])
-        elif message[0] == "done":
-            finished.add(message[1])
-    dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in errors and r not in finished]
-    _stop(procs)
-    k = len(parts)
-    if dead:
-        r = dead[0]
-        code = procs[r].exitcode
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        step = current[r] or assembly.next
-        return _StageFailed(f"stage {r + 1} of {k} ({parts[r].name}) died during step {step} ({how}); "
-                            "the run stopped")
-    if errors:
-        r = min(errors, key=lambda rank: (errors[rank][2], rank))
-        step, text, _ = errors[r]
-        return _StageFailed(f"stage {r + 1} of {k} ({parts[r].name}) failed at step {step}: {text}")
-    quiet = [r for r in range(k) if r not in finished]
-    return _StageFailed(f"stage(s) {', '.join(str(r + 1) for r in quiet)} of {k} reported nothing for "
-                        f"{TIMEOUT_S + 30:.0f} s; the run stopped")
-
-
-def _stop(procs) -> None:
-    """End every stage process still running: terminate, then kill after 5 s."""
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        if proc.pid is not None:
-            proc.join(5)
+    def stop(self) -> None:
+        """End every stage process still running: terminate, then kill after 5 s."""
+        for proc in self.procs:
             if proc.is_alive():
-                proc.kill()
+                proc.terminate()
+        for proc in self.procs:
+            if proc.pid is not None:
                 proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)

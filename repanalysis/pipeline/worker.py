@@ -39,17 +39,15 @@ continues the run exactly; asynchronously, the boundary targets still in flight
 at the checkpoint (for the last few batches, within the window a stage may run
 ahead) are not kept, so the boundary module never trains on them.
 
-Messages to the parent (a multiprocessing queue): ``("rows", rank, [(step,
-metrics), ...])``, every step's metrics, a batch of steps per message (sent at
+Messages to the parent (a multiprocessing queue) are the ``Message`` classes
+below: ``Metrics``, every step's metrics, a batch of steps per message (sent at
 every checkpoint or evaluation step, at the last step, and otherwise every
 ``ROWS_EVERY_S`` seconds or ``ROWS_MAX`` steps: one message per step cost the
 stage and the parent about a millisecond of CPU a step on the shared cores);
-``("state", rank, step, arrays)`` at every checkpoint or evaluation step (the
-stage's parameters and buffers, and its share of the resume state), after that
-step's rows; ``("nonfinite", rank, step)``; ``("error", rank, step, text,
-lost_peer)``; ``("done", rank)``. The step a stage is in is also written to a
-shared array (``current[rank]``) at every step, so that the parent can name it
-when the stage dies between messages. A stage that fails prints its traceback,
+``StageState`` at every checkpoint or evaluation step, after that step's rows;
+``NonFiniteLoss``, ``StageError`` and ``Done``. The step a stage is in is also
+written to a shared array (``current[rank]``) at every step, so that the
+parent can name it when the stage dies between messages. A stage that fails prints its traceback,
 unless it only lost a neighbour: that follows another stage's failure, and the
 user sees the parent's one line naming the stage to blame.
 """
@@ -84,6 +82,50 @@ TARGETS_AHEAD = 4  # receives of boundary targets kept posted
 ROWS_EVERY_S = 0.5  # metrics rows go to the parent at least this often (and at every due step) ...
 ROWS_MAX = 256  # ... or once this many are waiting
 TAG_H, TAG_TARGET = 1, 3
+
+
+@dataclass
+class Message:
+    """What stage ``rank`` (0-based) tells the parent."""
+
+    rank: int
+
+
+@dataclass
+class Metrics(Message):
+    """Metrics rows ``(step, {name: value})`` of consecutive steps, in step order."""
+
+    rows: list[tuple[int, dict[str, float]]]
+
+
+@dataclass
+class StageState(Message):
+    """The stage's parameters and buffers after ``step`` (named as in ``/params``) and its share of the
+    resume state (``repanalysis.resume``), in one dict."""
+
+    step: int
+    arrays: dict
+
+
+@dataclass
+class NonFiniteLoss(Message):
+    """The loss (on the top stage) became non-finite at ``step``."""
+
+    step: int
+
+
+@dataclass
+class StageError(Message):
+    """The stage failed at ``step`` with the error ``text``; ``lost_peer``: it only lost a neighbour."""
+
+    step: int
+    text: str
+    lost_peer: bool
+
+
+@dataclass
+class Done(Message):
+    """The stage finished its last step."""
 
 
 class PeerLost(RuntimeError):
@@ -127,9 +169,9 @@ def main(spec: StageSpec, queue, current) -> None:
                                 timeout=datetime.timedelta(seconds=spec.timeout_s))
         worker = _Worker(spec, queue, current)
         worker.run()
-        queue.put(("done", spec.rank))
+        queue.put(Done(spec.rank))
     except FloatingPointError as err:
-        queue.put(("nonfinite", spec.rank, err.args[0]))
+        queue.put(NonFiniteLoss(spec.rank, err.args[0]))
         sys.exit(1)
     except BaseException as err:
         if os.getppid() != spec.parent:  # nobody reads the queue: do not wait to flush it at exit
@@ -139,7 +181,7 @@ def main(spec: StageSpec, queue, current) -> None:
         if not isinstance(err, PeerLost):  # a lost neighbour follows another stage's failure, which the parent names
             traceback.print_exc()
         step = worker.step if worker is not None else 0
-        queue.put(("error", spec.rank, step, f"{type(err).__name__}: {err}", isinstance(err, PeerLost)))
+        queue.put(StageError(spec.rank, step, f"{type(err).__name__}: {err}", isinstance(err, PeerLost)))
         sys.exit(1)
     finally:
         if dist.is_initialized():
@@ -156,9 +198,9 @@ def _check_parent(spec: StageSpec) -> None:
 
 
 class Rows:
-    """Metrics rows on their way to the parent: kept, and sent as one ``("rows", rank, [(step, row), ...])``
-    message at a step in ``due`` (before that step's state), or once ``ROWS_MAX`` are kept or
-    ``ROWS_EVERY_S`` seconds have passed since the last message (``clock``: seconds)."""
+    """Metrics rows on their way to the parent: kept, and sent as one ``Metrics`` message at a step in ``due``
+    (before that step's state), or once ``ROWS_MAX`` are kept or ``ROWS_EVERY_S`` seconds have passed since
+    the last message (``clock``: seconds)."""
 
     def __init__(self, queue, rank: int, due: set[int], clock=time.monotonic):
         self.queue, self.rank, self.due, self.clock = queue, rank, due, clock
@@ -170,7 +212,7 @@ class Rows:
         self.kept.append((step, metrics))
         now = self.clock()
         if step in self.due or len(self.kept) >= ROWS_MAX or now - self.sent_at >= ROWS_EVERY_S:
-            self.queue.put(("rows", self.rank, [(t, {k: float(v) for k, v in row.items()}) for t, row in self.kept]))
+            self.queue.put(Metrics(self.rank, [(t, {k: float(v) for k, v in row.items()}) for t, row in self.kept]))
             self.kept, self.sent_at = [], now
 
 
@@ -274,7 +316,7 @@ class _Worker:
             self.rows.add(step, metrics)
             if step in spec.due:
                 bottom = stream if self.below is None else None  # the stream's state is the bottom stage's to report
-                self.queue.put(("state", spec.rank, step, {**self.stage.state(), **self.stage.training_state(bottom)}))
+                self.queue.put(StageState(spec.rank, step, {**self.stage.state(), **self.stage.training_state(bottom)}))
         for sends in (self.up, self.down):
             if sends is not None:
                 sends.wait_all()
