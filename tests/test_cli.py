@@ -82,7 +82,8 @@ def test_a_user_error_is_a_value_error():
     assert issubclass(UserError, ValueError)
 
 
-#: ``repanalysis train``'s options, as written before they were made from ``TrainConfig``'s field metadata.
+#: ``repanalysis train``'s options, as written before they were made from ``TrainConfig``'s field metadata
+#: (and the recurrent --aux since).
 TRAIN_OPTIONS = {
     "-h", "--help", "--rule", "--dataset", "--model", "--depth", "--width", "--channels", "--kernel-size", "--pool",
     "--activation", "--batch-norm", "--no-batch-norm", "--init", "--bn-gamma-init", "--bn-beta-init", "--steps",
@@ -92,7 +93,8 @@ TRAIN_OPTIONS = {
     "--sg-hidden", "--sg-width", "--sg-batch-norm", "--no-sg-batch-norm", "--sg-output", "--sg-map", "--sg-lambda",
     "--sg-optimizer", "--sg-lr", "--sg-loss-weight", "--sg-warmup", "--update-prob", "--signal-cosine", "--stages",
     "--workers", "--sync", "--task", "--bptt", "--copy-start", "--copy-max", "--copy-threshold", "--repeat-max",
-    "--probe-length", "--seq-length", "--text", "--feedback-scale", "--out", "--overwrite", "--resume", "--quiet"}
+    "--probe-length", "--seq-length", "--text", "--aux", "--feedback-scale", "--out", "--overwrite", "--resume",
+    "--quiet"}
 
 
 def _train_parser() -> argparse.ArgumentParser:
