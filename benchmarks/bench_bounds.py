@@ -13,7 +13,7 @@ machine speed hit both) and the table gives medians.
 3. depth 50 x 256, batch 256, one step: backprop against a plain
    ``nn.Sequential`` with one Adam; sg and cdni against backprop; cdni against
    its plain-PyTorch step;
-4. CCA (mean ρ) and PWCCA of ``repanalysis.analysis`` against a plain float64
+4. CCA (mean ρ) and PWCCA of ``repanalysis.measures`` against a plain float64
    numpy Cholesky-whitening CCA, on activation-like fixtures: low rank plus
    noise (``X = Z·A + noise``), sparse ReLU, and activations read from a run
    file (MNIST, 6x256);
@@ -40,12 +40,12 @@ from common import dataset, median, mnist_config, parser, timed
 from fixtures import low_rank_pair, sparse_relu_pair
 from torch import nn
 
-import repanalysis.analysis as A
-from repanalysis.analysis import RepanalysisWarning
-from repanalysis.analysis._linalg import small_lapack
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
-from repanalysis.training_parts import build, evaluate
+import repanalysis.measures as A
+from repanalysis.measures import RepanalysisWarning
+from repanalysis.measures._linalg import small_lapack
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import build, evaluate
+from repanalysis.training.train import train
 
 ROWS = ("recording", "rules", "deep", "cca", "paper")
 RULES = ("sg", "dni", "cdni", "fa", "dfa")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repanalysis import storage
-from repanalysis.runfile import RunFile, RunWriter
+from repanalysis.runfile import dtypes
+from repanalysis.runfile.hdf5 import RunFile, RunWriter
 
 DEPTH, WIDTH, INPUTS, OUTPUTS, PROBE = 6, 256, 784, 10, 200
 
@@ -75,19 +75,19 @@ def main() -> None:
     p.add_argument("--checkpoints", type=int, default=11)
     args = p.parse_args()
     contents = _contents(np.random.default_rng(0))
-    checked = storage.checksummed
+    checked = dtypes.checksummed
     times = {(side, what): [] for side in ("with", "without") for what in ("write", "read")}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for i in range(args.repeats + 1):  # the first round warms up, and is not counted
             for side in ("with", "without"):
-                storage.checksummed = checked if side == "with" else (lambda shape: {})
+                dtypes.checksummed = checked if side == "with" else (lambda shape: {})
                 path = Path(tmp) / f"{side}{i}.h5"
                 try:
                     start = time.perf_counter()
                     write(path, contents, args.checkpoints)
                     wrote = time.perf_counter() - start
                 finally:
-                    storage.checksummed = checked
+                    dtypes.checksummed = checked
                 with RunFile(path) as run:  # the filter is there, or not, as asked
                     assert run.file["layers/h1/activations"].fletcher32 == (side == "with")
                 start = time.perf_counter()

@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 from common import parser
 
-from repanalysis import Recorder, tasks
+from repanalysis import Recorder
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.train import choose_device
-from repanalysis.training_parts import Batches, build, evaluate
+from repanalysis.nn import losses
+from repanalysis.training.parts import Batches, build, evaluate
+from repanalysis.training.train import choose_device
 
 RULES = ("backprop", "cdni", "dni", "fa", "dfa")
 
@@ -62,7 +63,7 @@ def checkpoint_cost(rule, data, device, probe_size: int, repeats: int = 5) -> fl
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         with Recorder(Path(tmp) / "run.h5", net, dict(zip(net.interfaces, net.blocks)),
-                      (data.x_test[index], data.y_test[index]), lambda out, y: tasks.loss(data.task, out, y)) as rec:
+                      (data.x_test[index], data.y_test[index]), lambda out, y: losses.loss(data.task, out, y)) as rec:
             for step in range(repeats):
                 sync(device)
                 start = time.perf_counter()

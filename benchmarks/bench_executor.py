@@ -39,12 +39,12 @@ from pathlib import Path
 import pandas as pd
 import psutil  # a dependency of Dask distributed
 
-from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
-from repanalysis.executor import Executor
 from repanalysis.experiments import Overrides, preset
+from repanalysis.experiments.reproduce import reproduce, sweep
 from repanalysis.experiments.selection import FIRST
-from repanalysis.reproduce import reproduce, sweep
+from repanalysis.measures import RepanalysisWarning
+from repanalysis.runtime.executor import Executor
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_SLICE = Overrides(depths=[5, 10], activations=["relu"], seed_count=2, steps=300)

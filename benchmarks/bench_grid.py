@@ -54,24 +54,24 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What the shares name: (share, module, attribute path of the function it wraps).
 WRAPPED = [
     ("training: steps", "repanalysis.rules.base", "Rule.step"),
-    ("training: evaluations", "repanalysis.train", "evaluate"),
-    ("training: recording (probe pass, copies)", "repanalysis.recorder", "Recorder.checkpoint"),
-    ("training: file writes", "repanalysis.runfile", "RunWriter.__init__"),
-    ("training: file writes", "repanalysis.runfile", "RunWriter.checkpoint"),
-    ("training: file writes", "repanalysis.runfile", "RunWriter.evaluation"),
-    ("training: file writes", "repanalysis.runfile", "RunWriter.close"),
-    ("training: file writes", "repanalysis.runfile", "RunWriter.log"),
-    ("training: the rest of the task (data, building, checks)", "repanalysis.sweep", "train_task"),
+    ("training: evaluations", "repanalysis.training.train", "evaluate"),
+    ("training: recording (probe pass, copies)", "repanalysis.runfile.recorder", "Recorder.checkpoint"),
+    ("training: file writes", "repanalysis.runfile.hdf5", "RunWriter.__init__"),
+    ("training: file writes", "repanalysis.runfile.hdf5", "RunWriter.checkpoint"),
+    ("training: file writes", "repanalysis.runfile.hdf5", "RunWriter.evaluation"),
+    ("training: file writes", "repanalysis.runfile.hdf5", "RunWriter.close"),
+    ("training: file writes", "repanalysis.runfile.hdf5", "RunWriter.log"),
+    ("training: the rest of the task (data, building, checks)", "repanalysis.experiments.sweep", "train_task"),
     ("analysis: reading run files", "repanalysis.analysis.runs", "_Run.load"),
     ("analysis: measures", "repanalysis.analysis.runs", "_task"),
     ("probes", "repanalysis.probes.table", "_probe_task"),
     ("figures", "figures.draw", "_draw"),
 ]
 HERE = [  # in this process
-    ("here: claims", "repanalysis.claims", "quantities"),
-    ("here: claims", "repanalysis.claims", "judge"),
+    ("here: claims", "repanalysis.experiments.claims", "quantities"),
+    ("here: claims", "repanalysis.experiments.claims", "judge"),
     ("here: depth figures", "repanalysis.figures.depth", "draw_depth_figures"),
-    ("here: report", "repanalysis.report", "write_report"),
+    ("here: report", "repanalysis.experiments.report", "write_report"),
 ]
 
 
@@ -172,7 +172,7 @@ def file_read_seconds(paths: list[Path]) -> tuple[float, float, int]:
     """Seconds to read the files' bytes start to end, and every recorded array through h5py; their bytes."""
     import h5py
 
-    from repanalysis import storage
+    from repanalysis.runfile import dtypes
 
     start = time.perf_counter()
     total = 0
@@ -186,7 +186,7 @@ def file_read_seconds(paths: list[Path]) -> tuple[float, float, int]:
         with h5py.File(path, "r") as f:
             for layer in f["layers"].values():
                 for ds in layer.values():
-                    storage.read(ds)
+                    dtypes.read(ds)
     return raw, time.perf_counter() - start, total
 
 
@@ -207,9 +207,9 @@ def main() -> None:
     import dataclasses
 
     from repanalysis.datasets import load
-    from repanalysis.executor import Executor
     from repanalysis.experiments import Overrides, preset
-    from repanalysis.reproduce import reproduce
+    from repanalysis.experiments.reproduce import reproduce
+    from repanalysis.runtime.executor import Executor
 
     imports = time.perf_counter() - started
     spec = preset("paper")

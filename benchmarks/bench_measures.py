@@ -1,4 +1,4 @@
-"""Speed of the measures of repanalysis.analysis against PyPI references and a lower bound.
+"""Speed of the measures of repanalysis.measures against PyPI references and a lower bound.
 
     python benchmarks/bench_measures.py            # full run (n=10000, d=1024), writes measures.md
     python benchmarks/bench_measures.py --quick    # small sizes, < 1 minute, prints only
@@ -6,7 +6,7 @@
 For each measure on a pair of float32 [n, d] activation matrices this times, in
 the same process and interleaved repetition by repetition,
 
-* ours (the public function of repanalysis.analysis),
+* ours (the public function of repanalysis.measures),
 * the fastest reference implementation installed from PyPI (every candidate is
   tried on a small input first, the fastest one is timed at full size),
 * the lower bound: the float64 matrix products (and, where the measure is a
@@ -46,8 +46,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from fixtures import FIXTURES  # noqa: E402
 
-import repanalysis.analysis as A  # noqa: E402
-from repanalysis.analysis import RepanalysisWarning  # noqa: E402
+import repanalysis.measures as A  # noqa: E402
+from repanalysis.measures import RepanalysisWarning  # noqa: E402
 
 warnings.simplefilter("ignore", RepanalysisWarning)
 
@@ -79,7 +79,7 @@ def _t(f, *a):
 
 def _best_threads(f, *a):
     """Time of a d×d factorisation: the faster of one BLAS thread and the default."""
-    from repanalysis.analysis._linalg import small_lapack
+    from repanalysis.measures._linalg import small_lapack
 
     t_default, _ = _t(f, *a)
     with small_lapack(0):
@@ -338,7 +338,7 @@ def bench_measure(name, x, y, xc, yc, reps, ref, ref_size, ref_total=120.0):
 
 def bench_ill_conditioned(x, y, xc, yc, reps):
     """CCA of an input whose centred condition number is ~1e7: the QR route."""
-    from repanalysis.analysis import similarity as S
+    from repanalysis.measures import similarity as S
 
     g = np.random.default_rng(4)
     xi = x.copy()
@@ -406,7 +406,7 @@ import json, sys, time, tracemalloc
 import h5py
 sys.path.insert(0, {root!r})
 import warnings
-import repanalysis.analysis as A
+import repanalysis.measures as A
 warnings.simplefilter("ignore", A.RepanalysisWarning)
 
 def vm(key):

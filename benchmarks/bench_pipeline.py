@@ -64,14 +64,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from common import parser
 
-from repanalysis import train as training
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.pipeline import launch
-from repanalysis.pipeline.launch import stages
-from repanalysis.progress import Progress
-from repanalysis.train import train
-from repanalysis.training_parts import Batches, build
+from repanalysis.runtime.progress import Progress
+from repanalysis.training import train as training
+from repanalysis.training.parts import Batches, build
+from repanalysis.training.pipeline import launch
+from repanalysis.training.pipeline.launch import stages
+from repanalysis.training.train import train
 
 
 def config(args, **overrides) -> TrainConfig:

@@ -38,8 +38,8 @@ from repanalysis.analysis.runs import MEASURES, analyze
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
 from repanalysis.probes.table import probe_runs
-from repanalysis.storage import RECORD_DTYPES
-from repanalysis.train import train
+from repanalysis.runfile.dtypes import RECORD_DTYPES
+from repanalysis.training.train import train
 
 #: The paper preset's settings (presets/paper.toml) for ReLU.
 PAPER = dict(dataset="mnist", model="mlp", width=256, batch_norm=True, init="orthogonal", batch_size=256,

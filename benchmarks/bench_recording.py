@@ -25,9 +25,9 @@ from pathlib import Path
 
 from common import dataset, median, mnist_config, parser, timed
 
-from repanalysis.recorder import Recorder
-from repanalysis.runfile import RunWriter
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunWriter
+from repanalysis.runfile.recorder import Recorder
+from repanalysis.training.train import train
 
 TIMED = ((Recorder, ("checkpoint", "evaluation", "log", "close")), (RunWriter, ("__init__",)))
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 from common import dataset, median, mnist_config, parser
 
-from repanalysis import resume, train
-from repanalysis.runfile import RunWriter
+from repanalysis.runfile.hdf5 import RunWriter
+from repanalysis.training import resume, train
 
 
 def timed_checkpoints(config, data, out: Path, keep_state: bool) -> list[float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from common import dataset, median, mnist_config, parser, timed
 
-from repanalysis.train import train
+from repanalysis.training.train import train
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa")
 

@@ -14,7 +14,7 @@ from common import parser
 
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
-from repanalysis.train import train
+from repanalysis.training.train import train
 
 RULES = ("backprop", "cdni")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from repanalysis.recurrent.train import RecurrentConfig, train_recurrent
+from repanalysis.training.recurrent import RecurrentConfig, train_recurrent
 
 ROOT = Path(__file__).resolve().parents[1]
 #: (task, rule, bptt) of each row: the comparisons first, the full-BPTT references last.

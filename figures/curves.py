@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from repanalysis.runfile import RunFile
+from repanalysis.runfile.hdf5 import RunFile
 
 from .inputs import summarise
 from .style import legend, log_y, seeds_note, subplots

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repanalysis import stats
+from repanalysis.measures import stats
 
 from .rdms import rdm_grid
 from .style import count_text, legend, line_kwargs, ordered_rules, save, subplots

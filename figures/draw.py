@@ -9,14 +9,14 @@ Figures (file stems) and what they need:
 - ``linear_problems``: the reproduction's linear-problem table.
 
 Several tables of one kind are concatenated. ``checkpoints`` chooses what
-they read (``repanalysis.checkpoints``): all (default), each run's last, or
+they read (``repanalysis.runfile.checkpoints``): all (default), each run's last, or
 given steps; the tables keep the rows at those steps (``inputs.at_checkpoints``),
 the figures of one checkpoint show the last of them (titled by its step when
 steps are given: every run has them), and ``rdms`` and ``spectra`` read the
 run files there. With ``tag`` every stem gets
 ``_<tag>`` and every title `` — <tag>``, so figures of several experiments
 can share a folder. The output folder follows the rules of every output
-(``repanalysis.outputs``): checked before any drawing, no file in it replaced
+(``repanalysis.runtime.outputs``): checked before any drawing, no file in it replaced
 unless ``overwrite`` (any file a figure of the inputs could be written to
 counts), and a folder made for a call that fails removed again.
 """
@@ -29,10 +29,10 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
-from repanalysis.checkpoints import parse_checkpoints
 from repanalysis.errors import UserError
-from repanalysis.outputs import check_files_in_folder, new_folder
-from repanalysis.runfile import RunFile
+from repanalysis.runfile.checkpoints import parse_checkpoints
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.runtime.outputs import check_files_in_folder, new_folder
 
 from . import curves, heatmaps, layers, linear, rdms, spectra, training
 from .inputs import at_checkpoints, checkpoint_at, split_inputs
@@ -93,9 +93,9 @@ def draw_figures(inputs, out_dir, quiet: bool = False, *, tag: str | None = None
     (see the module docstring); return the files.
 
     ``overwrite``: replace figure files that exist in ``out_dir`` (else refused before any drawing).
-    One task per figure on ``executor`` (a ``repanalysis.executor.Executor``; default: this process).
+    One task per figure on ``executor`` (a ``repanalysis.runtime.executor.Executor``; default: this process).
     """
-    from repanalysis.executor import Executor
+    from repanalysis.runtime.executor import Executor
 
     checkpoints = parse_checkpoints(checkpoints)
     step = None if isinstance(checkpoints, str) else checkpoints[-1]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from repanalysis import tables
-from repanalysis.checkpoints import chosen_checkpoints
+from repanalysis.analysis import tables
 from repanalysis.errors import UserError
+from repanalysis.runfile.checkpoints import chosen_checkpoints
 
 KINDS = {
     "analysis": {"measure", "run_a", "rule_a", "seed_a", "layer_a", "step_a",
@@ -40,7 +40,7 @@ def table_kind(table: pd.DataFrame, name: str = "table") -> str:
 
 
 def read_table(path) -> tuple[str, pd.DataFrame]:
-    """``(kind, table)`` read from a CSV file (``repanalysis.tables.read_table``)."""
+    """``(kind, table)`` read from a CSV file (``repanalysis.analysis.tables.read_table``)."""
     table = tables.read_table(path)
     return table_kind(table, str(path)), table
 
@@ -87,7 +87,7 @@ STEP_COLUMNS = {"analysis": ("run_a", "step_a"), "probes": ("run", "step")}
 
 
 def at_checkpoints(kind: str, table: pd.DataFrame, choice) -> pd.DataFrame:
-    """The rows of ``table`` (of ``kind``) at the checkpoints ``choice`` picks (``repanalysis.checkpoints``) of
+    """The rows of ``table`` (of ``kind``) at the checkpoints ``choice`` picks (``repanalysis.runfile.checkpoints``) of
     each run in it: all, each run's last step in the table, or given steps, each of which every run with
     rows per checkpoint must have (a UserError naming the first run without). Rows of no layer (the measures
     of a whole run) and tables without steps are kept whole."""

@@ -1,6 +1,6 @@
 """Representational dissimilarity matrices from run files: a grid of layers (rows) by rules (columns).
 
-Each panel is ``repanalysis.analysis.rdm`` (Euclidean, ``RDM_METRIC``) of one
+Each panel is ``repanalysis.measures.rdm`` (Euclidean, ``RDM_METRIC``) of one
 layer's probe activations at the run's last checkpoint (or at ``step``), for the rule's lowest
 seed, divided by its largest entry (so layers of different scales share one
 colour scale from 0 to 1), with the probe inputs sorted by class (by target
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from repanalysis.analysis import rdm
-from repanalysis.runfile import RunFile
+from repanalysis.measures import rdm
+from repanalysis.runfile.hdf5 import RunFile
 
 from .inputs import checkpoint_at
 from .style import LAYER_CMAP, ordered_layers, ordered_rules, subplots

@@ -1,7 +1,7 @@
 """The figures of a recurrent experiment: each task's score against the window T, one line per rule; and
 the runs over positions in the window and over training.
 
-``recurrent`` reads the experiment's table (``recurrent.results.results_table``):
+``recurrent`` reads the experiment's table (``analysis.recurrent.results_table``):
 small points are seeds, lines join the means over seeds, bars are ± std where
 a rule has two seeds or more at a T (the title says how many).
 ``recurrent_positions`` reads ``recurrent.positions``' tables, one column per
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repanalysis.recurrent.results import SCORES, TASK_NAMES
+from repanalysis.analysis.recurrent import SCORES, TASK_NAMES
 
 from .style import count_text, legend, line_kwargs, ordered_rules, save, seeds_note, subplots
 

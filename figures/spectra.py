@@ -1,6 +1,6 @@
 """Singular-value spectra of each layer's activations: one panel per layer (bottom to top), one line per rule.
 
-Each run's spectrum is ``repanalysis.analysis.singular_values`` of the layer's
+Each run's spectrum is ``repanalysis.measures.singular_values`` of the layer's
 probe activations at the last checkpoint (or at ``step``), normalised by its largest value;
 lines are the mean over seeds, on a log scale.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from repanalysis.analysis import singular_values
-from repanalysis.runfile import RunFile
+from repanalysis.measures import singular_values
+from repanalysis.runfile.hdf5 import RunFile
 
 from .inputs import checkpoint_at
 from .style import count_text, legend, line_kwargs, log_y, ordered_layers, ordered_rules, subplots

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from PIL import Image  # Pillow: a dependency of matplotlib
 
-from repanalysis.outputs import write_atomically
+from repanalysis.runtime.outputs import write_atomically
 
 DPI = 100
 FORMATS = ("png", "svg")

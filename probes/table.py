@@ -1,4 +1,4 @@
-"""Probe every layer and checkpoint of some run files; one tidy table (written by ``repanalysis.tables``).
+"""Probe every layer and checkpoint of some run files; one tidy table (written by ``repanalysis.analysis.tables``).
 
 One row per (run, layer, step, probe) with ``COLUMNS``: ``run`` is the path
 as given, ``position`` the layer's place in the model (the run file's: 0 for
@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from repanalysis.checkpoints import chosen_checkpoints, parse_checkpoints
 from repanalysis.errors import UserError
-from repanalysis.runfile import MAPS, RunFile
+from repanalysis.runfile.checkpoints import chosen_checkpoints, parse_checkpoints
+from repanalysis.runfile.hdf5 import MAPS, RunFile
 
 from .folds import make_folds
 from .knn import knn_accuracy
@@ -91,14 +91,14 @@ def _probe_task(name: str, path: str, layer: str, indices: list[int], labels: np
 def probe_runs(paths, *, probes=PROBES, folds: int = 5, seed: int = 0, k: int = 5, checkpoints="all",
                maps: str = "flatten", quiet: bool = False, executor=None) -> pd.DataFrame:
     """The tidy table of ``probes`` on every layer of every run, at the checkpoints ``checkpoints`` chooses
-    (``repanalysis.checkpoints``: ``"all"``, ``"last"`` or steps every run has).
+    (``repanalysis.runfile.checkpoints``: ``"all"``, ``"last"`` or steps every run has).
 
     ``maps``: feature maps are probed flattened (``"flatten"``: every position of every channel a feature)
     or as their channels' means over positions (``"channels"``). One task per run and layer on ``executor``
-    (an ``repanalysis.executor.Executor``; default: this process); the rows come in the same order wherever
+    (an ``repanalysis.runtime.executor.Executor``; default: this process); the rows come in the same order wherever
     they ran.
     """
-    from repanalysis.executor import Executor
+    from repanalysis.runtime.executor import Executor
 
     paths = [str(p) for p in paths]
     probes = tuple(probes)

@@ -1,7 +1,7 @@
 """repanalysis: train with backprop, synthetic gradients and related rules; record; explain.
 
 ``from repanalysis import Recorder`` records your own model from your own loop
-(``repanalysis.recorder``); it is imported on first use, so the command line
+(``repanalysis.runfile.recorder``); it is imported on first use, so the command line
 starts without torch where it does not need it.
 """
 
@@ -11,7 +11,7 @@ __all__ = ["Recorder"]
 
 def __getattr__(name):
     if name == "Recorder":
-        from .recorder import Recorder
+        from repanalysis.runfile.recorder import Recorder
 
         return Recorder
     raise AttributeError(f"module 'repanalysis' has no attribute {name!r}")

@@ -15,11 +15,11 @@ import typing
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .config import FEEDBACK, SYNTHETIC, TrainConfig
-from .errors import UserError, refuse_renamed
-from .outputs import check_file, check_inputs, check_state_folder
-from .runfile import MAPS
+from repanalysis import __version__
+from repanalysis.config import FEEDBACK, SYNTHETIC, TrainConfig
+from repanalysis.errors import UserError, refuse_renamed
+from repanalysis.runfile.hdf5 import MAPS
+from repanalysis.runtime.outputs import check_file, check_inputs, check_state_folder
 
 
 class _Help(argparse.HelpFormatter):
@@ -93,8 +93,8 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _checkpoint_choice(text: str):
-    """``--checkpoints`` of analyze, probe and figures (``repanalysis.checkpoints``)."""
-    from .checkpoints import parse_checkpoints
+    """``--checkpoints`` of analyze, probe and figures (``repanalysis.runfile.checkpoints``)."""
+    from repanalysis.runfile.checkpoints import parse_checkpoints
 
     try:
         return parse_checkpoints(text)
@@ -103,13 +103,13 @@ def _checkpoint_choice(text: str):
 
 
 def _add_checkpoints(p) -> None:
-    from .checkpoints import HELP
+    from repanalysis.runfile.checkpoints import HELP
 
     p.add_argument("--checkpoints", type=_checkpoint_choice, default="all", help=f"{HELP} (default all)")
 
 
 def _names(text: str) -> list[str]:
-    from .models import ACTIVATIONS
+    from repanalysis.nn.feedforward import ACTIVATIONS
 
     values = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [v for v in values if v not in ACTIVATIONS]
@@ -164,7 +164,7 @@ def _add_quiet(p) -> None:
 
 def _add_recurrent(g) -> None:
     """The options of recurrent runs only, into the argument group ``g``."""
-    from .recurrent.train import TASKS, RecurrentConfig
+    from repanalysis.training.recurrent import TASKS, RecurrentConfig
 
     r = RecurrentConfig()
     g.add_argument("--task", choices=TASKS, help=f"copy or repeatcopy (generated, with a curriculum scored every "
@@ -202,7 +202,7 @@ _RECURRENT_ONLY = ("task", "bptt", "copy_start", "copy_max", "copy_threshold", "
 
 def _cmd_train_recurrent(args) -> None:
     """``train --model lstm``: the options given that a recurrent run takes, the others refused."""
-    from .recurrent.train import RecurrentConfig, train_recurrent
+    from repanalysis.training.recurrent import RecurrentConfig, train_recurrent
 
     given = list(dict.fromkeys(args.given))
     if args.model != "lstm":
@@ -231,14 +231,14 @@ def _config_from(args) -> TrainConfig:
 def _cmd_train(args) -> None:
     """On one thread (torch and BLAS), as every task of ``reproduce`` and ``sweep``: the same run file whichever
     made it, and these small networks train fastest so (the training guide gives the times)."""
-    from .executor import one_thread
+    from repanalysis.runtime.executor import one_thread
 
     with one_thread():
         _train(args)
 
 
 def _train(args) -> None:
-    from .train import resume, train
+    from repanalysis.training.train import resume, train
 
     if args.model == "lstm" or any(name in _RECURRENT_ONLY for name in args.given):
         return _cmd_train_recurrent(args)
@@ -265,21 +265,21 @@ def _train(args) -> None:
 
 
 def _cmd_inspect(args) -> None:
-    from .inspect import summary
+    from repanalysis.runfile.summary import summary
 
     for path in args.runs:
         print(summary(path))
 
 
 def _executor(args):
-    from .executor import Executor
+    from repanalysis.runtime.executor import Executor
 
     return Executor(args.workers, args.scheduler)
 
 
 def _cmd_analyze(args) -> None:
-    from .analysis.runs import analyze, check_measures
-    from .tables import write_table
+    from repanalysis.analysis.runs import analyze, check_measures
+    from repanalysis.analysis.tables import write_table
 
     check_measures(args.measures)
     check_inputs(args.runs, args.out)
@@ -293,8 +293,8 @@ def _cmd_analyze(args) -> None:
 
 
 def _cmd_probe(args) -> None:
-    from .probes import probe_runs
-    from .tables import write_table
+    from repanalysis.analysis.tables import write_table
+    from repanalysis.probes import probe_runs
 
     check_inputs(args.runs, args.out)
     check_file(args.out, args.overwrite)
@@ -306,7 +306,7 @@ def _cmd_probe(args) -> None:
 
 
 def _cmd_figures(args) -> None:
-    from .figures import draw_figures
+    from repanalysis.figures import draw_figures
 
     check_inputs(args.inputs, args.out)
     made = draw_figures(args.inputs, args.out, quiet=args.quiet, overwrite=args.overwrite,
@@ -316,8 +316,8 @@ def _cmd_figures(args) -> None:
 
 def _spec_and_overrides(args):
     """The spec and overrides of ``reproduce``/``sweep``, checked before the output folder is touched."""
-    from .experiments.selection import FIRST
-    from .experiments.spec import Overrides, load_spec, preset
+    from repanalysis.experiments.selection import FIRST
+    from repanalysis.experiments.spec import Overrides, load_spec, preset
 
     if args.spec and args.preset:
         raise UserError("give --preset or --spec, not both")
@@ -334,7 +334,7 @@ def _spec_and_overrides(args):
 
 
 def _cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from repanalysis.experiments.reproduce import reproduce
 
     failed: dict[str, str] = {}
     with _executor(args) as executor:  # refused (workers, scheduler) before the output folder is made
@@ -359,8 +359,8 @@ def _add_maps(p) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from .reproduce import sweep
-    from .sweep import failures
+    from repanalysis.experiments.reproduce import sweep
+    from repanalysis.experiments.sweep import failures
 
     with _executor(args) as executor:  # refused (workers, scheduler) before the output folder is made
         spec, overrides = _spec_and_overrides(args)
@@ -376,8 +376,8 @@ def _cmd_sweep(args) -> int:
 
 def _add_spec_options(p) -> None:
     """The options of ``reproduce`` and ``sweep``: which spec, its overrides, where, on how many workers."""
-    from .executor import add_options
-    from .experiments.spec import preset_names
+    from repanalysis.experiments.spec import preset_names
+    from repanalysis.runtime.executor import add_options
 
     p.add_argument("--preset", help=f"a shipped spec: {', '.join(preset_names())} (default digits, minutes on 2 "
                    "cores; each is described at the top of its file in repanalysis/experiments/presets/)")
@@ -404,8 +404,8 @@ def _add_spec_options(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .analysis.runs import MEASURES
-    from .executor import add_options
+    from repanalysis.analysis.runs import MEASURES
+    from repanalysis.runtime.executor import add_options
 
     parser = _Parser(prog="repanalysis", description="Train networks with backprop, synthetic gradients and "
                      "related rules; record their insides to HDF5; analyse, probe and draw the differences.")

@@ -10,9 +10,9 @@ import types
 import typing
 from dataclasses import dataclass
 
-from .errors import UserError
-from .models import ACTIVATIONS, INITS, MODELS, POOLING
-from .storage import RECORD_DTYPES
+from repanalysis.errors import UserError
+from repanalysis.nn.feedforward import ACTIVATIONS, INITS, MODELS, POOLING
+from repanalysis.runfile.dtypes import RECORD_DTYPES
 
 RULES = ("backprop", "sg", "dni", "cdni", "fa", "dfa", "kickback", "noisy")
 OPTIMIZERS = ("adam", "sgd")

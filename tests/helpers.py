@@ -8,8 +8,8 @@ import torch
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
 from repanalysis.rules.base import Rule
-from repanalysis.train import train
-from repanalysis.training_parts import build
+from repanalysis.training.parts import build
+from repanalysis.training.train import train
 
 
 def small_config(**overrides) -> TrainConfig:

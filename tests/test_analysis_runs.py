@@ -7,7 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repanalysis.analysis import (
+from repanalysis.analysis import runs as runs_module
+from repanalysis.analysis.runs import COLUMNS, MEASURES, STEPS_TO, analyze
+from repanalysis.analysis.synthetic_loss import synthetic_loss
+from repanalysis.analysis.tables import read_table, write_table
+from repanalysis.config import TrainConfig
+from repanalysis.errors import UserError
+from repanalysis.measures import (
     RepanalysisWarning,
     cca,
     effective_rank,
@@ -18,14 +24,8 @@ from repanalysis.analysis import (
     rsa,
     svcca,
 )
-from repanalysis.analysis import runs as runs_module
-from repanalysis.analysis.runs import COLUMNS, MEASURES, STEPS_TO, analyze
-from repanalysis.analysis.synthetic_loss import synthetic_loss
-from repanalysis.config import TrainConfig
-from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile
-from repanalysis.tables import read_table, write_table
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 SMALL = dict(dataset="digits", depth=3, width=16, steps=40, record_every=20, probe_size=100, batch_size=32)
 STEPS = [0, 20, 40]
@@ -128,7 +128,7 @@ def test_nan_in_activations_names_run_layer_and_step(paths, tmp_path):
         analyze([str(bad)], reference=paths["bp0"], measures=["linear_cka"], quiet=True)
 
 
-@pytest.mark.filterwarnings("ignore::repanalysis.analysis.RepanalysisWarning")
+@pytest.mark.filterwarnings("ignore::repanalysis.measures.RepanalysisWarning")
 def test_values_equal_the_in_memory_measures(table, paths):
     sg, bp = paths["sg0"], paths["bp0"]
     with RunFile(sg) as a, RunFile(bp) as b:
@@ -261,7 +261,7 @@ def test_collected_warnings_stay_with_their_thread():
     process-wide, would send both to the list of whichever thread entered last)."""
     import threading
 
-    from repanalysis.analysis._arrays import collected, warn
+    from repanalysis.measures._arrays import collected, warn
 
     barrier, got = threading.Barrier(2), {}
 

@@ -14,21 +14,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ("repanalysis.analysis", "repanalysis.analysis._arrays", "repanalysis.analysis._linalg",
-        "repanalysis.analysis.gradients", "repanalysis.analysis.rdm", "repanalysis.analysis.similarity",
-        "repanalysis.analysis.spectrum", "repanalysis.analysis.streaming")
+PURE = ("repanalysis.measures", "repanalysis.measures._arrays", "repanalysis.measures._linalg",
+        "repanalysis.measures.gradients", "repanalysis.measures.rdm", "repanalysis.measures.similarity",
+        "repanalysis.measures.spectrum", "repanalysis.measures.streaming")
 """The measures on arrays (and the package that exports them): numpy and scipy only."""
 
-PURE_MAY_IMPORT = PURE + ("repanalysis.errors", "repanalysis.memory")
+PURE_MAY_IMPORT = PURE + ("repanalysis.errors", "repanalysis.runtime.memory")
 """All that the pure measures may import of the package."""
 
 TORCH_INSIDE = {
-    "repanalysis.analysis._arrays": "reads a torch tensor handed to a measure as an array",
-    "repanalysis.analysis._linalg": "QR through torch's LAPACK binding, the fastest here (SVCCA's numbers)",
+    "repanalysis.measures._arrays": "reads a torch tensor handed to a measure as an array",
+    "repanalysis.measures._linalg": "QR through torch's LAPACK binding, the fastest here (SVCCA's numbers)",
 }
 """The pure modules that import torch inside a function, and why; importing them loads no torch."""
 
-RULE_STATE_RESTORED = {"repanalysis.resume": {"steps_done"}}
+RULE_STATE_RESTORED = {"repanalysis.training.resume": {"steps_done"}}
 """The rule attributes a module outside ``repanalysis.rules`` may set: resume puts back a checkpoint's step."""
 
 
@@ -139,9 +139,9 @@ def loaded_with(name: str) -> set[str]:
 
 def test_the_modules_are_found():
     names = modules()
-    assert {"repanalysis.train", "repanalysis.rules.base", "repanalysis.pipeline.stages", "repanalysis.datasets",
-            "repanalysis.analysis.similarity"} <= set(names)
-    assert imports("repanalysis.pipeline.stages") >= {"repanalysis.rules.base", "torch", "numpy"}
+    assert {"repanalysis.training.train", "repanalysis.rules.base", "repanalysis.training.pipeline.stages", "repanalysis.datasets",
+            "repanalysis.measures.similarity"} <= set(names)
+    assert imports("repanalysis.training.pipeline.stages") >= {"repanalysis.rules.base", "torch", "numpy"}
 
 
 def test_cycles_are_found():
@@ -156,9 +156,9 @@ def test_no_import_cycle():
 
 def test_the_training_loop_is_imported_only_to_train():
     """``train`` (the loop) is for the command line and the sweeps; the stages and the analyses that rebuild a
-    network take what they share with it from ``training_parts``."""
-    importers = sorted(name for name, arrows in graph().items() if "repanalysis.train" in arrows)
-    assert importers == ["repanalysis.cli", "repanalysis.sweep"]
+    network take what they share with it from ``training.parts``."""
+    importers = sorted(name for name, arrows in graph().items() if "repanalysis.training.train" in arrows)
+    assert importers == ["repanalysis.cli", "repanalysis.experiments.sweep"]
 
 
 def test_pure_measures_import_no_torch_and_no_training():
@@ -200,10 +200,10 @@ def test_both_training_loops_keep_their_record_with_one_bookkeeper():
     """The in-process loop and the stages' parent schedule, record and end a run through ``bookkeeping``,
     which imports neither loop, nor experiments, analyses or the command line."""
     arrows = graph()
-    importers = sorted(name for name, out in arrows.items() if "repanalysis.bookkeeping" in out)
-    assert importers == ["repanalysis.pipeline.launch", "repanalysis.train"]
-    above = ("repanalysis.train", "repanalysis.pipeline", "repanalysis.experiments", "repanalysis.analysis",
-             "repanalysis.reproduce", "repanalysis.sweep", "repanalysis.cli")
-    reached = sorted(m for m in loaded_with("repanalysis.bookkeeping") if m.startswith(above)
-                     and m not in ("repanalysis.training_parts",))
+    importers = sorted(name for name, out in arrows.items() if "repanalysis.training.bookkeeping" in out)
+    assert importers == ["repanalysis.training.pipeline.launch", "repanalysis.training.train"]
+    above = ("repanalysis.training.train", "repanalysis.training.pipeline", "repanalysis.experiments", "repanalysis.measures",
+             "repanalysis.experiments.reproduce", "repanalysis.experiments.sweep", "repanalysis.cli")
+    reached = sorted(m for m in loaded_with("repanalysis.training.bookkeeping") if m.startswith(above)
+                     and m not in ("repanalysis.training.parts",))
     assert not reached, f"bookkeeping loads {reached}"

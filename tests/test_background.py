@@ -16,11 +16,11 @@ import pytest
 import torch
 from helpers import run_arrays, small_config
 
-from repanalysis.background import Background, thread_pays
 from repanalysis.cli import main
 from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile, RunWriter
-from repanalysis.train import resume, train
+from repanalysis.runfile.background import Background, thread_pays
+from repanalysis.runfile.hdf5 import RunFile, RunWriter
+from repanalysis.training.train import resume, train
 
 # checkpoints and evaluations every 2 steps: the writer is busy for most of the run
 BUSY = dict(rule="sg", steps=16, record_every=2, eval_every=3, update_prob=0.7)
@@ -148,10 +148,10 @@ _CHILD = """
 import sys, threading, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from repanalysis.runfile import RunWriter
+from repanalysis.runfile.hdf5 import RunWriter
 from helpers import small_config
 from repanalysis.datasets import load
-from repanalysis.train import train
+from repanalysis.training.train import train
 original, marker = RunWriter._append, Path(sys.argv[2])
 def stuck(self, group, name, value):
     steps = self.file["checkpoints"].get("step")

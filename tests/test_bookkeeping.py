@@ -1,4 +1,4 @@
-"""The record of a run that both training loops keep (``repanalysis.bookkeeping``): its schedule and its end."""
+"""The record of a run that both training loops keep (``repanalysis.training.bookkeeping``): its schedule and its end."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from helpers import built, small_config
 
-from repanalysis.bookkeeping import Bookkeeper, RunFailed, run_header
 from repanalysis.errors import UserError
-from repanalysis.progress import Progress
-from repanalysis.runfile import RunFile, RunWriter
+from repanalysis.runfile.hdf5 import RunFile, RunWriter
+from repanalysis.runtime.progress import Progress
+from repanalysis.training.bookkeeping import Bookkeeper, RunFailed, run_header
 
 
 def _book(config, data, rule, writer=None) -> Bookkeeper:

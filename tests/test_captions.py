@@ -14,11 +14,11 @@ from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from test_figures import analysis_table, linear_table, probe_table
 
-from repanalysis import stats
 from repanalysis.figures import curves, heatmaps, layers, linear, rdms, spectra, training
 from repanalysis.figures.depth import DEPTH_FIGURES, _quantity_figure, _with_cells
 from repanalysis.figures.explain import draw_explain_figures
 from repanalysis.figures.style import fit_title
+from repanalysis.measures import stats
 
 TABLE_FIGURES = {
     "similarity_to_backprop": (layers.similarity_to_backprop, "analysis"),

@@ -10,13 +10,13 @@ from figures import draw_figures
 from figures.inputs import at_checkpoints
 from figures.rdms import rdm_grid
 from probes import probe_runs
-from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import RSA_TO_LAST_LAYER, analyze
-from repanalysis.checkpoints import chosen_checkpoints, parse_checkpoints
+from repanalysis.analysis.tables import write_table
 from repanalysis.cli import main
 from repanalysis.errors import UserError
-from repanalysis.tables import write_table
-from repanalysis.train import train
+from repanalysis.measures import RepanalysisWarning
+from repanalysis.runfile.checkpoints import chosen_checkpoints, parse_checkpoints
+from repanalysis.training.train import train
 
 STEPS = [0, 10, 20]  # small_config: 20 steps, a checkpoint every 10
 

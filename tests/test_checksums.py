@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from helpers import contents, small_config
 from torch import nn
 
-from repanalysis import Recorder, recorder
+from repanalysis import Recorder
 from repanalysis.cli import main
 from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile, RunWriter
-from repanalysis.train import resume, train
+from repanalysis.runfile import recorder
+from repanalysis.runfile.hdf5 import RunFile, RunWriter
+from repanalysis.training.train import resume, train
 
 READS = {  # a dataset, and a read of it through RunFile
     "layers/h2/activations": lambda run: run.activations("h2", 0),

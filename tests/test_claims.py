@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repanalysis.claims import CLAIMS, QUANTITY_COLUMNS, Context, judge, pool_label, scope_label
+from repanalysis.experiments.claims import CLAIMS, QUANTITY_COLUMNS, Context, judge, pool_label, scope_label
 
 
 def _quantities(values: dict) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def test_a_spec_whose_claims_judge_nothing_is_refused_when_loaded():
 
 def test_layers_differ_resamples_seeds_by_the_jackknife_over_pairs():
     """Backprop's seeds agree at 0.9 ± noise, sg's runs with other-seed backprop at 0.7: ceiling − sg ≈ 0.2."""
-    from repanalysis.claims import PAIR_COLUMNS
+    from repanalysis.experiments.claims import PAIR_COLUMNS
 
     rng = np.random.default_rng(1)
     rows = []
@@ -124,7 +124,7 @@ def test_layers_differ_resamples_seeds_by_the_jackknife_over_pairs():
 
 
 def test_late_alignment_averages_the_layers_over_the_second_half_of_each_run():
-    from repanalysis.claims import _late_mean
+    from repanalysis.experiments.claims import _late_mean
     rows = []
     for run, steps in (("a", (0, 300, 600, 900, 1200)), ("b", (0, 500, 1000))):
         for step in steps:
@@ -142,10 +142,10 @@ def test_the_null_from_permuted_gram_matrices_is_the_permutation_null_of_linear_
     permuted samples: the same null, to rounding."""
     import numpy as np
 
-    from repanalysis.analysis import linear_cka
-    from repanalysis.analysis.similarity import centred_linear_gram, linear_cka_from_grams
-    from repanalysis.claims import _PermutedGram
-    from repanalysis.stats import permutation_null
+    from repanalysis.experiments.claims import _PermutedGram
+    from repanalysis.measures import linear_cka
+    from repanalysis.measures.similarity import centred_linear_gram, linear_cka_from_grams
+    from repanalysis.measures.stats import permutation_null
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 40))

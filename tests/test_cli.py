@@ -64,7 +64,7 @@ def test_train_runs_on_one_thread_and_puts_the_count_back(tmp_path, monkeypatch)
         seen.append((torch.get_num_threads(), {pool["num_threads"] for pool in threadpool_info()}))
         raise UserError("stopped")
 
-    monkeypatch.setattr("repanalysis.train.train", train)
+    monkeypatch.setattr("repanalysis.training.train.train", train)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -138,7 +138,7 @@ def test_the_report_command_line_gives_back_the_same_overrides():
     from pathlib import Path
 
     from repanalysis.experiments import Overrides
-    from repanalysis.reproduce import _command
+    from repanalysis.experiments.reproduce import _command
 
     for overrides in (Overrides(seeds=[5]), Overrides(seeds=[0, 2], steps=3), Overrides(seed_count=2)):
         line = _command("--preset digits", True, overrides, None, Path("out"))

@@ -17,8 +17,8 @@ from repanalysis.rules.synthetic import (
     FlatSyntheticGradientModule,
     SyntheticGradientModule,
 )
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 
 def cnn_config(**overrides):
@@ -191,7 +191,7 @@ def test_cli_trains_a_cnn_and_refuses_vectors(tmp_path, capsys):
 def test_synthetic_loss_of_a_conv_module_is_its_exact_path_integral(tmp_path, digits):
     """A conv module with no hidden layer is affine in the map, so the trapezoid rule is exact along a path."""
     from repanalysis.analysis.synthetic_loss import path_ends, synthetic_losses
-    from repanalysis.training_parts import rebuild
+    from repanalysis.training.parts import rebuild
 
     path = tmp_path / "cdni.h5"
     train(cnn_config(rule="cdni", steps=8, record_every=8, sg_lr=0.05, sg_map="conv", sg_hidden=0), path, quiet=True,

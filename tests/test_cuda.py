@@ -7,8 +7,8 @@ import torch
 from helpers import small_config
 
 from repanalysis.datasets import load
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

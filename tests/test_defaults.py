@@ -1,7 +1,7 @@
 """The defaults give a working run: dni (the weakest rule) learns digits with every default."""
 
 from repanalysis.config import TrainConfig
-from repanalysis.train import train
+from repanalysis.training.train import train
 
 
 def test_dni_on_its_defaults_learns_digits():

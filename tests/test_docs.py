@@ -25,7 +25,7 @@ from test_readme import your_own_model
 
 from repanalysis.cli import main
 from repanalysis.datasets import load
-from repanalysis.train import resume, train
+from repanalysis.training.train import resume, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

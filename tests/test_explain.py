@@ -73,7 +73,7 @@ def test_a_known_dose_response_is_recovered_and_no_dependence_covers_zero():
 @pytest.fixture(scope="module")
 def explain_quick(tmp_path_factory):
     """The explain preset's quick version on digits: every arm and its twin, 3 seeds, 4- and 6-layer nets."""
-    from repanalysis.reproduce import reproduce
+    from repanalysis.experiments.reproduce import reproduce
 
     out = tmp_path_factory.mktemp("explain") / "out"
     report = reproduce(out, spec=preset("explain"), quick=True, overrides=Overrides(dataset="digits"), quiet=True)

@@ -8,8 +8,8 @@ import torch
 from helpers import batch, built, parameters_equal, small_config
 
 from repanalysis.datasets import load
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 
 def _train_side_by_side(rule, reference, data, steps, before_step):

@@ -25,7 +25,7 @@ from repanalysis.figures import (
     training,
 )
 from repanalysis.figures.style import RuleStyle
-from repanalysis.train import train
+from repanalysis.training.train import train
 
 RULES = ("backprop", "sg", "fa")
 SEEDS = (0, 1)

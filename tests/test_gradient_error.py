@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from repanalysis.analysis import RepanalysisWarning, gradient_error
 from repanalysis.errors import UserError
+from repanalysis.measures import RepanalysisWarning, gradient_error
 
 
 def grads(n=50, d=8, seed=0):

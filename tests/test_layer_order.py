@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from repanalysis import Recorder
-from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
+from repanalysis.analysis.tables import write_table
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.figures import heatmaps, layers, rdms, spectra, training
 from repanalysis.figures.inputs import read_table
+from repanalysis.measures import RepanalysisWarning
 from repanalysis.probes import probe_runs
-from repanalysis.tables import write_table
 
 ORDER = ["stem", "res", "fc1", "out"]  # sorted by name: fc1, out, res, stem
 

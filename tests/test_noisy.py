@@ -10,13 +10,13 @@ import pytest
 import torch
 from helpers import built, run_arrays, small_config
 
-from repanalysis.analysis import gradient_error
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
+from repanalysis.measures import gradient_error
 from repanalysis.rules.noisy import turned
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
-from repanalysis.training_parts import Batches
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import Batches
+from repanalysis.training.train import train
 
 
 @pytest.mark.parametrize("cosine", [0.9, 0.3, 0.0, -0.5])
@@ -141,7 +141,7 @@ def test_a_run_with_validation_evaluates_it_and_trains_without_it(tmp_path, digi
 def test_the_recorded_update_equals_an_independent_autograd_computation(tmp_path, digits):
     """The cosine of block 1's parameter gradient under sg's signal against under the true gradient, computed
     here from the network rebuilt at a checkpoint, the probe inputs and the recorded error at h1."""
-    from repanalysis.training_parts import rebuild
+    from repanalysis.training.parts import rebuild
 
     config = small_config(rule="sg", sg_at=[2], steps=20, record_every=20)
     train(config, tmp_path / "s.h5", quiet=True, data=digits)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from helpers import batch, built, small_config
 
-from repanalysis import tasks
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
+from repanalysis.nn import losses
 from repanalysis.rules.base import batch_statistics, lr_factor
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
-from repanalysis.training_parts import rebuild
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import rebuild
+from repanalysis.training.train import train
 
 
 def test_learning_rate_factor_warms_up_linearly_then_follows_the_cosine():
@@ -85,7 +85,7 @@ def test_recorded_gradients_follow_the_chosen_batch_norm_mode(tmp_path, mode):
         x, y = digits.x_test[run.probe_index], digits.y_test[run.probe_index]
     net = rule.network.train(mode == "batch")
     trace = net.trace(x)
-    grads = torch.autograd.grad(tasks.loss("classification", trace.output, y), trace.hidden)
+    grads = torch.autograd.grad(losses.loss("classification", trace.output, y), trace.hidden)
     for g, r in zip(grads, recorded):
         np.testing.assert_allclose(r, g.numpy(), rtol=1e-4, atol=1e-8)
     with torch.no_grad():

@@ -22,14 +22,14 @@ from helpers import built, contents, run_arrays, small_config
 
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.pipeline import check, launch
-from repanalysis.pipeline.launch import stages
-from repanalysis.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
-from repanalysis.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Metrics, Rows
-from repanalysis.progress import Progress
-from repanalysis.runfile import RunFile
-from repanalysis.train import resume, train
-from repanalysis.training_parts import Batches, state_arrays
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.runtime.progress import Progress
+from repanalysis.training.parts import Batches, state_arrays
+from repanalysis.training.pipeline import check, launch
+from repanalysis.training.pipeline.launch import stages
+from repanalysis.training.pipeline.stages import BLOCK_OVERHEAD, partition, step_costs
+from repanalysis.training.pipeline.worker import ROWS_EVERY_S, ROWS_MAX, Metrics, Rows
+from repanalysis.training.train import resume, train
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_a_stage_that_dies_ends_the_run_naming_it(tmp_path, data, capfd):
 
 _DIES_MID_MESSAGE = """
 import multiprocessing as mp, os, signal, struct, sys, time
-from repanalysis.pipeline.launch import _inbox
+from repanalysis.training.pipeline.launch import _inbox
 
 def stage(reports, ready):
     reports.put(("row", 0))

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from repanalysis.analysis.tables import write_table
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
 from repanalysis.probes import COLUMNS, make_folds, probe_runs
-from repanalysis.runfile import RunFile, RunWriter
-from repanalysis.tables import write_table
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile, RunWriter
+from repanalysis.training.train import train
 
 N_CLASSES, PER_CLASS = 10, 20
 

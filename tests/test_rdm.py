@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
-from repanalysis.analysis import compare_rdms, rdm, rsa
 from repanalysis.errors import UserError
+from repanalysis.measures import compare_rdms, rdm, rsa
 
 
 def data(n=40, d=6, seed=0):

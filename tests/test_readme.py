@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from repanalysis.cli import main
-from repanalysis.runfile import RunFile
+from repanalysis.runfile.hdf5 import RunFile
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from helpers import python_sigint, run_arrays, small_config
 from torch import nn
 
-from repanalysis import Recorder, tasks
-from repanalysis.models import build_network
-from repanalysis.runfile import RunFile, as_rows
-from repanalysis.train import train
-from repanalysis.training_parts import Batches
+from repanalysis import Recorder
+from repanalysis.nn import losses
+from repanalysis.nn.feedforward import build_network
+from repanalysis.runfile.hdf5 import RunFile, as_rows
+from repanalysis.training.parts import Batches
+from repanalysis.training.train import train
 
 
 def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digits):
@@ -39,7 +40,7 @@ def test_recorder_in_a_plain_loop_writes_the_arrays_train_writes(tmp_path, digit
                 break
             i = next(batches)
             net.train()
-            loss = tasks.loss("classification", net(digits.x_train[i]), digits.y_train[i])
+            loss = losses.loss("classification", net(digits.x_train[i]), digits.y_train[i])
             for opt in optimizers:
                 opt.zero_grad()
             loss.backward()
@@ -182,8 +183,8 @@ def two_conv_runs(tmp_path_factory, digits):
 
 @pytest.mark.parametrize("maps", ["flatten", "channels"])
 def test_analyze_two_recorder_files_of_a_conv_net(two_conv_runs, monkeypatch, maps):
-    import repanalysis.analysis._arrays as arrays_module
     import repanalysis.analysis.runs as runs_module
+    import repanalysis.measures._arrays as arrays_module
     from repanalysis.analysis.runs import analyze
 
     bp, mine = two_conv_runs

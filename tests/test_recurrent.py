@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from repanalysis.cli import main
-from repanalysis.recurrent.model import SequenceLSTM, joined
-from repanalysis.recurrent.rules import (
+from repanalysis.nn.recurrent import SequenceLSTM, joined
+from repanalysis.nn.sequences import Batch, CharText, Copy, Curriculum, RepeatCopy, copy_score, token_losses
+from repanalysis.rules.recurrent import (
     auxiliary_loss,
     boundaries,
     boundary_module,
@@ -21,8 +22,7 @@ from repanalysis.recurrent.rules import (
     truncated_backward,
     windows,
 )
-from repanalysis.recurrent.tasks import Batch, CharText, Copy, Curriculum, RepeatCopy, copy_score, token_losses
-from repanalysis.recurrent.train import RecurrentConfig, SequenceTask, train_recurrent
+from repanalysis.training.recurrent import RecurrentConfig, SequenceTask, train_recurrent
 
 
 def _model(seed: int = 0) -> SequenceLSTM:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from repanalysis.recurrent.model import SequenceLSTM
-from repanalysis.recurrent.positions import decoding_accuracy, mean_cosines, positions_table, training_table
-from repanalysis.recurrent.results import results_table
-from repanalysis.recurrent.rules import boundaries, boundary_module, state_gradients, true_boundary_gradients
-from repanalysis.recurrent.tasks import Copy, token_losses
-from repanalysis.recurrent.train import RecurrentConfig, train_recurrent
+from repanalysis.analysis.recurrent import results_table
+from repanalysis.analysis.recurrent_positions import decoding_accuracy, mean_cosines, positions_table, training_table
+from repanalysis.nn.recurrent import SequenceLSTM
+from repanalysis.nn.sequences import Copy, token_losses
+from repanalysis.rules.recurrent import boundaries, boundary_module, state_gradients, true_boundary_gradients
+from repanalysis.training.recurrent import RecurrentConfig, train_recurrent
 
 
 def _model() -> SequenceLSTM:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from repanalysis.analysis.tables import read_table
 from repanalysis.cli import main
 from repanalysis.errors import UserError
 from repanalysis.experiments.spec import parse
-from repanalysis.tables import read_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_text = pytest.mark.skipif(not (SHARED / "tinyshakespeare" / "input.txt").is_file(),

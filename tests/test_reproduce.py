@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repanalysis.analysis import RepanalysisWarning
 from repanalysis.errors import UserError
 from repanalysis.experiments import Overrides, preset
+from repanalysis.experiments.reproduce import reproduce
 from repanalysis.figures import FROM_RUNS, FROM_TABLES
-from repanalysis.reproduce import reproduce
-from repanalysis.runfile import RunFile
+from repanalysis.measures import RepanalysisWarning
+from repanalysis.runfile.hdf5 import RunFile
 
 pytestmark = pytest.mark.filterwarnings(f"ignore::{RepanalysisWarning.__module__}.{RepanalysisWarning.__name__}")
 
@@ -180,7 +180,7 @@ def test_paper_preset_judges_every_cell_and_pools_over_depth(paper_quick):
 
 
 def test_quantities_are_read_from_the_run_files_and_tables(paper_quick):
-    from repanalysis.tables import read_table
+    from repanalysis.analysis.tables import read_table
 
     out, _ = paper_quick
     q = read_table(out / "tables" / "depth_quantities.csv")  # runs named relative to the table, read back absolute

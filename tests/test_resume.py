@@ -19,9 +19,9 @@ from helpers import contents, small_config, train_interrupted
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile
-from repanalysis.train import resume, train
-from repanalysis.training_parts import rebuild
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import rebuild
+from repanalysis.training.train import resume, train
 
 
 @pytest.fixture(scope="module")

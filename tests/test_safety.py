@@ -16,8 +16,8 @@ from helpers import small_config
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +178,9 @@ def test_inspect_into_a_closed_pipe_is_quiet(run, capsys):
 def test_n_by_n_measures_refuse_what_cannot_fit(measure, alternative):
     import numpy as np
 
-    from repanalysis.analysis.rdm import rsa
-    from repanalysis.analysis.similarity import rbf_cka
     from repanalysis.errors import UserError
+    from repanalysis.measures.rdm import rsa
+    from repanalysis.measures.similarity import rbf_cka
 
     fn = {"rbf_cka": rbf_cka, "rsa": rsa}[measure]
     x = np.zeros((200_000, 2), np.float32)
@@ -191,8 +191,8 @@ def test_n_by_n_measures_refuse_what_cannot_fit(measure, alternative):
 def test_gradient_error_of_no_samples_is_a_user_error():
     import numpy as np
 
-    from repanalysis.analysis.gradients import gradient_error
     from repanalysis.errors import UserError
+    from repanalysis.measures.gradients import gradient_error
 
     with pytest.raises(UserError, match="no samples"):
         gradient_error(np.zeros((0, 3)), np.zeros((0, 3)))
@@ -213,7 +213,7 @@ def test_a_second_writer_of_a_run_file_is_refused_naming_the_first(tmp_path, cap
     import torch
 
     from repanalysis import Recorder
-    from repanalysis.outputs import file_lock
+    from repanalysis.runtime.outputs import file_lock
 
     out = tmp_path / "same.h5"
     with file_lock(out):  # another writer at work on it, as a second process would see
@@ -240,7 +240,7 @@ def test_a_second_writer_of_a_run_file_is_refused_naming_the_first(tmp_path, cap
 
 
 def test_reproduce_and_sweep_refuse_a_folder_they_did_not_make_or_that_is_in_use(tmp_path, capsys):
-    from repanalysis.outputs import folder_lock
+    from repanalysis.runtime.outputs import folder_lock
 
     mine = tmp_path / "mine"
     (mine / "tables").mkdir(parents=True)
@@ -311,7 +311,7 @@ def test_a_checkpoint_without_room_on_the_disk_is_refused_before_it_is_written(t
     disk lacks room for it (and a spare MiB for closing the run as failed)."""
     import shutil
 
-    import repanalysis.runfile as runfile
+    import repanalysis.runfile.hdf5 as runfile
 
     out = tmp_path / "t.h5"
     real = shutil.disk_usage

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from repanalysis.analysis import similarity
-from repanalysis.analysis.rdm import rsa
-from repanalysis.analysis.spectrum import effective_rank, spectrum
+from repanalysis.measures import similarity
+from repanalysis.measures.rdm import rsa
+from repanalysis.measures.spectrum import effective_rank, spectrum
 
 MEASURES = {
     "linear_cka": similarity.linear_cka,

@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from repanalysis.analysis import (
+from repanalysis.errors import UserError
+from repanalysis.measures import (
     MinibatchCKA,
     RepanalysisWarning,
     canonical_correlations,
@@ -23,8 +24,7 @@ from repanalysis.analysis import (
     rbf_cka,
     svcca,
 )
-from repanalysis.analysis import _linalg as la
-from repanalysis.errors import UserError
+from repanalysis.measures import _linalg as la
 
 
 def rng(seed=0):
@@ -230,7 +230,7 @@ def test_condition_number_of_a_triangular_factor_is_the_2_norm_one(d, cond):
 
 
 def test_cca_takes_the_moment_route_on_activation_like_data_and_qr_only_where_needed():
-    from repanalysis.analysis.similarity import _cca_result
+    from repanalysis.measures.similarity import _cca_result
 
     g = rng(21)
     z = g.standard_normal((1500, 20))
@@ -509,7 +509,7 @@ def test_against_cca_zoo():
 
 def test_chunked_centring_gives_the_same_values(monkeypatch):
     # in-memory measures centre the data in float64 blocks of rows; force many small blocks
-    from repanalysis.analysis import _arrays, singular_values
+    from repanalysis.measures import _arrays, singular_values
 
     x, y = related(n=300, dx=7, dy=5, seed=33)
     xk = np.hstack([x, np.full((300, 1), 2.0)])
@@ -529,7 +529,7 @@ def test_chunked_centring_gives_the_same_values(monkeypatch):
 def test_linear_cka_from_grams_made_once_is_linear_ckas_gram_route_bit_for_bit():
     """The across-layer CKA of ``analyze`` makes each layer's centred Gram once: the values, and the
     small-n inflation warning, are those of ``linear_cka`` pair by pair."""
-    from repanalysis.analysis.similarity import centred_linear_gram, linear_cka_from_grams
+    from repanalysis.measures.similarity import centred_linear_gram, linear_cka_from_grams
 
     rng = np.random.default_rng(3)
     layers = [rng.standard_normal((40, 30)) @ rng.standard_normal((30, 30)) * 10.0 ** k for k in range(-2, 2)]

@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from repanalysis.analysis import (
+from repanalysis.errors import UserError
+from repanalysis.measures import (
     RepanalysisWarning,
     Spectrum,
     effective_rank,
@@ -21,7 +22,6 @@ from repanalysis.analysis import (
     weight_norms,
     weight_spectrum,
 )
-from repanalysis.errors import UserError
 
 
 def equal_spectrum_activations(n, d, k, value=3.0, seed=0):
@@ -169,7 +169,7 @@ def test_torch_inputs():
 
 
 def test_weight_frobenius_alone_equals_weight_norms_frobenius():
-    from repanalysis.analysis.spectrum import weight_frobenius, weight_norms
+    from repanalysis.measures.spectrum import weight_frobenius, weight_norms
 
     kernel = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
     assert weight_frobenius(kernel) == {"frobenius": weight_norms(kernel)["frobenius"]}

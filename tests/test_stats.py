@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from repanalysis import stats
-from repanalysis.analysis import linear_cka
 from repanalysis.errors import UserError
+from repanalysis.measures import linear_cka, stats
 
 
 def test_the_interval_and_p_value_are_students_t_of_the_mean():

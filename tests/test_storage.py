@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from helpers import small_config, train_interrupted
 
-from repanalysis import storage
 from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.runfile import OFFSET, SCALE, RunFile, RunWriter
-from repanalysis.train import resume, train
-from repanalysis.training_parts import rebuild
+from repanalysis.runfile import dtypes
+from repanalysis.runfile.hdf5 import OFFSET, SCALE, RunFile, RunWriter
+from repanalysis.training.parts import rebuild
+from repanalysis.training.train import resume, train
 
 
 def _roundtrip(values, dtype, shift=0):
-    return storage.decode(storage.encode(values, dtype, shift), dtype, shift)
+    return dtypes.decode(dtypes.encode(values, dtype, shift), dtype, shift)
 
 
 def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
@@ -40,7 +40,7 @@ def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
 def test_round_trip_error_is_within_half_a_unit_in_the_last_place(dtype, bound):
     rng = np.random.default_rng(0)
     values = (rng.standard_normal(20000) * 3e-5).astype(np.float32)  # a gradient's scale: 1/N per value
-    shift = storage.shift_for(values) if dtype == "float16" else 0
+    shift = dtypes.shift_for(values) if dtype == "float16" else 0
     out = _roundtrip(values, dtype, shift)
     big = np.abs(values) > np.abs(values).max() * 2.0 ** -14  # float16's normal range below its first row's peak
     assert np.all(np.abs(out - values)[big] <= bound * np.abs(values[big]))
@@ -52,7 +52,7 @@ def test_round_trip_error_is_within_half_a_unit_in_the_last_place(dtype, bound):
 def test_float16_needs_its_shift_for_gradients():
     """IEEE half's own bias would put 1/N-sized values among its subnormals: the shift keeps them whole."""
     values = np.float32(1e-6) * np.arange(1, 200, dtype=np.float32)
-    shifted = _roundtrip(values, "float16", storage.shift_for(values))
+    shifted = _roundtrip(values, "float16", dtypes.shift_for(values))
     plain = _roundtrip(values, "float16", 0)
     assert np.max(np.abs(shifted - values) / values) <= 2.0 ** -11
     assert np.max(np.abs(plain - values) / values) > 0.01
@@ -60,10 +60,10 @@ def test_float16_needs_its_shift_for_gradients():
 
 def test_a_float16_value_beyond_the_range_taken_from_the_first_row_is_refused():
     first = np.ones(4, np.float32)
-    shift = storage.shift_for(first)
-    storage.encode(first * 2.0 ** (storage.HEADROOM - 1), "float16", shift)
+    shift = dtypes.shift_for(first)
+    dtypes.encode(first * 2.0 ** (dtypes.HEADROOM - 1), "float16", shift)
     with pytest.raises(OverflowError, match="beyond the float16 range"):
-        storage.encode(first * 2.0 ** (storage.HEADROOM + 2), "float16", shift)
+        dtypes.encode(first * 2.0 ** (dtypes.HEADROOM + 2), "float16", shift)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -71,18 +71,18 @@ def test_hdf5_reads_the_described_type_as_our_decoder_does(tmp_path, dtype):
     """The file type describes the bits fully: HDF5's own conversion (plain h5py) gives our decoded values."""
     rng = np.random.default_rng(1)
     values = (rng.standard_normal((3, 50, 7)) * 2e-4).astype(np.float32)
-    shift = storage.shift_for(values[0]) if dtype == "float16" else 0
+    shift = dtypes.shift_for(values[0]) if dtype == "float16" else 0
     with h5py.File(tmp_path / "x.h5", "w") as f:
-        ds = storage.create(f, "x", values.shape, values.shape, (1, 50, 7), dtype, shift)
-        storage.write_bits(ds, storage.encode(values, dtype, shift))
+        ds = dtypes.create(f, "x", values.shape, values.shape, (1, 50, 7), dtype, shift)
+        dtypes.write_bits(ds, dtypes.encode(values, dtype, shift))
     with h5py.File(tmp_path / "x.h5", "r") as f:
         ds = f["x"]
-        assert storage.codec(ds) == (dtype, shift)
-        ours = storage.read(ds, 1)
+        assert dtypes.codec(ds) == (dtype, shift)
+        ours = dtypes.read(ds, 1)
         assert ds.dtype == np.float32 and np.array_equal(ds[1], ours)
-        assert np.array_equal(storage.read(ds, (slice(None), slice(3, 9))), ds[:, 3:9])
-        assert np.array_equal(storage.Stored(ds)[..., 2], ds[..., 2])
-        assert np.array_equal(storage.read(ds, ([0, 2],)), ds[[0, 2]])  # fancy indexing: HDF5 converts
+        assert np.array_equal(dtypes.read(ds, (slice(None), slice(3, 9))), ds[:, 3:9])
+        assert np.array_equal(dtypes.Stored(ds)[..., 2], ds[..., 2])
+        assert np.array_equal(dtypes.read(ds, ([0, 2],)), ds[[0, 2]])  # fancy indexing: HDF5 converts
 
 
 def test_int16_is_fixed_point_with_a_per_unit_scale():
@@ -93,24 +93,24 @@ def test_int16_is_fixed_point_with_a_per_unit_scale():
     step = 2.0 ** -14
     centred = np.array([[-top, 0.0, 1.0], [1.0, 0.0, np.inf], [0.5 + step / 2, 0.0, np.nan], [1.5 * step, 0.0, -0.25]],
                        dtype=np.float32)
-    scale, scaled = storage.fixed_point(centred)
+    scale, scaled = dtypes.fixed_point(centred)
     assert scale.dtype == np.float32 and scale.tolist() == [step, 1.0, np.float32(1 / 32767)]
-    bits = storage.encode(scaled, "int16")
+    bits = dtypes.encode(scaled, "int16")
     assert bits.view(np.int16).tolist() == [[-32767, 0, 32767], [16384, 0, -32768], [8192, 0, -32768],
                                             [2, 0, -8192]]  # 8192.5 and 1.5: ties to even
-    out = storage.decode(bits, "int16") * scale
+    out = dtypes.decode(bits, "int16") * scale
     assert out.dtype == np.float32 and np.isnan(out[1:3, 2]).all() and not np.isnan(out[:, :2]).any()
     assert out[:, 0].tolist() == [-top, 1.0, 0.5, 2 * step] and out[:, 1].tolist() == [0.0] * 4
     rng = np.random.default_rng(3)
     values = (rng.standard_normal((5000, 4)) * [1e-6, 1.0, 3e4, 0.02]).astype(np.float32)
-    scale, scaled = storage.fixed_point(values)
-    err = np.abs(storage.decode(storage.encode(scaled, "int16"), "int16") * scale - values)
+    scale, scaled = dtypes.fixed_point(values)
+    err = np.abs(dtypes.decode(dtypes.encode(scaled, "int16"), "int16") * scale - values)
     # half a step, and float32's rounding of the division and the product (2^-24 of up to 32767 steps each)
     assert np.all(err <= scale * (0.5 + 2.0 ** -8)) and np.all(err.max(0) > scale / 4)
     # a unit among float32's subnormals: its inexact scale never wraps a value round to the other sign
     tiny = np.array([[1e-40], [-1e-40], [3e-41]], dtype=np.float32)
-    scale, scaled = storage.fixed_point(tiny)
-    out = storage.decode(storage.encode(scaled, "int16"), "int16") * scale
+    scale, scaled = dtypes.fixed_point(tiny)
+    out = dtypes.decode(dtypes.encode(scaled, "int16"), "int16") * scale
     assert np.all(np.sign(out) == np.sign(tiny)) and np.all(np.abs(out - tiny) <= 1e-41)
 
 
@@ -137,10 +137,10 @@ def test_a_layer_array_with_a_large_mean_is_stored_less_its_mean(tmp_path, dtype
     _write_layer(tmp_path / "x.h5", dtype, [{"activations": a, "true_grad": g} for a, g in zip(acts, grads)])
     with RunFile(tmp_path / "x.h5") as run:
         for kind, values in (("activations", acts), ("true_grad", grads)):
-            how = storage.codec(run.file[f"layers/h1/{kind}"])
+            how = dtypes.codec(run.file[f"layers/h1/{kind}"])
             stored = run.array("h1", kind)
             for c, x in enumerate(values):
-                offset, centred = storage.centre(x)
+                offset, centred = dtypes.centre(x)
                 assert np.array_equal(run.file[f"layers/h1/{kind}{OFFSET}"][c], offset)
                 out = run.stored("h1", kind, c)
                 assert np.array_equal(np.isnan(out), np.isnan(x))
@@ -172,10 +172,10 @@ def test_an_int16_layer_array_is_stored_centred_in_units_of_its_scale(tmp_path):
     with RunFile(tmp_path / "x.h5") as run, RunFile(tmp_path / "half.h5") as half:
         for kind, values in (("activations", acts), ("true_grad", grads)):
             g = run.file["layers/h1"]
-            assert storage.codec(g[kind]) == ("int16", 0) and g[kind].dtype == np.int16
+            assert dtypes.codec(g[kind]) == ("int16", 0) and g[kind].dtype == np.int16
             stored = run.array("h1", kind)
             for c, x in enumerate(values):
-                offset, centred = storage.centre(x)
+                offset, centred = dtypes.centre(x)
                 scale = np.where(np.isnan(x).any(0), np.nanmax(np.abs(x), 0), np.abs(centred).max(0)) / 32767
                 assert np.array_equal(g[kind + OFFSET][c], offset)
                 np.testing.assert_allclose(g[kind + SCALE][c], scale, rtol=2.0 ** -22)
@@ -199,7 +199,7 @@ def three_dtypes(tmp_path_factory, digits):
     """The same sg run recorded in each dtype (recording changes no parameter, so the runs are one run)."""
     folder = tmp_path_factory.mktemp("dtypes")
     paths = {}
-    for dtype in storage.RECORD_DTYPES:
+    for dtype in dtypes.RECORD_DTYPES:
         paths[dtype] = folder / f"{dtype}.h5"
         train(small_config(rule="sg", record_dtype=dtype), paths[dtype], quiet=True, data=digits)
     return paths
@@ -217,19 +217,19 @@ def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
                     for kind in ("activations", "true_grad", "signal"):
                         if not exact.has(layer, kind):
                             continue
-                        how = storage.codec(f[f"layers/{layer}/{kind}"])
+                        how = dtypes.codec(f[f"layers/{layer}/{kind}"])
                         assert how[0] == dtype
                         shift[kind] = how[1]
                         for c in range(len(exact.steps)):  # stored less its offsets, which are kept
-                            offset, centred = storage.centre(exact.stored(layer, kind, c))
+                            offset, centred = dtypes.centre(exact.stored(layer, kind, c))
                             assert np.array_equal(f[f"layers/{layer}/{kind}{OFFSET}"][c], offset)
                             scale = np.float32(1)
                             if dtype == "int16":  # and in units of its scales, also kept
-                                scale, centred = storage.fixed_point(centred)
+                                scale, centred = dtypes.fixed_point(centred)
                                 assert np.array_equal(f[f"layers/{layer}/{kind}{SCALE}"][c], scale)
                             else:
                                 assert not small.has(layer, kind + SCALE)
-                            want = storage.decode(storage.encode(centred, *how), *how) * scale + offset
+                            want = dtypes.decode(dtypes.encode(centred, *how), *how) * scale + offset
                             assert np.array_equal(small.stored(layer, kind, c), want), (dtype, layer, kind)
                     if "signal" in shift:  # a layer's gradients share one scale
                         assert shift["signal"] == shift["true_grad"]
@@ -239,10 +239,10 @@ def test_a_16_bit_run_stores_the_float32_run_rounded(three_dtypes):
                         assert p.dtype == exact.file[f"params/{name}"].dtype
                         assert np.array_equal(small.param(name), exact.param(name))
                         continue
-                    how = storage.codec(p)
-                    assert how[0] == storage.PARAM_DTYPES[dtype]
+                    how = dtypes.codec(p)
+                    assert how[0] == dtypes.PARAM_DTYPES[dtype]
                     for c in range(len(exact.steps)):
-                        want = storage.decode(storage.encode(exact.param(name, c), *how), *how)
+                        want = dtypes.decode(dtypes.encode(exact.param(name, c), *how), *how)
                         assert np.array_equal(small.param(name, c), want), (dtype, name, c)
                 assert np.array_equal(small.metrics["train_loss"], exact.metrics["train_loss"])
                 # the resume slot of the last checkpoint keeps every parameter exactly
@@ -260,7 +260,7 @@ def test_float32_stays_the_exact_path(three_dtypes):
         def stored_types(name, item):
             if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not name.startswith(("metrics", "eval")):
                 assert item.id.get_type().equal(h5py.h5t.IEEE_F32LE) or name.startswith("resume"), name
-                assert storage.codec(item) is None
+                assert dtypes.codec(item) is None
             assert not name.endswith((OFFSET, SCALE)), name
         f.visititems(stored_types)
         assert not any(name.startswith("params.") for slot in f["resume"].values() for name in slot)
@@ -288,9 +288,9 @@ def test_a_16_bit_run_interrupted_and_resumed_equals_the_uninterrupted_one(tmp_p
     assert_same_file(path, tmp_path / "reference.h5")
     with h5py.File(path, "r") as a, h5py.File(tmp_path / "reference.h5", "r") as b:
         kinds = {}
-        a.visititems(lambda name, o: kinds.__setitem__(name, storage.codec(o)) if isinstance(o, h5py.Dataset) else None)
+        a.visititems(lambda name, o: kinds.__setitem__(name, dtypes.codec(o)) if isinstance(o, h5py.Dataset) else None)
         for name, how in kinds.items():
-            assert how == storage.codec(b[name]), name
+            assert how == dtypes.codec(b[name]), name
         assert kinds["layers/h1/activations"][0] == dtype
 
 
@@ -300,12 +300,12 @@ def _as_before_offsets(path) -> None:
     with h5py.File(path, "r+") as f:
         for layer in f["layers"].values():
             for kind in [k for k in layer if k + OFFSET in layer]:
-                ds, how = layer[kind], storage.codec(layer[kind])
-                values = storage.Stored(ds, layer[kind + OFFSET])[()]
+                ds, how = layer[kind], dtypes.codec(layer[kind])
+                values = dtypes.Stored(ds, layer[kind + OFFSET])[()]
                 shape, maxshape, chunks = ds.shape, ds.maxshape, ds.chunks
                 del layer[kind], layer[kind + OFFSET]
-                storage.write_bits(storage.create(layer, kind, shape, maxshape, chunks, *how),
-                                   storage.encode(values, *how))
+                dtypes.write_bits(dtypes.create(layer, kind, shape, maxshape, chunks, *how),
+                                   dtypes.encode(values, *how))
 
 
 def test_a_16_bit_file_without_offsets_reads_and_resumes_as_before(tmp_path, digits, monkeypatch, three_dtypes):
@@ -320,7 +320,7 @@ def test_a_16_bit_file_without_offsets_reads_and_resumes_as_before(tmp_path, dig
     with RunFile(old) as run:
         for (layer, kind), values in before.items():
             assert not run.has(layer, kind + OFFSET)
-            how = storage.codec(run.file[f"layers/{layer}/{kind}"])
+            how = dtypes.codec(run.file[f"layers/{layer}/{kind}"])
             assert np.array_equal(run.array(layer, kind)[:], _roundtrip(values, *how), equal_nan=True)
 
     config = small_config(rule="sg", steps=20, record_every=4, record_dtype="float16")
@@ -335,7 +335,7 @@ def test_a_16_bit_file_without_offsets_reads_and_resumes_as_before(tmp_path, dig
             for kind in ("activations", "true_grad", "signal"):
                 if run.has(layer, kind):
                     assert not run.has(layer, kind + OFFSET)
-                    how = storage.codec(run.file[f"layers/{layer}/{kind}"])
+                    how = dtypes.codec(run.file[f"layers/{layer}/{kind}"])
                     for c in (3, 4, 5):  # written after the resumption (at step 8)
                         want = _roundtrip(exact.stored(layer, kind, c), *how)
                         assert np.array_equal(run.stored(layer, kind, c), want), (layer, kind, c)
@@ -346,10 +346,10 @@ def _as_version_2(path) -> None:
     same chunks), its stored bits as they are."""
     with h5py.File(path, "r+") as f:
         names = []
-        f.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) and storage.codec(o) else None)
+        f.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) and dtypes.codec(o) else None)
         for name in names:
             old = f[name]
-            raw, layout, kind = storage.bits(old), (old.shape, old.maxshape, old.chunks), old.id.get_type()
+            raw, layout, kind = dtypes.bits(old), (old.shape, old.maxshape, old.chunks), old.id.get_type()
             del f[name]
             plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             plist.set_chunk(layout[2])
@@ -357,7 +357,7 @@ def _as_version_2(path) -> None:
             space = h5py.h5s.create_simple(layout[0], tuple(h5py.h5s.UNLIMITED if m is None else m
                                                             for m in layout[1]))
             h5py.h5d.create(f.id, name.encode(), kind, space, dcpl=plist)
-            storage.write_bits(f[name], raw)
+            dtypes.write_bits(f[name], raw)
             assert f[name].compression is None and f[name].fletcher32
         f.attrs["format_version"] = 2
 
@@ -407,7 +407,7 @@ def test_record_options_on_the_command_line(tmp_path, capsys):
     with RunFile(out) as run:
         assert run.config["record_dtype"] == "bfloat16" and run.config["record_layers"] == [1, 4]
         assert run.layers == ["h1", "h4"]
-        assert storage.codec(run.file["layers/h4/true_grad"]) == ("bfloat16", 0)
+        assert dtypes.codec(run.file["layers/h4/true_grad"]) == ("bfloat16", 0)
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     assert "stored as   bfloat16; 2 of 4 interfaces recorded" in capsys.readouterr().out

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from repanalysis.analysis import (
+from repanalysis.errors import UserError
+from repanalysis.measures import (
     Moments,
     RepanalysisWarning,
     RowView,
@@ -28,8 +29,7 @@ from repanalysis.analysis import (
     streaming_svcca,
     svcca,
 )
-from repanalysis.analysis import _linalg as la
-from repanalysis.errors import UserError
+from repanalysis.measures import _linalg as la
 
 REL = 1e-8
 
@@ -209,8 +209,8 @@ def test_ill_conditioned_streaming_cca_has_the_documented_tolerance():
 
 
 def test_streaming_cca_warns_when_it_resolves_fewer_correlations():
-    from repanalysis.analysis._arrays import RepanalysisWarning
-    from repanalysis.analysis.streaming import streaming_cca
+    from repanalysis.measures._arrays import RepanalysisWarning
+    from repanalysis.measures.streaming import streaming_cca
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2000, 30))

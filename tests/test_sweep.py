@@ -17,19 +17,19 @@ import h5py
 import pandas as pd
 import pytest
 
-from repanalysis import executor, memory
-from repanalysis.analysis import RepanalysisWarning
 from repanalysis.analysis.runs import analyze
 from repanalysis.cli import main
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
-from repanalysis.executor import Executor
 from repanalysis.experiments import load_spec
+from repanalysis.experiments.reproduce import reproduce, sweep
+from repanalysis.experiments.sweep import file_state
+from repanalysis.measures import RepanalysisWarning
 from repanalysis.probes import probe_runs
-from repanalysis.reproduce import reproduce, sweep
-from repanalysis.runfile import RunFile
-from repanalysis.sweep import file_state
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.runtime import executor, memory
+from repanalysis.runtime.executor import Executor
+from repanalysis.training.train import train
 
 pytestmark = pytest.mark.filterwarnings(f"ignore::{RepanalysisWarning.__module__}.{RepanalysisWarning.__name__}")
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from helpers import batch, built, parameters_equal, small_config
 
-from repanalysis import tasks
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import load
+from repanalysis.nn import losses
 from repanalysis.rules.base import lr_factor
 from repanalysis.rules.synthetic import SyntheticGradientModule, SyntheticGradients
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.train import train
 
 
 def _oracle(rule: SyntheticGradients) -> SyntheticGradients:
@@ -101,7 +101,7 @@ def test_bootstrapped_targets_match_an_independent_computation(digits, lam):
     for block in net.blocks:
         h = block(h)
         hidden.append(h)
-    true = torch.autograd.grad(tasks.loss("classification", net.head(h), y), hidden)
+    true = torch.autograd.grad(losses.loss("classification", net.head(h), y), hidden)
     onehot = F.one_hot(y, 10).float()
     top = len(net.blocks) - 1
     torch.testing.assert_close(targets[top], true[top] * n, rtol=1e-5, atol=1e-7)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from repanalysis import tasks
 from repanalysis.analysis.synthetic_loss import (
     is_affine,
     linear_path_integral,
@@ -17,10 +16,11 @@ from repanalysis.analysis.synthetic_loss import (
 )
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
+from repanalysis.nn import losses
 from repanalysis.rules.base import evaluating
-from repanalysis.runfile import RunFile
-from repanalysis.train import train
-from repanalysis.training_parts import rebuild
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import rebuild
+from repanalysis.training.train import train
 
 SMALL = dict(dataset="digits", depth=3, width=16, steps=40, record_every=20, probe_size=100, batch_size=32)
 
@@ -57,7 +57,7 @@ def _true_gradient(rule, i, target):
     def grad(h):
         with torch.enable_grad():
             h = h.detach().requires_grad_(True)
-            loss = tasks.per_sample_loss(rule.task, rule.network.forward_from(i, h), target).sum()
+            loss = losses.per_sample_loss(rule.task, rule.network.forward_from(i, h), target).sum()
             return torch.autograd.grad(loss, h)[0]
     return grad
 
@@ -83,7 +83,7 @@ def test_oracle_gradient_reproduces_true_loss(sg_runs):
     ts = torch.linspace(0, 1, 9, dtype=torch.float64)[1:]
     with evaluating(rule.network, rule.modules), torch.no_grad():
         def loss(t):
-            return tasks.per_sample_loss(rule.task, rule.network.forward_from(i, h0 + t * direction), target)
+            return losses.per_sample_loss(rule.task, rule.network.forward_from(i, h0 + t * direction), target)
 
         integral = path_integral(_true_gradient(rule, i, target), h0, direction, ts, order=4)
         change = torch.stack([loss(t) - loss(0.0) for t in ts], 1)

@@ -1,4 +1,4 @@
-"""Tables on disk (``repanalysis.tables``): integers read back as integers, runs named relative to the table."""
+"""Tables on disk (``repanalysis.analysis.tables``): integers read back as integers, runs named relative to the table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from repanalysis.tables import read_table, write_table
+from repanalysis.analysis.tables import read_table, write_table
 
 
 def _analysis_like(runs) -> pd.DataFrame:

@@ -14,14 +14,14 @@ import pytest
 import torch
 from helpers import python_sigint, small_config
 
-from repanalysis import tasks
 from repanalysis.cli import main
 from repanalysis.datasets import load
 from repanalysis.errors import UserError
-from repanalysis.models import build_network
-from repanalysis.runfile import FORMAT_VERSION, RunFile
-from repanalysis.train import train
-from repanalysis.training_parts import build, evaluate, rebuild
+from repanalysis.nn import losses
+from repanalysis.nn.feedforward import build_network
+from repanalysis.runfile.hdf5 import FORMAT_VERSION, RunFile
+from repanalysis.training.parts import build, evaluate, rebuild
+from repanalysis.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_recorded_true_gradient_is_the_gradient_of_the_probe_mean_loss(bn_run, d
     for block in net.blocks:
         h = block(h)
         hidden.append(h)
-    loss = tasks.loss("classification", net.head(h), y)
+    loss = losses.loss("classification", net.head(h), y)
     grads = torch.autograd.grad(loss, hidden)
     for g, r, h, a in zip(grads, recorded, hidden, activations):
         np.testing.assert_allclose(r, g.numpy(), rtol=1e-5, atol=1e-9)
@@ -141,7 +141,7 @@ def test_models_depths_and_interfaces():
 def test_shaped_initialisation_keeps_the_input_alive_through_fifty_blocks(digits, activation, shaping):
     """At depth 50 with batch norm the default start forgets the input; orthogonal weights and an
     activation started in its near-linear part keep it (linear CKA of the input with h50)."""
-    from repanalysis.analysis.similarity import linear_cka
+    from repanalysis.measures.similarity import linear_cka
 
     x = torch.as_tensor(digits.x_train[:600], dtype=torch.float32)
     cka = {}
@@ -294,7 +294,7 @@ def test_sigkill_leaves_a_readable_running_file_that_plain_h5py_reads_live(tmp_p
 
 def test_ctrl_c_takes_effect_between_steps_and_the_handler_is_put_back(tmp_path, digits, monkeypatch, request):
     python_sigint(request)
-    import repanalysis.train as train_module
+    import repanalysis.training.train as train_module
 
     def update(self, done, note=""):
         if done == 5:
@@ -324,4 +324,4 @@ def test_evaluation_in_chunks_is_the_whole_test_split_at_once(chunk):
     with torch.no_grad():
         out = rule.network(data.x_test)
     assert got["test_acc"] == (out.argmax(1) == data.y_test).double().mean().item()
-    assert got["test_loss"] == pytest.approx(tasks.loss(data.task, out, data.y_test).item(), rel=1e-6)
+    assert got["test_loss"] == pytest.approx(losses.loss(data.task, out, data.y_test).item(), rel=1e-6)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from repanalysis.measures import stats
 
 FRAME_COLUMNS = ("scope", "arm", "rule", "seed", "run", "layer", "position", "region", "step", "e_signal",
                  "e_update", "exposure_signal", "exposure_update", "below_signal", "below_update", "d_cka", "d_rsa",
@@ -61,7 +61,7 @@ NEEDS = ("linear_cka", "rsa", "grad_cosine", "grad_rel_error", "update_cosine", 
 
 def run_losses(paths) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Run file -> ``(logged steps, training losses)`` from its ``/metrics``."""
-    from ..runfile import RunFile
+    from repanalysis.runfile.hdf5 import RunFile
 
     out = {}
     for path in paths:

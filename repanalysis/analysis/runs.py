@@ -1,4 +1,4 @@
-"""Comparisons over run files, as one tidy table: ``analyze`` (written and read by ``repanalysis.tables``).
+"""Comparisons over run files, as one tidy table: ``analyze`` (written and read by ``repanalysis.analysis.tables``).
 
 One row per value, columns ``COLUMNS``: the measure, then each side's run (the
 path as given), rule, seed, layer, the layer's ``position`` in the model (the
@@ -60,7 +60,7 @@ model's order) and step, then the value. Single-run measures leave the
   layer against itself at that checkpoint; 1 at the checkpoint itself).
 
 The measures per checkpoint (per layer, across runs, and the synthetic loss) are taken at the checkpoints
-``checkpoints`` chooses (``repanalysis.checkpoints``: all, each run's last, or given steps; a run without a
+``checkpoints`` chooses (``repanalysis.runfile.checkpoints``: all, each run's last, or given steps; a run without a
 given step is refused); the measures of a whole run and those at its last checkpoint are unchanged by it.
 
 Measures once named otherwise (``RENAMED``: ``linear_cka_to_first``,
@@ -110,14 +110,12 @@ import pandas as pd
 import scipy.stats
 from threadpoolctl import threadpool_limits
 
-from ..checkpoints import Choice, chosen_checkpoints, parse_checkpoints
-from ..errors import UserError, refuse_renamed
-from ..runfile import MAPS, RunFile, as_rows
-from . import similarity
-from ._arrays import as_float64, at, collected, warn
-from .gradients import gradient_error
-from .rdm import compare_rdms, rdm
-from .spectrum import (
+from repanalysis.errors import UserError, refuse_renamed
+from repanalysis.measures import similarity
+from repanalysis.measures._arrays import as_float64, at, collected, warn
+from repanalysis.measures.gradients import gradient_error
+from repanalysis.measures.rdm import compare_rdms, rdm
+from repanalysis.measures.spectrum import (
     effective_rank,
     numerical_rank,
     participation_ratio,
@@ -126,7 +124,10 @@ from .spectrum import (
     weight_frobenius,
     weight_norms,
 )
-from .streaming import Moments, RowView
+from repanalysis.measures.streaming import Moments, RowView
+from repanalysis.runfile.checkpoints import Choice, chosen_checkpoints, parse_checkpoints
+from repanalysis.runfile.hdf5 import MAPS, RunFile, as_rows
+
 from .synthetic_loss import synthetic_losses
 
 SPECTRUM = ("effective_rank", "stable_rank", "participation_ratio", "numerical_rank")
@@ -165,7 +166,7 @@ _NO_SIDE = (None,) * 6
 class _Run:
     """One opened run file, under the name it was given; feature maps read by ``maps``.
 
-    ``chosen``: the indices of the checkpoints measured (``repanalysis.checkpoints``); ``index``: their steps'
+    ``chosen``: the indices of the checkpoints measured (``repanalysis.runfile.checkpoints``); ``index``: their steps'
     checkpoint indices."""
 
     def __init__(self, name, file: RunFile, maps: str, checkpoints: Choice = "all"):
@@ -346,14 +347,14 @@ def analyze(runs, *, reference=None, measures=None, maps: str = "flatten", check
     ``runs``: run-file paths; ``reference``: the run every run is compared with
     (default: the backprop run with the same seed); ``maps``: how feature maps'
     activations are read (``runfile.MAPS``); ``checkpoints``: the checkpoints of the measures per checkpoint
-    (``repanalysis.checkpoints``: ``"all"``, ``"last"`` or steps; the measures of a whole run, and those at its
+    (``repanalysis.runfile.checkpoints``: ``"all"``, ``"last"`` or steps; the measures of a whole run, and those at its
     last checkpoint, are the same whichever). See the module docstring.
     The work is split into tasks (``_task``) on ``executor`` (an
     ``executor.Executor``; default: this process): one per layer, one per run,
     one per checkpoint of each SG run; their rows are put together in that
     order, so the table is the same, row for row, wherever they ran.
     """
-    from ..executor import Executor
+    from repanalysis.runtime.executor import Executor
 
     wanted = check_measures(measures)
     checkpoints = parse_checkpoints(checkpoints)

@@ -9,7 +9,7 @@ true loss at ``h0``::
     S(t) = L(h0) + ∫_0^t M(h(s), c)·d ds
 
 and the true loss is ``L(t) = loss(head(blocks above(h(t))), y)``, per sample
-(``tasks.per_sample_loss``; the units of the module's prediction, not divided
+(``losses.per_sample_loss``; the units of the module's prediction, not divided
 by the batch size).
 
 Conventions:
@@ -39,13 +39,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .. import tasks
-from ..errors import UserError
-from ..rules.base import evaluating
-from ..rules.synthetic import SyntheticGradientModule, SyntheticGradients
-from ..runfile import RunFile
-from ..training_parts import rebuild
-from ._arrays import as_float64
+from repanalysis.errors import UserError
+from repanalysis.measures._arrays import as_float64
+from repanalysis.nn import losses
+from repanalysis.rules.base import evaluating
+from repanalysis.rules.synthetic import SyntheticGradientModule, SyntheticGradients
+from repanalysis.runfile.hdf5 import RunFile
+from repanalysis.training.parts import rebuild
 
 Gradient = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,7 +98,7 @@ def output_error(task: str, output: torch.Tensor, target: torch.Tensor) -> torch
     """``[n, k]``: the per-sample output error ``∂L_n/∂p_n``."""
     with torch.enable_grad():
         output = output.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(tasks.per_sample_loss(task, output, target).sum(), output)
+        (grad,) = torch.autograd.grad(losses.per_sample_loss(task, output, target).sum(), output)
     return grad
 
 
@@ -147,7 +147,7 @@ def losses_along_path(rule: SyntheticGradients, i: int, h0: torch.Tensor, target
     direction = path_ends(h0, rule.task, target) - h0
 
     def true_at(t) -> torch.Tensor:
-        return tasks.per_sample_loss(rule.task, rule.network.forward_from(i, h0 + t * direction), target)
+        return losses.per_sample_loss(rule.task, rule.network.forward_from(i, h0 + t * direction), target)
 
     module, grad = rule.modules[rule.network.interfaces[i]], module_gradient(rule, i, target)
     if is_affine(module) and rule.condition != "error":
@@ -190,7 +190,7 @@ def synthetic_losses(run: RunFile, checkpoint: int = -1, layers: list[str] | Non
             h0 = as_float64(run.stored(name, "activations", checkpoint), "activations",
                             f"{run.path}, layer {name}, step {step}", ndim=None)
             true, synthetic, method = losses_along_path(rule, names[name], torch.from_numpy(h0), target, ts, order)
-            anchor = tasks.per_sample_loss(rule.task, rule.network.forward_from(names[name], torch.from_numpy(h0)),
+            anchor = losses.per_sample_loss(rule.task, rule.network.forward_from(names[name], torch.from_numpy(h0)),
                                            target).numpy()[:, None]
             true, synthetic = true.numpy(), synthetic.numpy()
             out[name] = {"t": ts.numpy(), "true": true, "synthetic": synthetic, "anchor": anchor[:, 0],

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from repanalysis.errors import UserError
 
 #: The metric, and whether larger is better.
 METRICS = {"val_acc": True, "val_loss": False}
@@ -138,7 +138,7 @@ FIRST = Choice({}, pd.DataFrame(), default=0)
 
 def final_metric(path: Path, metric: str) -> float:
     """The metric of the run's last evaluation (NaN when it has none)."""
-    from ..runfile import RunFile
+    from repanalysis.runfile.hdf5 import RunFile
 
     with RunFile(path) as run:
         values = run.evals.get(metric, np.zeros(0))

@@ -6,7 +6,7 @@ number ``n``, seeds ``0..n-1``, or a list of seeds; ``quick_seeds`` under
 
     [experiments.depth]
     description = "what this experiment is for"
-    claims = ["trains_well", "rsa_to_last_layer"]   # names of repanalysis.claims.CLAIMS
+    claims = ["trains_well", "rsa_to_last_layer"]   # names of repanalysis.experiments.claims.CLAIMS
     compare = ["sg"]                           # the rules the claims compare with backprop (default: every other)
     tables = ["analysis"]                      # any of TABLES
     measures = ["linear_cka", "weight_frobenius"]   # the analysis measures (default: all)
@@ -27,10 +27,10 @@ with ``[experiments.E.arms]`` ``slow_module = { rule = "sg", sg_lr = 1e-4 }``;
 every arm names its rule). Like the rule, the arm does not make a cell.
 
 A *recurrent* experiment sets ``model = "lstm"`` in its settings: its runs
-take ``recurrent.train.RecurrentConfig`` fields (``task``, ``bptt``,
+take ``training.recurrent.RecurrentConfig`` fields (``task``, ``bptt``,
 ``hidden``, ...; its data set is its task, so the spec's ``dataset`` and
 ``--dataset`` do not apply), it makes the ``recurrent`` table and figure
-(``recurrent.results``) and no other, and it judges no claims.
+(``analysis.recurrent``) and no other, and it judges no claims.
 
 An experiment may choose each rule's settings on a validation split first
 (``[experiments.E.select]``, see ``selection``); its runs then take the chosen
@@ -59,10 +59,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import MAX_SEED, TrainConfig
-from ..errors import UserError, refuse_renamed
-from ..outputs import safe_name
-from ..recurrent.train import RecurrentConfig
+from repanalysis.config import MAX_SEED, TrainConfig
+from repanalysis.errors import UserError, refuse_renamed
+from repanalysis.runtime.outputs import safe_name
+from repanalysis.training.recurrent import RecurrentConfig
+
 from .selection import FIRST, Choice, Selection, parse_selection
 
 TABLES = ("analysis", "probes", "linear", "explain", "recurrent")
@@ -387,11 +388,11 @@ def _check_experiment_types(table: dict, where: str) -> None:
 
 
 def _experiment(name: str, table: dict, source: str) -> Experiment:
-    from ..analysis.explain import NEEDS as EXPLAIN_NEEDS
-    from ..analysis.runs import MEASURES
-    from ..analysis.runs import RENAMED as RENAMED_MEASURES
-    from ..claims import CLAIMS
-    from ..claims import RENAMED as RENAMED_CLAIMS
+    from repanalysis.analysis.explain import NEEDS as EXPLAIN_NEEDS
+    from repanalysis.analysis.runs import MEASURES
+    from repanalysis.analysis.runs import RENAMED as RENAMED_MEASURES
+    from repanalysis.experiments.claims import CLAIMS
+    from repanalysis.experiments.claims import RENAMED as RENAMED_CLAIMS
 
     where = f"{source}: experiments.{name}"
     safe_name(name, f"{source}: experiment name")
@@ -517,7 +518,7 @@ def parse(text: str, source: str = "<spec>") -> Spec:
 
 def _check_claims(spec: Spec) -> None:
     """Refuse an experiment whose claims can judge none of the rules it compares with backprop."""
-    from ..claims import check_judgeable, variant
+    from repanalysis.experiments.claims import check_judgeable, variant
 
     runs = spec.runs(choice=FIRST)
     for name, exp in spec.experiments.items():

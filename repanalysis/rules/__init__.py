@@ -4,8 +4,9 @@
 ``config.rule`` (one of ``RULES``).
 """
 
-from ..config import RULES, TrainConfig
-from ..errors import UserError
+from repanalysis.config import RULES, TrainConfig
+from repanalysis.errors import UserError
+
 from .backprop import Backprop
 from .base import Rule
 from .feedback import DirectFeedbackAlignment, FeedbackAlignment, Kickback

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import tasks
-from ..config import TrainConfig
-from ..errors import UserError
-from ..models import Network, Trace
+from repanalysis.config import TrainConfig
+from repanalysis.errors import UserError
+from repanalysis.nn import losses
+from repanalysis.nn.feedforward import Network, Trace
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -166,7 +166,7 @@ class Rule:
     def train_metrics(self, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """A step's ``train_loss`` (its batch's ``loss``) and, where the task has one, ``train_acc``."""
         metrics = {"train_loss": loss.detach()}
-        hits = tasks.correct(self.task, output.detach(), y)
+        hits = losses.correct(self.task, output.detach(), y)
         if hits is not None:
             metrics["train_acc"] = hits / len(y)
         return metrics
@@ -189,7 +189,7 @@ class Rule:
         """
         net = self.network
         trace = net.trace(x, self.cuts, self.feedback())
-        p = Pass(trace, y, tasks.loss(self.task, trace.output, y))
+        p = Pass(trace, y, losses.loss(self.task, trace.output, y))
         bounds = sorted(self.cuts)
         tops = [len(net.blocks) - 1] if not bounds else [len(net.blocks) - 1] + bounds[::-1]
         for k, top in enumerate(tops):
@@ -279,7 +279,7 @@ class Rule:
         with mode(self.network, self.modules):
             trace = self.network.trace(x)
             n = len(trace.hidden)
-            true = torch.autograd.grad(tasks.loss(self.task, trace.output, y), list(trace.hidden) + weights,
+            true = torch.autograd.grad(losses.loss(self.task, trace.output, y), list(trace.hidden) + weights,
                                        allow_unused=True)
             true_weights = dict(zip(map(id, weights), true[n:]))
             rule_pass = (self.backward(x, y, into_parameters=False, interfaces=True, keep_parameters=True)

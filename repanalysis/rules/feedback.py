@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from ..errors import UserError
+from repanalysis.errors import UserError
+
 from .base import Pass, Rule
 
 

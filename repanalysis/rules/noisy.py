@@ -26,7 +26,8 @@ import math
 
 import torch
 
-from ..errors import UserError
+from repanalysis.errors import UserError
+
 from .base import Pass, Rule
 
 NOISE_SEED_OFFSET = 104729

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from repanalysis.errors import UserError
+
 from .base import Pass, Rule, make_optimizer
 
 
