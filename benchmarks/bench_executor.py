@@ -41,8 +41,9 @@ import psutil  # a dependency of Dask distributed
 
 from repanalysis.analysis.runs import analyze
 from repanalysis.experiments import Overrides, preset
-from repanalysis.experiments.reproduce import reproduce, sweep
+from repanalysis.experiments.reproduce import reproduce
 from repanalysis.experiments.selection import FIRST
+from repanalysis.experiments.sweep import sweep
 from repanalysis.measures import RepanalysisWarning
 from repanalysis.runtime.executor import Executor
 

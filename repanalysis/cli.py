@@ -359,8 +359,7 @@ def _add_maps(p) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from repanalysis.experiments.reproduce import sweep
-    from repanalysis.experiments.sweep import failures
+    from repanalysis.experiments.sweep import failures, sweep
 
     with _executor(args) as executor:  # refused (workers, scheduler) before the output folder is made
         spec, overrides = _spec_and_overrides(args)

@@ -1,5 +1,7 @@
-"""The package's shape, read from its source (``ast``, nothing imported): imports point one way, the pure
-measures stay free of torch and of training, and a rule's private members stay inside ``repanalysis.rules``.
+"""The package's shape, read from its source (``ast``, nothing imported): every module sits in a room, the
+rooms' imports point one way (down the layers of ``MAY_IMPORT``), no module imports one that imports it
+back, the pure measures stay free of torch and of training, and a rule's private members stay inside
+``repanalysis.rules``.
 
 Every module of every package that ``pyproject.toml`` lists is parsed; an import anywhere in a module (at
 its top or inside a function) is an arrow from it to the deepest module of the package it names.
@@ -14,9 +16,44 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ("repanalysis.measures", "repanalysis.measures._arrays", "repanalysis.measures._linalg",
-        "repanalysis.measures.gradients", "repanalysis.measures.rdm", "repanalysis.measures.similarity",
-        "repanalysis.measures.spectrum", "repanalysis.measures.streaming")
+_BELOW_EXPERIMENTS = {"repanalysis.errors", "repanalysis.runtime", "repanalysis.config", "repanalysis.nn",
+                      "repanalysis.datasets", "repanalysis.rules", "repanalysis.runfile", "repanalysis.training",
+                      "repanalysis.measures", "repanalysis.analysis", "repanalysis.probes", "repanalysis.figures"}
+
+MAY_IMPORT = {
+    "repanalysis.errors": set(),
+    "repanalysis.runtime": {"repanalysis.errors"},
+    "repanalysis.measures": {"repanalysis.errors", "repanalysis.runtime"},
+    "repanalysis.nn": {"repanalysis.errors"},
+    "repanalysis.datasets": {"repanalysis.errors"},
+    "repanalysis.config": {"repanalysis.errors", "repanalysis.nn"},
+    "repanalysis.rules": {"repanalysis.errors", "repanalysis.config", "repanalysis.nn"},
+    "repanalysis.runfile": {"repanalysis.errors", "repanalysis.runtime", "repanalysis.config", "repanalysis.nn",
+                            "repanalysis.rules"},
+    "repanalysis.training": {"repanalysis.errors", "repanalysis.runtime", "repanalysis.config", "repanalysis.nn",
+                             "repanalysis.datasets", "repanalysis.rules", "repanalysis.runfile",
+                             "repanalysis.measures"},
+    "repanalysis.analysis": {"repanalysis.errors", "repanalysis.runtime", "repanalysis.config", "repanalysis.nn",
+                             "repanalysis.datasets", "repanalysis.rules", "repanalysis.runfile",
+                             "repanalysis.training", "repanalysis.measures"},
+    "repanalysis.probes": {"repanalysis.errors", "repanalysis.runtime", "repanalysis.runfile",
+                           "repanalysis.measures", "repanalysis.analysis"},
+    "repanalysis.figures": {"repanalysis.errors", "repanalysis.runtime", "repanalysis.runfile",
+                            "repanalysis.measures", "repanalysis.analysis"},
+    "repanalysis.experiments": _BELOW_EXPERIMENTS,
+    "repanalysis.cli": _BELOW_EXPERIMENTS | {"repanalysis.experiments"},
+    "repanalysis": {"repanalysis.runfile"},
+}
+"""Each room (a subpackage, or a module of the top level) and the rooms its modules may import. Bottom up:
+errors and the runtime; measures (arrays in, numbers out); networks, data sets, the config; rules; the run
+file; training; run-level analysis, probes and figures; experiments; the command line. ``repanalysis``
+itself is the package's ``__init__`` (``repanalysis.Recorder``)."""
+
+EXCEPTIONS = {("repanalysis.config", "repanalysis.runfile.dtypes"): "the recording dtypes a config may name"}
+"""Arrows between modules that ``MAY_IMPORT`` does not allow between their rooms, and why."""
+
+PURE = tuple(sorted("repanalysis.measures" + ("" if path.stem == "__init__" else f".{path.stem}")
+                    for path in (ROOT / "repanalysis" / "measures").glob("*.py")))
 """The measures on arrays (and the package that exports them): numpy and scipy only."""
 
 PURE_MAY_IMPORT = PURE + ("repanalysis.errors", "repanalysis.runtime.memory")
@@ -137,16 +174,60 @@ def loaded_with(name: str) -> set[str]:
     return seen - {name}
 
 
+def room(name: str) -> str | None:
+    """The room of module ``name``: the longest key of ``MAY_IMPORT`` that it is or lies in (``repanalysis``
+    only for the package itself); None for a module of the top level that is no room."""
+    if name == "repanalysis":
+        return name
+    return max((r for r in MAY_IMPORT if r != "repanalysis" and (name == r or name.startswith(r + "."))),
+               key=len, default=None)
+
+
+def wrong_arrows(arrows: dict[str, set[str]]) -> list[str]:
+    """The arrows from one room into another that ``MAY_IMPORT`` does not allow (and ``EXCEPTIONS`` do not
+    name), as ``"a -> b"``."""
+    return [f"{a} -> {b}" for a in sorted(arrows) for b in sorted(arrows[a])
+            if room(a) != room(b) and room(b) not in MAY_IMPORT[room(a)] and (a, b) not in EXCEPTIONS]
+
+
 def test_the_modules_are_found():
     names = modules()
-    assert {"repanalysis.training.train", "repanalysis.rules.base", "repanalysis.training.pipeline.stages", "repanalysis.datasets",
-            "repanalysis.measures.similarity"} <= set(names)
+    assert {"repanalysis.training.train", "repanalysis.rules.base", "repanalysis.training.pipeline.stages",
+            "repanalysis.datasets", "repanalysis.measures.similarity"} <= set(names)
     assert imports("repanalysis.training.pipeline.stages") >= {"repanalysis.rules.base", "torch", "numpy"}
+    assert {"repanalysis.measures", "repanalysis.measures.similarity", "repanalysis.measures.stats"} <= set(PURE)
 
 
 def test_cycles_are_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_wrong_arrows_are_found():
+    assert wrong_arrows({"repanalysis.training.train": {"repanalysis.experiments.sweep", "repanalysis.rules.base"},
+                         "repanalysis.measures.rdm": {"repanalysis.training.parts", "repanalysis.runtime.memory"},
+                         "repanalysis.config": {"repanalysis.runfile.dtypes"}}) == [
+        "repanalysis.measures.rdm -> repanalysis.training.parts",
+        "repanalysis.training.train -> repanalysis.experiments.sweep"]
+
+
+def test_every_module_is_in_a_room():
+    """A new module goes into one of the rooms (``MAY_IMPORT``); the top level holds only the rooms,
+    ``config``, ``errors`` and ``cli``."""
+    homeless = sorted(name for name in modules() if room(name) is None)
+    assert not homeless, f"modules in no room: {homeless}"
+
+
+def test_the_rooms_are_layered():
+    """The rooms' allowed imports have no circle, so the rooms stack in layers."""
+    assert cycles({r: set(allowed) for r, allowed in MAY_IMPORT.items()}) == []
+
+
+def test_imports_point_down_the_layers():
+    """Every import from one room into another is one that ``MAY_IMPORT`` allows: training never imports the
+    experiments, a measure nothing of training, the run file nothing of training."""
+    wrong = wrong_arrows(graph())
+    assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle():
@@ -155,8 +236,8 @@ def test_no_import_cycle():
 
 
 def test_the_training_loop_is_imported_only_to_train():
-    """``train`` (the loop) is for the command line and the sweeps; the stages and the analyses that rebuild a
-    network take what they share with it from ``training.parts``."""
+    """``training.train`` (the loop) is for the command line and the sweeps; the stages and the analyses that
+    rebuild a network take what they share with it from ``training.parts``."""
     importers = sorted(name for name, arrows in graph().items() if "repanalysis.training.train" in arrows)
     assert importers == ["repanalysis.cli", "repanalysis.experiments.sweep"]
 

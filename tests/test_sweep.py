@@ -22,8 +22,8 @@ from repanalysis.cli import main
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
 from repanalysis.experiments import load_spec
-from repanalysis.experiments.reproduce import reproduce, sweep
-from repanalysis.experiments.sweep import file_state
+from repanalysis.experiments.reproduce import reproduce
+from repanalysis.experiments.sweep import file_state, sweep
 from repanalysis.measures import RepanalysisWarning
 from repanalysis.probes import probe_runs
 from repanalysis.runfile.hdf5 import RunFile

@@ -37,7 +37,7 @@ the tables, claims and report are made in this process. Each experiment's
 chain of stages (train, tables, claims, figures) is one job of
 ``Executor.concurrently``: on a cluster the experiments run at once, so the
 workers do not wait at the end of one experiment's stage; in this process,
-one after another. ``sweep()`` is the training stage alone. With more than
+one after another. ``sweep.sweep()`` is the training stage alone. With more than
 one local worker, a script that calls them needs the
 ``if __name__ == "__main__":`` guard (Dask's worker processes import the
 script again, as spawned processes do).
@@ -62,11 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repanalysis.errors import UserError
-from repanalysis.experiments.selection import Choice, choose
-from repanalysis.experiments.spec import Overrides, PlannedRun, Spec, preset, value_text
-from repanalysis.experiments.sweep import failures, train_runs
+from repanalysis.experiments.selection import Choice
+from repanalysis.experiments.spec import Overrides, PlannedRun, Spec, value_text
+from repanalysis.experiments.sweep import applied_spec, failures, output_folder, train_runs, train_selection
 from repanalysis.runtime.executor import Executor, default_workers, one_thread
-from repanalysis.runtime.outputs import check_state_folder, folder_lock
+from repanalysis.runtime.outputs import folder_lock
 
 # -- make-style reuse -----------------------------------------------------------------
 
@@ -120,14 +120,6 @@ def _made(manifest: Manifest, product: str, inputs: list[Path], settings, make) 
 
 # -- the whole chain ----------------------------------------------------------------
 
-def _output_dir(out_dir, overwrite: bool, subfolders=("runs", "tables", "figures")) -> Path:
-    """The output folder, checked (``outputs.check_state_folder``) and with its subfolders."""
-    out = check_state_folder(out_dir, overwrite)
-    for sub in subfolders:
-        (out / sub).mkdir(exist_ok=True)
-    return out
-
-
 def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Path) -> str:
     """The command line that reproduces this run of ``reproduce``."""
     o = overrides
@@ -139,48 +131,6 @@ def _command(spec_arg: str, quick: bool, overrides: Overrides, data_dir, out: Pa
     parts += [f"--{flag} {v}" for flag, v in (("seed-count", o.seed_count), ("steps", o.steps),
                                                ("dataset", o.dataset)) if v is not None]
     return " ".join(parts + ([f"--data-dir {data_dir}"] if data_dir else []) + [f"--out {out}"])
-
-
-def _planned(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tuple[Spec, Overrides, Spec]:
-    """``(spec, overrides, the spec with them applied)``; a bad override is a ``UserError``."""
-    spec = spec or preset("digits")
-    overrides = overrides or Overrides()
-    if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
-        raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
-    if overrides.dataset is not None and any(exp.recurrent for exp in spec.experiments.values()):
-        raise UserError(f"--dataset: the spec {spec.name!r} has recurrent experiments, whose data are their tasks "
-                        "(a language model's text is under --data-dir)")
-    applied = spec.applied(overrides, quick)
-    applied.check()  # every config resolves: refused before anything is trained
-    return spec, overrides, applied
-
-
-def _selected(applied: Spec, run_dir: Path, executor: Executor, data_dir, quiet: bool
-              ) -> tuple[Choice | None, dict[str, tuple[str, str | None]]]:
-    """Train the selections' candidate runs (``experiments.selection``) and choose; ``(choice, what was
-    done with each candidate run)``, ``(None, {})`` for a spec that does not select."""
-    if not applied.selects:
-        return None, {}
-    candidates = applied.candidate_runs()
-    done = train_runs(candidates, run_dir, executor, data_dir=data_dir, quiet=quiet)
-    return choose(applied.experiments, candidates, run_dir, failures(done)), done
-
-
-def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
-          data_dir=None, executor: Executor | None = None, quiet: bool = False,
-          overwrite: bool = False) -> dict[str, tuple[str, str | None]]:
-    """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does (a
-    selection's candidates first), and no more; ``{file name: (what was done, error or None)}`` (see
-    ``sweep.train_runs``). ``overwrite``: write into a non-empty folder that ``reproduce`` or ``sweep`` did
-    not make."""
-    _, _, applied = _planned(spec, quick, overrides)
-    out = _output_dir(out_dir, overwrite, ("runs",))
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(folder_lock(out))
-        executor = executor or stack.enter_context(Executor(default_workers()))
-        choice, done = _selected(applied, out / "runs", executor, data_dir, quiet)
-        return {**done, **train_runs(applied.runs(choice=choice), out / "runs", executor, data_dir=data_dir,
-                                     quiet=quiet)}
 
 
 def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
@@ -195,16 +145,16 @@ def reproduce(out_dir, *, spec: Spec | None = None, quick: bool = False, overrid
     ``{run file name: error}`` for every run that failed (a selection's
     candidates included); the report is written without them and lists them.
     """
-    spec, overrides, applied = _planned(spec, quick, overrides)
+    spec, overrides, applied = applied_spec(spec, quick, overrides)
     spec_arg = f"--preset {spec.preset}" if spec.preset else f"--spec {spec.source}"
-    out = _output_dir(out_dir, overwrite)
+    out = output_folder(out_dir, overwrite)
     command = _command(spec_arg, quick, overrides, data_dir, out)
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(out))
         executor = executor or stack.enter_context(Executor(default_workers()))
         executor.start()  # the workers start while this process imports what it needs
         stack.enter_context(one_thread())
-        choice, tried = _selected(applied, out / "runs", executor, data_dir, quiet)
+        choice, tried = train_selection(applied, out / "runs", executor, data_dir, quiet)
         report, lost = _reproduce(out, applied, applied.runs(choice=choice), command, quick=quick,
                                   data_dir=data_dir, executor=executor, quiet=quiet, choice=choice)
         if failed is not None:

@@ -1,4 +1,5 @@
-"""A spec's runs as tasks on an ``Executor``; the run folder is the state.
+"""A spec's runs as tasks on an ``Executor``; the run folder is the state. ``sweep()`` trains a spec's runs
+(a selection's candidates first) and no more; ``reproduce`` does the same before its analyses.
 
 Each planned run is one task, the only writer of ``<run folder>/<name>``. When
 it starts, the task looks at that file:
@@ -6,7 +7,7 @@ it starts, the task looks at that file:
 - "complete" with the planned config: kept;
 - "running" (its process was killed) or "failed" by an interruption (Ctrl-C,
   an error outside the numbers), with the planned config: resumed from its
-  last checkpoint (``train.resume``), to the file an uninterrupted run writes;
+  last checkpoint (``training.train.resume``), to the file an uninterrupted run writes;
 - anything else (no file, a foreign or damaged one, another config, a run
   that failed on a non-finite loss, one that cannot be resumed, a recurrent
   run that did not complete): trained from step 0, replacing it.
@@ -23,15 +24,18 @@ on the CPU, quietly; the longest runs are submitted first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from pathlib import Path
 
 from repanalysis.config import TrainConfig
 from repanalysis.errors import UserError
-from repanalysis.experiments.spec import PlannedRun
+from repanalysis.experiments.selection import Choice, choose
+from repanalysis.experiments.spec import Overrides, PlannedRun, Spec, preset
 from repanalysis.runfile.hdf5 import RunFile
-from repanalysis.runtime.executor import Executor
+from repanalysis.runtime.executor import Executor, default_workers
+from repanalysis.runtime.outputs import check_state_folder, folder_lock
 from repanalysis.training.recurrent import RecurrentConfig, check_vocabulary, train_recurrent
 
 #: Reruns of a training task that raised (an error of the file system, say); each resumes the run.
@@ -128,3 +132,55 @@ def train_runs(runs: list[PlannedRun], run_dir: Path, executor: Executor, *, dat
 def failures(done: dict[str, tuple[str, str | None]]) -> dict[str, str]:
     """``{file name: error}`` of the runs that failed."""
     return {name: error for name, (_, error) in done.items() if error is not None}
+
+
+# -- a spec's runs, planned and trained ---------------------------------------------------
+
+def output_folder(out_dir, overwrite: bool, subfolders=("runs", "tables", "figures")) -> Path:
+    """The output folder, checked (``outputs.check_state_folder``) and with its subfolders."""
+    out = check_state_folder(out_dir, overwrite)
+    for sub in subfolders:
+        (out / sub).mkdir(exist_ok=True)
+    return out
+
+
+def applied_spec(spec: Spec | None, quick: bool, overrides: Overrides | None) -> tuple[Spec, Overrides, Spec]:
+    """``(spec, overrides, the spec with them applied)``; a bad override is a ``UserError``."""
+    spec = spec or preset("digits")
+    overrides = overrides or Overrides()
+    if overrides.dataset is not None and overrides.dataset not in ("digits", "mnist"):
+        raise UserError(f"--dataset must be a classification data set (digits or mnist), not {overrides.dataset!r}")
+    if overrides.dataset is not None and any(exp.recurrent for exp in spec.experiments.values()):
+        raise UserError(f"--dataset: the spec {spec.name!r} has recurrent experiments, whose data are their tasks "
+                        "(a language model's text is under --data-dir)")
+    applied = spec.applied(overrides, quick)
+    applied.check()  # every config resolves: refused before anything is trained
+    return spec, overrides, applied
+
+
+def train_selection(applied: Spec, run_dir: Path, executor: Executor, data_dir, quiet: bool
+                    ) -> tuple[Choice | None, dict[str, tuple[str, str | None]]]:
+    """Train the selections' candidate runs (``experiments.selection``) and choose; ``(choice, what was
+    done with each candidate run)``, ``(None, {})`` for a spec that does not select."""
+    if not applied.selects:
+        return None, {}
+    candidates = applied.candidate_runs()
+    done = train_runs(candidates, run_dir, executor, data_dir=data_dir, quiet=quiet)
+    return choose(applied.experiments, candidates, run_dir, failures(done)), done
+
+
+def sweep(out_dir, *, spec: Spec | None = None, quick: bool = False, overrides: Overrides | None = None,
+          data_dir=None, executor: Executor | None = None, quiet: bool = False,
+          overwrite: bool = False) -> dict[str, tuple[str, str | None]]:
+    """Train (or keep, or resume) the runs of ``spec`` into ``out_dir/runs``, as ``reproduce`` does (a
+    selection's candidates first), and no more; ``{file name: (what was done, error or None)}`` (see
+    ``train_runs``). ``overwrite``: write into a non-empty folder that ``reproduce`` or ``sweep`` did
+    not make."""
+    _, _, applied = applied_spec(spec, quick, overrides)
+    out = output_folder(out_dir, overwrite, ("runs",))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(out))
+        executor = executor or stack.enter_context(Executor(default_workers()))
+        choice, done = train_selection(applied, out / "runs", executor, data_dir, quiet)
+        return {**done, **train_runs(applied.runs(choice=choice), out / "runs", executor, data_dir=data_dir,
+                                     quiet=quiet)}

@@ -1,4 +1,5 @@
-"""Measures on recorded activations, gradients and weights.
+"""Measures on recorded activations, gradients and weights: arrays in, numbers out (numpy and scipy; nothing
+of training is imported, and importing them loads no torch).
 
 Similarity (:mod:`.similarity`): :func:`canonical_correlations`, :func:`cca`,
 :func:`svcca`, :func:`pwcca`, :func:`linear_cka`, :func:`rbf_cka`,
@@ -12,6 +13,7 @@ Spectra (:mod:`.spectrum`): :func:`spectrum`, :func:`singular_values`,
 Gradients (:mod:`.gradients`): :func:`gradient_error`.
 Streaming (:mod:`.streaming`): :class:`Moments` and ``streaming_*`` helpers
 computing the moment-based measures chunk by chunk from HDF5 datasets.
+Statistics over seeds (:mod:`.stats`): intervals, p-values and verdicts.
 
 Activations are ``[n_samples, n_features]`` numpy arrays or torch tensors;
 every measure works in float64, states its convention in its docstring, and

@@ -96,7 +96,7 @@ def as_array(x, name: str = "X", where: str | None = None) -> np.ndarray:
             raise UserError(f"{name} is complex; measures need real values{at(where)}")
         if t.device.type != "cpu":
             t = t.cpu()
-        if t.dtype not in _TORCH_NUMPY_OK(t):
+        if t.dtype not in _numpy_compatible_dtypes():
             t = t.float() if t.is_floating_point() else t.double()
         arr = t.numpy()
     else:
@@ -114,7 +114,8 @@ def as_array(x, name: str = "X", where: str | None = None) -> np.ndarray:
     return arr
 
 
-def _TORCH_NUMPY_OK(t):
+def _numpy_compatible_dtypes() -> tuple:
+    """The torch dtypes that ``Tensor.numpy()`` takes as they are (torch is imported here, on first use)."""
     import torch
 
     return (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32,
