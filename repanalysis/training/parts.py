@@ -22,7 +22,7 @@ import torch
 from repanalysis.config import TrainConfig
 from repanalysis.datasets import IMAGES, Dataset
 from repanalysis.errors import UserError
-from repanalysis.nn import losses as tasks
+from repanalysis.nn import losses
 from repanalysis.nn.feedforward import Architecture
 from repanalysis.rules import Rule, make_rule
 from repanalysis.runfile.hdf5 import RunFile
@@ -91,18 +91,18 @@ def evaluate(rule: Rule, data: Dataset, device: torch.device, chunk: int | None 
 
 
 def _evaluate_split(net, task: str, x_all, y_all, device, chunk: int, prefix: str) -> dict[str, float]:
-    losses, hits, n = [], [], len(x_all)
+    chunk_losses, hits, n = [], [], len(x_all)
     with torch.inference_mode():
         for start in range(0, n, chunk):
             x = x_all[start : start + chunk].to(device)
             y = y_all[start : start + chunk].to(device)
             out = net(x)
-            losses.append(tasks.loss(task, out, y))
-            hits.append(tasks.correct(task, out, y))
-        losses = torch.stack(losses).tolist()
+            chunk_losses.append(losses.loss(task, out, y))
+            hits.append(losses.correct(task, out, y))
+        chunk_losses = torch.stack(chunk_losses).tolist()
         hits = None if hits[0] is None else torch.stack(hits).tolist()
     total = 0.0
-    for k, value in enumerate(losses):
+    for k, value in enumerate(chunk_losses):
         total += value * min(chunk, n - k * chunk)
     return {f"{prefix}_loss": total / n, f"{prefix}_acc": math.nan if hits is None else sum(hits) / n}
 
